@@ -150,7 +150,9 @@ class VTLMEncoder(nn.Module):
     def __init__(self, config: VTLMConfig):
         super().__init__()
         # Stochastic depth rises linearly with depth, from 0 in the first block to drop_path_rate in the last.
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # Plain Python, not torch.linspace: from_pretrained may build the model on the meta device.
+        last = max(config.num_hidden_layers - 1, 1)
+        rates = [config.drop_path_rate * i / last for i in range(config.num_hidden_layers)]
         self.layer = nn.ModuleList(VTLMLayer(config, rate) for rate in rates)
         self.gradient_checkpointing = False
 

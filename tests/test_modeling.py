@@ -1,0 +1,321 @@
+"""Model tests in the style of transformers' model tests, on a tiny config (hidden 32, 2 layers, 4 heads, MLP 37)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG
+from PIL import Image
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
+
+from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return VTLMForImageClassification(VTLMConfig(**{**TINY_CONFIG, **overrides}))
+
+
+def pixels(batch_size=3, seed=0):
+    return torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny classifier saved with its image processor, as training leaves it."""
+    folder = tmp_path_factory.mktemp("tiny-vtlm")
+    model = tiny_model().eval()
+    model.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder, model
+
+
+# --- parameter counts: the seed's architecture, exactly ---
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    # 37,939,812 and 14,279,140 are the seed's own counts; 4,794,212 is the same layout at 256/6/8.
+    [("vtlm-37m", 37_939_812), ("vtlm-14m", 14_279_140), ("vtlm-5m", 4_794_212)],
+)
+def test_preset_parameter_counts(preset, expected):
+    with torch.device("meta"):
+        model = VTLMForImageClassification(VTLMConfig.from_preset(preset))
+    assert model.num_parameters() == expected
+
+
+def test_parameter_count_matches_layout_formula(tiny_config):
+    """Derive the count from the seed's layout by hand, so a missing or extra layer on any config is caught."""
+    d, layers, mlp, labels = 32, 2, 37, 100
+    patch = 3 * 4 * 4 * d + d
+    tokens = d + 65 * d  # CLS token and positions for 64 patches + CLS
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+    expected = patch + tokens + layers * block + 2 * d + d * labels + labels
+    assert VTLMForImageClassification(tiny_config).num_parameters() == expected
+
+
+# --- config ---
+
+
+def test_default_labels_are_cifar100_with_crab():
+    config = VTLMConfig()
+    assert config.num_labels == 100
+    assert config.id2label[26] == "crab"
+    assert [config.id2label[i] for i in range(100)] == list(CIFAR100_LABELS)
+    assert config.label2id["worm"] == 99
+
+
+def test_from_preset_applies_overrides():
+    config = VTLMConfig.from_preset("vtlm-14m", drop_path_rate=0.1, num_labels=10)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (384, 8, 12)
+    assert config.drop_path_rate == 0.1
+    assert config.num_labels == 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
+        ({"image_size": 30}, "image_size"),
+        ({"hidden_dropout_prob": 1.0}, "hidden_dropout_prob"),
+        ({"attention_probs_dropout_prob": -0.1}, "attention_probs_dropout_prob"),
+        ({"drop_path_rate": 1.5}, "drop_path_rate"),
+        ({"pooling": "max"}, "pooling"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_hidden_layers": -1}, "num_hidden_layers"),
+        ({"intermediate_size": 2.5}, "intermediate_size"),
+        ({"patch_size": 0}, "patch_size"),
+        ({"layer_norm_eps": 0}, "layer_norm_eps"),
+        ({"hidden_act": "swishy"}, "hidden_act"),
+        ({"qkv_bias": "yes"}, "qkv_bias"),
+    ],
+)
+def test_config_validation_names_field_and_value(overrides, field):
+    with pytest.raises(ValueError, match=field) as error:
+        VTLMConfig(**{**TINY_CONFIG, **overrides})
+    assert repr(next(iter(overrides.values())))[:3] in str(error.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ValueError, match="vtlm-37m"):
+        VTLMConfig.from_preset("vtlm-1b")
+
+
+# --- forward, loss, gradients ---
+
+
+def test_output_shapes_with_and_without_labels():
+    model = tiny_model()
+    outputs = model(pixels(), output_hidden_states=True, output_attentions=True)
+    assert outputs.loss is None
+    assert outputs.logits.shape == (3, 100)
+    assert len(outputs.hidden_states) == 3  # embeddings + 2 blocks
+    assert outputs.hidden_states[0].shape == (3, 65, 32)
+    assert len(outputs.attentions) == 2
+    assert outputs.attentions[0].shape == (3, 4, 65, 65)
+    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(3, 4, 65))
+
+    outputs = model(pixels(), labels=torch.tensor([0, 5, 99]))
+    assert outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
+    # An untrained model is near uniform: the loss is close to ln(100).
+    assert abs(outputs.loss.item() - np.log(100)) < 0.5
+
+
+def test_soft_labels_give_the_same_loss_as_one_hot():
+    model = tiny_model().eval()
+    labels = torch.tensor([0, 5, 99])
+    hard = model(pixels(), labels=labels).loss
+    soft = model(pixels(), labels=torch.nn.functional.one_hot(labels, 100).float()).loss
+    torch.testing.assert_close(hard, soft)
+
+
+def test_base_model_pooling():
+    torch.manual_seed(0)
+    model = VTLMModel(VTLMConfig(**TINY_CONFIG)).eval()
+    outputs = model(pixels())
+    assert outputs.last_hidden_state.shape == (3, 65, 32)
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])
+
+    model.config.pooling = "mean"
+    outputs = model(pixels())
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 1:].mean(1))
+
+
+def test_wrong_image_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="32x32"):
+        tiny_model()(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_every_parameter_gets_a_gradient(pooling):
+    model = tiny_model(pooling=pooling, drop_path_rate=0.1)
+    model.train()
+    model(pixels(), labels=torch.tensor([1, 2, 3])).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(hidden_dropout_prob=0.0)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        model(pixels(), labels=torch.tensor([1, 2, 3])).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert model.vtlm.encoder.layer[0].gradient_checkpointing
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_stochastic_depth_rates_rise_linearly_and_only_act_in_training():
+    model = tiny_model(num_hidden_layers=3, drop_path_rate=0.2, hidden_dropout_prob=0.0)
+    rates = [layer.drop_path.drop_prob for layer in model.vtlm.encoder.layer]
+    assert rates == pytest.approx([0.0, 0.1, 0.2])
+    model.eval()
+    torch.testing.assert_close(model(pixels()).logits, model(pixels()).logits)
+
+
+def test_init_follows_seed_and_vit():
+    model = tiny_model()
+    embeddings = model.vtlm.embeddings
+    for tensor in (embeddings.cls_token, embeddings.position_embeddings, model.classifier.weight):
+        assert 0.01 < tensor.std().item() < 0.03 and abs(tensor.mean().item()) < 0.01
+    assert torch.all(model.classifier.bias == 0)
+    norm = model.vtlm.encoder.layer[0].norm1
+    assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+
+
+def test_no_weight_decay_parameters():
+    names = set(tiny_model().no_weight_decay_parameter_names())
+    assert "vtlm.embeddings.cls_token" in names
+    assert "vtlm.embeddings.position_embeddings" in names
+    assert "vtlm.encoder.layer.0.norm1.weight" in names
+    assert "vtlm.encoder.layer.0.attention.qkv.bias" in names
+    assert "vtlm.encoder.layer.0.attention.qkv.weight" not in names
+    assert "vtlm.embeddings.patch_embeddings.weight" not in names
+
+
+# --- attention backends, determinism ---
+
+
+def test_eager_and_sdpa_agree_and_attention_is_not_causal():
+    model = tiny_model().eval()
+    model.set_attn_implementation("sdpa")
+    sdpa = model(pixels()).logits
+    model.set_attn_implementation("eager")
+    eager = model(pixels()).logits
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=0)
+
+    # The CLS token attends to the last patch: changing only that patch changes the logits.
+    changed = pixels().clone()
+    changed[:, :, -4:, -4:] += 1.0
+    assert not torch.allclose(model(changed).logits, eager)
+
+
+def test_eval_is_deterministic():
+    model = tiny_model().eval()
+    torch.testing.assert_close(model(pixels()).logits, model(pixels()).logits, atol=0, rtol=0)
+
+
+# --- saving and loading ---
+
+
+def test_save_writes_full_auto_map_and_code(saved_model):
+    folder, _ = saved_model
+    files = set(os.listdir(folder))
+    assert {"config.json", "model.safetensors", "configuration_vtlm.py", "modeling_vtlm.py"} <= files
+    assert "preprocessor_config.json" in files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_vtlm.VTLMConfig",
+        "AutoModel": "modeling_vtlm.VTLMModel",
+        "AutoModelForImageClassification": "modeling_vtlm.VTLMForImageClassification",
+    }
+    assert config["model_type"] == "vtlm"
+
+
+def test_save_load_round_trip_gives_identical_logits(saved_model):
+    folder, model = saved_model
+    loaded = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert isinstance(loaded, VTLMForImageClassification)
+    assert isinstance(AutoConfig.from_pretrained(folder), VTLMConfig)
+    torch.testing.assert_close(loaded(pixels()).logits, model(pixels()).logits, atol=0, rtol=0)
+    base = AutoModel.from_pretrained(folder).eval()
+    torch.testing.assert_close(base(pixels()).pooler_output, model.vtlm(pixels()).pooler_output, atol=0, rtol=0)
+
+
+REMOTE_CODE_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+    from PIL import Image
+
+    folder, pixels_file = sys.argv[1], sys.argv[2]
+    try:
+        import modeling
+        sys.exit("modeling must not be importable here")
+    except ImportError:
+        pass
+    pixels = torch.load(pixels_file)
+    classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        result = {
+            "classifier_module": type(classifier).__module__,
+            "logits": classifier(pixels).logits.tolist(),
+            "pooled": base(pixels).pooler_output.tolist(),
+        }
+    classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+    images = [Image.new("L", (32, 32), 128), Image.new("RGBA", (50, 40), (200, 10, 10, 100)), Image.new("RGB", (7, 300))]
+    result["pipeline"] = classify(images, top_k=3)
+    print("RESULT" + json.dumps(result))
+    """
+)
+
+
+def test_trust_remote_code_load_where_modeling_is_not_importable(saved_model, tmp_path):
+    folder, model = saved_model
+    pixels_file = tmp_path / "pixels.pt"
+    torch.save(pixels(), pixels_file)
+    script = tmp_path / "check.py"
+    script.write_text(REMOTE_CODE_CHECK)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-I", str(script), str(folder), str(pixels_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT", 1)[1])
+    assert result["classifier_module"].startswith("transformers_modules")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(result["logits"]), model(pixels()).logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(torch.tensor(result["pooled"]), model.vtlm(pixels()).pooler_output, atol=1e-6, rtol=0)
+    assert len(result["pipeline"]) == 3
+    for predictions in result["pipeline"]:
+        assert len(predictions) == 3
+        assert {p["label"] for p in predictions} <= set(CIFAR100_LABELS)
+        assert all(0 <= p["score"] <= 1 for p in predictions)
+
+
+def test_pipeline_in_process_matches_model(saved_model):
+    folder, model = saved_model
+    classify = pipeline("image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    top = classify(image, top_k=1)[0]
+    inputs = build_image_processor()(image, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**inputs).logits.softmax(-1)[0]
+    assert top["label"] == model.config.id2label[int(probabilities.argmax())]
+    assert top["score"] == pytest.approx(probabilities.max().item(), abs=1e-5)

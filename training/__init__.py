@@ -1,0 +1,1 @@
+"""Training, evaluation and publishing helpers for VTLM (not shipped with checkpoints)."""

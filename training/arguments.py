@@ -1,0 +1,124 @@
+"""Model and training arguments of `scripts/train.py`, with VTLM's recipe as the defaults."""
+
+import importlib.util
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from modeling import PRESETS, VTLMConfig
+
+
+@dataclass
+class ModelArguments:
+    model_preset: str = field(
+        default="vtlm-37m", metadata={"help": f"Architecture to train from scratch, one of {sorted(PRESETS)}."}
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved VTLM folder or Hub id to fine-tune or continue from, instead of a preset."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Override config fields of the preset, e.g. 'hidden_size=64,num_hidden_layers=2'."},
+    )
+    drop_path_rate: float = field(
+        default=0.1, metadata={"help": "Stochastic depth of the last block; DeiT and CIFAR ViT recipes use 0.1."}
+    )
+    hidden_dropout_prob: float = field(
+        default=0.0,
+        metadata={"help": "Dropout inside the blocks. The seed used 0.1; with Mixup/CutMix and stochastic depth, 0."},
+    )
+
+    def __post_init__(self):
+        if self.model_preset not in PRESETS:
+            raise ValueError(f"--model_preset must be one of {sorted(PRESETS)}, got {self.model_preset!r}")
+
+
+def parse_config_overrides(text):
+    """Parse `"key=value,key=value"` into config fields, typed like the field's default; unknown keys are errors."""
+    defaults = VTLMConfig().to_dict()
+    overrides = {}
+    for pair in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, separator, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not separator or not key:
+            raise ValueError(f"--config_overrides: expected key=value, got {pair!r}")
+        if key not in defaults:
+            known = sorted(k for k, v in defaults.items() if isinstance(v, (bool, int, float, str)))
+            raise ValueError(f"--config_overrides: unknown config field {key!r}; known fields: {known}")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                overrides[key] = value.lower() == "true"
+            elif kind is float:
+                overrides[key] = float(value)
+            else:
+                overrides[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--config_overrides: {key} must be a {kind.__name__}, got {value!r}") from None
+    return overrides
+
+
+def _default_report_to():
+    return "tensorboard" if importable("tensorboard") or importable("tensorboardX") else "none"
+
+
+def importable(name):
+    return importlib.util.find_spec(name) is not None
+
+
+@dataclass
+class VTLMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with VTLM's recipe as the defaults; every Trainer flag still works.
+
+    AdamW at lr 1e-3 for batch 512 (the DeiT rule, 5e-4 x batch/512, doubled as CIFAR ViT recipes do for small
+    data), weight decay 0.05, 5 warm-up epochs out of 100, cosine decay, gradient clipping at 1.0, label smoothing
+    0.1. Evaluated and saved every epoch; the best epoch on the validation split is kept.
+    """
+
+    output_dir: str = field(default="runs/vtlm-37m-cifar100", metadata={"help": "Where checkpoints and results go."})
+    num_train_epochs: float = field(default=100.0, metadata={"help": "Total training epochs."})
+    per_device_train_batch_size: int = field(default=512, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=1024, metadata={"help": "Batch size per device for evaluation."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(
+        default=0.05, metadata={"help": "AdamW weight decay; never on biases, norms, positions or the CLS token."}
+    )
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Linear warm-up: steps, or a fraction of all steps when below 1."}
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up."})
+    label_smoothing_factor: float = field(default=0.1, metadata={"help": "Label smoothing of the training targets."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate on the validation split every epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Save a checkpoint every epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep the best and the latest checkpoint."})
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Select the best epoch by validation accuracy (never by the test split)."}
+    )
+    metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric to select."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Higher accuracy is better."})
+    logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Log non-finite losses as they are, so a diverging run is stopped."}
+    )
+    fp16: bool = field(
+        default=True,
+        metadata={"help": "fp16 mixed precision on CUDA, as the seed used; off with --bf16, --no_fp16 or on a CPU."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Batches carry uint8 pixel_values."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes that read batches."})
+    dataloader_persistent_workers: bool = field(default=True, metadata={"help": "Keep workers between epochs."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every parameter is used."})
+    report_to: None | str | list[str] = field(
+        default_factory=_default_report_to, metadata={"help": "Loggers; TensorBoard when it is installed."}
+    )
+
+    def __post_init__(self):
+        # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
+        self.fp16 = self.fp16 and not self.bf16 and not self.use_cpu and torch.cuda.is_available()
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False
+        super().__post_init__()

@@ -1,0 +1,323 @@
+"""Image classification data: load a dataset in the Hub's CIFAR schema, decode it once, split it, and batch it.
+
+Images are decoded once into uint8 arrays that `datasets` caches on disk. Normalisation and augmentation happen later,
+on whole batches on the device, so `pixel_values` stay uint8 here.
+"""
+
+import io
+import logging
+import os
+import socket
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from datasets import Array3D, ClassLabel, DatasetDict, Features, Image, Value, load_dataset
+from PIL import Image as PILImage
+
+logger = logging.getLogger(__name__)
+
+CORRUPT_IMAGE_POLICIES = ("fail", "skip")
+# The Hub's CIFAR-100 spells label 26 "cra"; checkpoints publish the real word.
+LABEL_NAME_FIXES = {"cra": "crab"}
+# PIL's convert("RGB") clips 16-bit greyscale at 255, which turns most such images white: they are rescaled instead.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# Long enough for a slow but working connection, short enough that a machine with no route fails within seconds.
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+@dataclass
+class DataArguments:
+    """Which data to train and evaluate on. Names follow transformers' `run_image_classification.py`."""
+
+    dataset_name: str = field(
+        default="uoft-cs/cifar100",
+        metadata={
+            "help": "A Hub dataset id, or a local folder in the same schema (e.g. one made with `hf download "
+            "uoft-cs/cifar100 --repo-type dataset --local-dir DIR`). Both are read by the same `load_dataset` call."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration, if any."})
+    image_column_name: str = field(default="img", metadata={"help": "The column holding the images."})
+    label_column_name: str = field(
+        default="fine_label", metadata={"help": "The ClassLabel column to predict (`label` for uoft-cs/cifar10)."}
+    )
+    coarse_label_column_name: str | None = field(
+        default="coarse_label",
+        metadata={"help": "The superclass column, for superclass accuracy; ignored when the dataset has no such column."},
+    )
+    validation_split_size: int = field(
+        default=5000,
+        metadata={
+            "help": "Images held out of train, stratified by label, when the dataset has no validation split. "
+            "The split depends only on the seed."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many training images (after the validation hold-out)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many images in each of validation and test."}
+    )
+    corrupt_images: str = field(
+        default="fail",
+        metadata={
+            "help": "What to do with an image that cannot be decoded: `fail` raises, naming its split and index; "
+            "`skip` drops it with a warning.",
+            "choices": CORRUPT_IMAGE_POLICIES,
+        },
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes that decode images (once; the result is cached)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` keeps downloads and its cache."})
+
+    def __post_init__(self):
+        if self.corrupt_images not in CORRUPT_IMAGE_POLICIES:
+            raise ValueError(f"corrupt_images must be one of {CORRUPT_IMAGE_POLICIES}, got {self.corrupt_images!r}")
+        for name in ("dataset_name", "image_column_name", "label_column_name"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("validation_split_size", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+            value = getattr(self, name)
+            if name == "validation_split_size" or value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class ImageDatasets:
+    """What `load_image_datasets` returns.
+
+    Args:
+        splits (`DatasetDict`): "train", "validation" and "test", each row
+            `{"pixel_values": uint8 tensor (3, image_size, image_size), "labels": int}`.
+        label_names (`list[str]`): class names in label order, as they should be published.
+        fine_to_coarse (`list[int]` or `None`): the superclass of each label, or `None` without a superclass column.
+    """
+
+    splits: DatasetDict
+    label_names: list[str]
+    fine_to_coarse: list[int] | None
+
+    @property
+    def id2label(self):
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self):
+        return {name: index for index, name in enumerate(self.label_names)}
+
+
+def load_image_datasets(data_args, image_size=32, seed=42):
+    """Load `data_args.dataset_name`, decode every image once to uint8 RGB, and return train, validation and test.
+
+    Without a "validation" split in the dataset, `validation_split_size` images are held out of train, stratified by
+    label; the hold-out depends only on `seed`. `max_train_samples` and `max_eval_samples` cut after that.
+    """
+    raw = _load_raw_splits(data_args)
+    for split in ("train", "test"):
+        if split not in raw:
+            raise ValueError(f"dataset {data_args.dataset_name!r} has no {split!r} split; its splits are {list(raw)}")
+    raw = DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
+    for split, dataset in raw.items():
+        if len(dataset) == 0:
+            raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no rows")
+        for flag in ("image_column_name", "label_column_name"):
+            if getattr(data_args, flag) not in dataset.column_names:
+                raise ValueError(
+                    f"--{flag} {getattr(data_args, flag)!r} is not a column of split {split!r} of "
+                    f"{data_args.dataset_name!r}; its columns are {dataset.column_names}"
+                )
+
+    label_feature = raw["train"].features[data_args.label_column_name]
+    if not isinstance(label_feature, ClassLabel):
+        raise ValueError(
+            f"--label_column_name {data_args.label_column_name!r} must be a ClassLabel column, which carries the "
+            f"label names, but it is {label_feature}. Cast it first, e.g. "
+            f"`dataset.cast_column({data_args.label_column_name!r}, ClassLabel(names=[...]))`, or pick another column."
+        )
+    label_names = [LABEL_NAME_FIXES.get(name, name) for name in label_feature.names]
+    for split, dataset in raw.items():
+        labels = _column(dataset, data_args.label_column_name)
+        outside = (labels < 0) | (labels >= len(label_names))
+        if outside.any():
+            raise ValueError(
+                f"split {split!r} has labels outside [0, {len(label_names)}) in column "
+                f"{data_args.label_column_name!r}, e.g. {labels[outside][0]} at index {np.flatnonzero(outside)[0]}: "
+                "every image needs one of the ClassLabel's classes"
+            )
+    fine_to_coarse = _fine_to_coarse(raw, data_args.label_column_name, data_args.coarse_label_column_name)
+
+    splits = DatasetDict(
+        {split: _decode_split(dataset, split, data_args, label_names, image_size) for split, dataset in raw.items()}
+    )
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = _hold_out(splits["train"], data_args.validation_split_size, seed)
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    limits["test"] = data_args.max_eval_samples
+    for split, limit in limits.items():
+        if limit is not None and limit < len(splits[split]):
+            splits[split] = splits[split].select(range(limit))
+    splits = DatasetDict({split: splits[split] for split in ("train", "validation", "test")})
+    # The torch formatter would widen uint8 pixels to int64 (8x the memory): pin pixel_values' dtype, labels stay ints.
+    splits.set_format("torch", columns=["pixel_values"], dtype=torch.uint8, output_all_columns=True)
+    return ImageDatasets(splits=splits, label_names=label_names, fine_to_coarse=fine_to_coarse)
+
+
+def collate_batch(examples):
+    """The Trainer's `data_collator`: `{"pixel_values": uint8 (B, 3, H, W), "labels": int64 (B,)}`."""
+    pixel_values = torch.stack([torch.as_tensor(example["pixel_values"], dtype=torch.uint8) for example in examples])
+    labels = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.int64)
+    return {"pixel_values": pixel_values, "labels": labels}
+
+
+def _load_raw_splits(data_args):
+    """`load_dataset` for a Hub id and a local folder alike, failing within seconds when neither can be read."""
+    name = data_args.dataset_name
+    if not os.path.exists(name):
+        if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+            raise FileNotFoundError(
+                f"--dataset_name {name!r} looks like a local path, but nothing is there. Point it at a folder that "
+                "`load_dataset` reads, e.g. one holding data/train-*.parquet and data/test-*.parquet, or at a Hub id."
+            )
+        if not datasets.config.HF_HUB_OFFLINE:
+            _check_hub_reachable(name)
+    try:
+        return load_dataset(name, name=data_args.dataset_config_name, cache_dir=data_args.cache_dir)
+    except ConnectionError as error:
+        raise ConnectionError(_unavailable_message(name, error)) from error
+    except FileNotFoundError as error:
+        raise FileNotFoundError(_unavailable_message(name, error)) from error
+
+
+def _check_hub_reachable(name):
+    """Open a TCP connection to the Hub (or to the proxy in front of it) instead of waiting out `load_dataset`'s retries."""
+    endpoint = urllib.parse.urlsplit(datasets.config.HF_ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy.hostname, proxy.port or 80
+    try:
+        socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
+    except OSError as error:
+        reason = f"the Hub at {datasets.config.HF_ENDPOINT} cannot be reached ({host}:{port}: {error})"
+        raise ConnectionError(_unavailable_message(name, reason)) from error
+
+
+def _unavailable_message(name, reason):
+    return (
+        f"could not load dataset {name!r}: {reason}. To train on a local copy in the same schema, pass "
+        "`--dataset_name /path/to/copy`, a folder that `load_dataset` reads; make one where the Hub is reachable with "
+        f"`hf download {name} --repo-type dataset --local-dir /path/to/copy`."
+    )
+
+
+def _column(dataset, name):
+    return np.asarray(dataset.with_format("numpy")[name])
+
+
+def _fine_to_coarse(raw, label_column, coarse_column):
+    """The superclass of every label, read off the rows; `None` without a usable superclass column."""
+    if coarse_column is None or any(coarse_column not in dataset.column_names for dataset in raw.values()):
+        return None
+    num_labels = raw["train"].features[label_column].num_classes
+    fine = np.concatenate([_column(dataset, label_column) for dataset in raw.values()])
+    coarse = np.concatenate([_column(dataset, coarse_column) for dataset in raw.values()])
+    pairs = np.unique(np.stack([fine, coarse], axis=1), axis=0)  # (distinct (fine, coarse) pairs, 2)
+    if (coarse < 0).any() or len(pairs) != num_labels or len(np.unique(pairs[:, 0])) != num_labels:
+        logger.warning(
+            f"column {coarse_column!r} does not give every label exactly one superclass: no superclass accuracy"
+        )
+        return None
+    return pairs[:, 1].tolist()  # `pairs` is sorted by fine label, one row per label
+
+
+def _decode_split(dataset, split, data_args, label_names, image_size):
+    """Decode a split's images to uint8 (3, image_size, image_size) arrays, once: `datasets` caches the result."""
+    image_column = data_args.image_column_name
+    if not isinstance(dataset.features[image_column], Image):
+        raise ValueError(
+            f"--image_column_name {image_column!r} must be an Image column, but it is {dataset.features[image_column]}"
+        )
+    features = Features(
+        {
+            "pixel_values": Array3D(shape=(3, image_size, image_size), dtype="uint8"),
+            "labels": ClassLabel(names=label_names),
+            "source_index": Value("int64"),  # the row's index in the split as loaded, to name skipped images
+        }
+    )
+    decoded = dataset.cast_column(image_column, Image(decode=False)).map(
+        _decode_batch,
+        batched=True,
+        with_indices=True,
+        input_columns=[image_column, data_args.label_column_name],
+        remove_columns=dataset.column_names,
+        features=features,
+        fn_kwargs={"split": split, "image_size": image_size, "skip_corrupt": data_args.corrupt_images == "skip"},
+        num_proc=data_args.preprocessing_num_workers,
+        desc=f"Decoding {split} images",
+    )
+    if len(decoded) < len(dataset):
+        skipped = np.setdiff1d(np.arange(len(dataset)), _column(decoded, "source_index"))
+        logger.warning(
+            f"skipped {len(skipped)} image(s) of split {split!r} that cannot be decoded, at indices {skipped[:20].tolist()}"
+            + (" and more" if len(skipped) > 20 else "")
+        )
+    if len(decoded) == 0:
+        raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no image that can be decoded")
+    return decoded.remove_columns("source_index")
+
+
+def _hold_out(train, validation_split_size, seed):
+    """Split `validation_split_size` images off `train`, stratified by label: (train, validation), disjoint."""
+    if validation_split_size >= len(train):
+        raise ValueError(
+            f"--validation_split_size ({validation_split_size}) must be smaller than the train split "
+            f"({len(train)} images): pass a smaller one"
+        )
+    try:
+        parts = train.train_test_split(test_size=validation_split_size, stratify_by_column="labels", seed=seed)
+    except ValueError as error:  # e.g. fewer held-out images than classes
+        raise ValueError(
+            f"cannot hold out {validation_split_size} of {len(train)} train images stratified by label: {error}"
+        ) from error
+    return parts["train"], parts["test"]
+
+
+def _decode_batch(images, labels, indices, split, image_size, skip_corrupt):
+    batch = {"pixel_values": [], "labels": [], "source_index": []}
+    for image, label, index in zip(images, labels, indices, strict=True):
+        try:
+            pixel_values = _decode_image(image, image_size)
+        except Exception as error:  # PIL raises many types on bad bytes; all mean "cannot be decoded"
+            if skip_corrupt:
+                continue
+            raise ValueError(
+                f"image {index} of split {split!r} cannot be decoded ({type(error).__name__}: {error}). "
+                "Pass `--corrupt_images skip` to drop such images."
+            ) from error
+        batch["pixel_values"].append(pixel_values)
+        batch["labels"].append(label)
+        batch["source_index"].append(index)
+    return batch
+
+
+def _decode_image(image, image_size):
+    """Encoded image (`{"bytes", "path"}`) -> uint8 RGB array (3, image_size, image_size)."""
+    if image is None or (image["bytes"] is None and image["path"] is None):
+        raise ValueError("the row has no image")
+    with PILImage.open(io.BytesIO(image["bytes"]) if image["bytes"] is not None else image["path"]) as opened:
+        opened.load()
+        picture = opened
+        if picture.mode in SIXTEEN_BIT_MODES:
+            picture = PILImage.fromarray((np.asarray(picture, dtype=np.uint32) // 257).astype(np.uint8))
+        # Dropping alpha and resizing bilinearly as the published ViTImageProcessor does, so inference sees the same.
+        picture = picture.convert("RGB")
+        if picture.size != (image_size, image_size):
+            picture = picture.resize((image_size, image_size), PILImage.Resampling.BILINEAR)
+        return np.asarray(picture).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
