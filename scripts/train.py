@@ -72,6 +72,10 @@ def git_commit():
     return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def write_run_info(output_dir, arguments, config, training_args):
     model_args, data_args, augmentation_args, _ = arguments
     run_info = {
@@ -81,10 +85,7 @@ def write_run_info(output_dir, arguments, config, training_args):
         "augmentation_arguments": asdict(augmentation_args),
         "training_arguments": training_args.to_sanitized_dict(),
         "config": config.to_dict(),
-        "hardware": {
-            "device": torch.cuda.get_device_name() if training_args.device.type == "cuda" else training_args.device.type,
-            "num_processes": training_args.world_size,
-        },
+        "hardware": {"device": device_name(training_args.device), "num_processes": training_args.world_size},
         "smoke_run": bool(
             data_args.dataset_name != DataArguments.dataset_name
             or data_args.max_train_samples

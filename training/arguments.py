@@ -118,7 +118,9 @@ class VTLMTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
-        self.fp16 = self.fp16 and not self.bf16 and not self.use_cpu and torch.cuda.is_available()
+        on_cuda = torch.cuda.is_available() and not self.use_cpu
+        self.fp16 = self.fp16 and not self.bf16 and on_cuda
+        self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False
         super().__post_init__()

@@ -4,6 +4,7 @@ Images are decoded once into uint8 arrays that `datasets` caches on disk. Normal
 on whole batches on the device, so `pixel_values` stay uint8 here.
 """
 
+import inspect
 import io
 import logging
 import os
@@ -16,6 +17,7 @@ import datasets
 import numpy as np
 import torch
 from datasets import Array3D, ClassLabel, DatasetDict, Features, Image, Value, load_dataset
+from datasets.fingerprint import Hasher
 from PIL import Image as PILImage
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class DataArguments:
     )
     coarse_label_column_name: str | None = field(
         default="coarse_label",
-        metadata={"help": "The superclass column, for superclass accuracy; ignored when the dataset has no such column."},
+        metadata={"help": "The superclass column, for superclass accuracy; ignored when the dataset lacks it."},
     )
     validation_split_size: int = field(
         default=5000,
@@ -83,9 +85,10 @@ class DataArguments:
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         for name in ("validation_split_size", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
             value = getattr(self, name)
-            if name == "validation_split_size" or value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is None and name != "validation_split_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -93,13 +96,13 @@ class ImageDatasets:
     """What `load_image_datasets` returns.
 
     Args:
-        splits (`DatasetDict`): "train", "validation" and "test", each row
+        datasets (`DatasetDict`): "train", "validation" and "test", each row
             `{"pixel_values": uint8 tensor (3, image_size, image_size), "labels": int}`.
         label_names (`list[str]`): class names in label order, as they should be published.
         fine_to_coarse (`list[int]` or `None`): the superclass of each label, or `None` without a superclass column.
     """
 
-    splits: DatasetDict
+    datasets: DatasetDict
     label_names: list[str]
     fine_to_coarse: list[int] | None
 
@@ -118,38 +121,8 @@ def load_image_datasets(data_args, image_size=32, seed=42):
     Without a "validation" split in the dataset, `validation_split_size` images are held out of train, stratified by
     label; the hold-out depends only on `seed`. `max_train_samples` and `max_eval_samples` cut after that.
     """
-    raw = _load_raw_splits(data_args)
-    for split in ("train", "test"):
-        if split not in raw:
-            raise ValueError(f"dataset {data_args.dataset_name!r} has no {split!r} split; its splits are {list(raw)}")
-    raw = DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
-    for split, dataset in raw.items():
-        if len(dataset) == 0:
-            raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no rows")
-        for flag in ("image_column_name", "label_column_name"):
-            if getattr(data_args, flag) not in dataset.column_names:
-                raise ValueError(
-                    f"--{flag} {getattr(data_args, flag)!r} is not a column of split {split!r} of "
-                    f"{data_args.dataset_name!r}; its columns are {dataset.column_names}"
-                )
-
-    label_feature = raw["train"].features[data_args.label_column_name]
-    if not isinstance(label_feature, ClassLabel):
-        raise ValueError(
-            f"--label_column_name {data_args.label_column_name!r} must be a ClassLabel column, which carries the "
-            f"label names, but it is {label_feature}. Cast it first, e.g. "
-            f"`dataset.cast_column({data_args.label_column_name!r}, ClassLabel(names=[...]))`, or pick another column."
-        )
-    label_names = [LABEL_NAME_FIXES.get(name, name) for name in label_feature.names]
-    for split, dataset in raw.items():
-        labels = _column(dataset, data_args.label_column_name)
-        outside = (labels < 0) | (labels >= len(label_names))
-        if outside.any():
-            raise ValueError(
-                f"split {split!r} has labels outside [0, {len(label_names)}) in column "
-                f"{data_args.label_column_name!r}, e.g. {labels[outside][0]} at index {np.flatnonzero(outside)[0]}: "
-                "every image needs one of the ClassLabel's classes"
-            )
+    raw = _check_splits(_load_raw_splits(data_args), data_args)
+    label_names = _label_names(raw, data_args.label_column_name)
     fine_to_coarse = _fine_to_coarse(raw, data_args.label_column_name, data_args.coarse_label_column_name)
 
     splits = DatasetDict(
@@ -157,15 +130,18 @@ def load_image_datasets(data_args, image_size=32, seed=42):
     )
     if "validation" not in splits:
         splits["train"], splits["validation"] = _hold_out(splits["train"], data_args.validation_split_size, seed)
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    limits["test"] = data_args.max_eval_samples
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_eval_samples,
+    }
     for split, limit in limits.items():
         if limit is not None and limit < len(splits[split]):
             splits[split] = splits[split].select(range(limit))
-    splits = DatasetDict({split: splits[split] for split in ("train", "validation", "test")})
+    splits = DatasetDict({split: splits[split] for split in limits})
     # The torch formatter would widen uint8 pixels to int64 (8x the memory): pin pixel_values' dtype, labels stay ints.
     splits.set_format("torch", columns=["pixel_values"], dtype=torch.uint8, output_all_columns=True)
-    return ImageDatasets(splits=splits, label_names=label_names, fine_to_coarse=fine_to_coarse)
+    return ImageDatasets(datasets=splits, label_names=label_names, fine_to_coarse=fine_to_coarse)
 
 
 def collate_batch(examples):
@@ -192,10 +168,14 @@ def _load_raw_splits(data_args):
         raise ConnectionError(_unavailable_message(name, error)) from error
     except FileNotFoundError as error:
         raise FileNotFoundError(_unavailable_message(name, error)) from error
+    except ValueError as error:
+        if "corresponds to no data" in str(error):  # how `datasets` words an empty split
+            raise ValueError(f"a split of dataset {name!r} has no rows ({error})") from error
+        raise
 
 
 def _check_hub_reachable(name):
-    """Open a TCP connection to the Hub (or to the proxy in front of it) instead of waiting out `load_dataset`'s retries."""
+    """Open a TCP connection to the Hub (or its proxy) rather than wait out `load_dataset`'s retries (~25 s)."""
     endpoint = urllib.parse.urlsplit(datasets.config.HF_ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(endpoint.scheme)
@@ -217,8 +197,48 @@ def _unavailable_message(name, reason):
     )
 
 
+def _check_splits(raw, data_args):
+    """Keep train, validation (if any) and test; check that each has rows and the named columns."""
+    for split in ("train", "test"):
+        if split not in raw:
+            raise ValueError(f"dataset {data_args.dataset_name!r} has no {split!r} split; its splits are {list(raw)}")
+    raw = DatasetDict({split: raw[split] for split in ("train", "validation", "test") if split in raw})
+    for split, dataset in raw.items():
+        if len(dataset) == 0:
+            raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no rows")
+        for flag in ("image_column_name", "label_column_name"):
+            if getattr(data_args, flag) not in dataset.column_names:
+                raise ValueError(
+                    f"--{flag} {getattr(data_args, flag)!r} is not a column of split {split!r} of "
+                    f"{data_args.dataset_name!r}; its columns are {dataset.column_names}"
+                )
+    return raw
+
+
+def _label_names(raw, label_column):
+    """The ClassLabel's names as they should be published, after checking every label is one of them."""
+    label_feature = raw["train"].features[label_column]
+    if not isinstance(label_feature, ClassLabel):
+        raise ValueError(
+            f"--label_column_name {label_column!r} must be a ClassLabel column, which carries the label names, but "
+            f"it is {label_feature}. Cast it first, e.g. `dataset.cast_column({label_column!r}, "
+            "ClassLabel(names=[...]))`, or pick another column."
+        )
+    for split, dataset in raw.items():
+        labels = _column(dataset, label_column)
+        outside = (labels < 0) | (labels >= label_feature.num_classes)
+        if outside.any():
+            raise ValueError(
+                f"split {split!r} has labels outside [0, {label_feature.num_classes}) in column {label_column!r}, "
+                f"e.g. {labels[outside][0]} at index {np.flatnonzero(outside)[0]}: every image needs one of the "
+                "ClassLabel's classes"
+            )
+    return [LABEL_NAME_FIXES.get(name, name) for name in label_feature.names]
+
+
 def _column(dataset, name):
-    return np.asarray(dataset.with_format("numpy")[name])
+    """One column as a numpy array, read in one go (iterating `dataset[name]` would format row by row)."""
+    return dataset.select_columns([name]).with_format("numpy")[:][name]
 
 
 def _fine_to_coarse(raw, label_column, coarse_column):
@@ -251,22 +271,30 @@ def _decode_split(dataset, split, data_args, label_names, image_size):
             "source_index": Value("int64"),  # the row's index in the split as loaded, to name skipped images
         }
     )
-    decoded = dataset.cast_column(image_column, Image(decode=False)).map(
+    encoded = dataset.cast_column(image_column, Image(decode=False))
+    input_columns = [image_column, data_args.label_column_name]
+    fn_kwargs = {"split": split, "image_size": image_size, "skip_corrupt": data_args.corrupt_images == "skip"}
+    # `datasets` fingerprints a module-level function by its name, not its code: hash the decoder's source as well,
+    # so that editing it decodes again instead of reusing stale cached arrays.
+    decoder_source = inspect.getsource(_decode_batch) + inspect.getsource(_decode_image)
+    decoded = encoded.map(
         _decode_batch,
         batched=True,
         with_indices=True,
-        input_columns=[image_column, data_args.label_column_name],
+        input_columns=input_columns,
         remove_columns=dataset.column_names,
         features=features,
-        fn_kwargs={"split": split, "image_size": image_size, "skip_corrupt": data_args.corrupt_images == "skip"},
+        fn_kwargs=fn_kwargs,
         num_proc=data_args.preprocessing_num_workers,
         desc=f"Decoding {split} images",
+        new_fingerprint=Hasher.hash([encoded._fingerprint, decoder_source, input_columns, fn_kwargs, features]),
     )
     if len(decoded) < len(dataset):
         skipped = np.setdiff1d(np.arange(len(dataset)), _column(decoded, "source_index"))
+        more = " and more" if len(skipped) > 20 else ""
         logger.warning(
-            f"skipped {len(skipped)} image(s) of split {split!r} that cannot be decoded, at indices {skipped[:20].tolist()}"
-            + (" and more" if len(skipped) > 20 else "")
+            f"skipped {len(skipped)} image(s) of split {split!r} that cannot be decoded, at indices "
+            f"{skipped[:20].tolist()}{more}"
         )
     if len(decoded) == 0:
         raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no image that can be decoded")

@@ -1,0 +1,367 @@
+"""The data path: loading in the Hub's schema, decoding once, the validation hold-out, limits, errors, batching."""
+
+import io
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from PIL import Image as PILImage
+from transformers import HfArgumentParser
+
+import training.data
+from tests.conftest import class_images, write_hub_dataset
+from training.data import DataArguments, collate_batch, load_image_datasets
+
+CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_splits(root, splits, features):
+    """Write `{split: columns}` as `root/data/{split}-00000-of-00001.parquet`, the Hub's layout."""
+    os.makedirs(os.path.join(root, "data"), exist_ok=True)
+    for split, columns in splits.items():
+        dataset = Dataset.from_dict(columns, features=Features(features))
+        dataset.to_parquet(os.path.join(root, "data", f"{split}-00000-of-00001.parquet"))
+    return str(root)
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def three_class_columns(num_rows, seed=0):
+    labels = np.arange(num_rows) % 3
+    return {"img": list(class_images(labels, seed=seed)), "label": labels.tolist()}
+
+
+THREE_CLASSES = {"img": Image(), "label": ClassLabel(names=["a", "b", "c"])}
+
+
+def row_keys(dataset):
+    """One key per row, its pixels' bytes: the tiny datasets' images are all different."""
+    return [pixels.numpy().tobytes() for pixels in dataset[:]["pixel_values"]]
+
+
+def load(dataset_name, **overrides):
+    return load_image_datasets(DataArguments(dataset_name=dataset_name, **overrides), image_size=32, seed=0)
+
+
+def test_rows_are_decoded_uint8_images_with_labels(cifar100_dir):
+    data = load(cifar100_dir, validation_split_size=100)
+    assert {split: len(dataset) for split, dataset in data.datasets.items()} == {
+        "train": 300,
+        "validation": 100,
+        "test": 200,
+    }
+    row = data.datasets["train"][0]
+    assert set(row) == {"pixel_values", "labels"}
+    assert row["pixel_values"].dtype == torch.uint8 and row["pixel_values"].shape == (3, 32, 32)
+    assert isinstance(row["labels"], int)
+    # The test split keeps its order: compare with `datasets`' own decoding of the same rows.
+    reference = load_dataset(cifar100_dir)["test"]
+    for index in (0, 57, 199):
+        expected = np.asarray(reference[index]["img"]).transpose(2, 0, 1)
+        np.testing.assert_array_equal(data.datasets["test"][index]["pixel_values"].numpy(), expected)
+        assert data.datasets["test"][index]["labels"] == reference[index]["fine_label"]
+
+
+def test_label_names_and_superclasses_come_from_the_data(cifar100_dir):
+    data = load(cifar100_dir, validation_split_size=100)
+    hub_names = load_dataset(cifar100_dir)["train"].features["fine_label"].names
+    assert hub_names[26] == "cra" and data.label_names[26] == "crab"
+    assert data.label_names[:26] == hub_names[:26] and data.label_names[27:] == hub_names[27:]
+    assert data.id2label[26] == "crab" and data.label2id["crab"] == 26
+    # conftest gives fine label l the superclass l * 20 // 100.
+    assert data.fine_to_coarse == [label * 20 // 100 for label in range(100)]
+
+
+def test_validation_is_held_out_of_train_disjoint_and_stratified(cifar100_dir):
+    data = load(cifar100_dir, validation_split_size=200)
+    train, validation = row_keys(data.datasets["train"]), row_keys(data.datasets["validation"])
+    assert not set(train) & set(validation)
+    source = [np.asarray(image).transpose(2, 0, 1).tobytes() for image in load_dataset(cifar100_dir)["train"]["img"]]
+    assert len(train) + len(validation) == len(source) and set(train) | set(validation) == set(source)
+    # 4 images per class in train: a stratified hold-out of 200 takes exactly 2 of each.
+    assert np.bincount(np.asarray(data.datasets["validation"][:]["labels"]), minlength=100).tolist() == [2] * 100
+
+
+def test_hold_out_depends_only_on_the_seed(cifar100_dir):
+    args = DataArguments(dataset_name=cifar100_dir, validation_split_size=100)
+    first = row_keys(load_image_datasets(args, seed=0).datasets["validation"])
+    again = row_keys(load_image_datasets(args, seed=0).datasets["validation"])
+    other = row_keys(load_image_datasets(args, seed=1).datasets["validation"])
+    assert first == again
+    assert set(first) != set(other)
+
+
+def test_limits_cut_after_the_hold_out(cifar100_dir):
+    full = load(cifar100_dir, validation_split_size=100)
+    cut = load(cifar100_dir, validation_split_size=100, max_train_samples=50, max_eval_samples=30)
+    assert [len(cut.datasets[split]) for split in ("train", "validation", "test")] == [50, 30, 30]
+    for split in ("train", "validation", "test"):
+        assert row_keys(cut.datasets[split]) == row_keys(full.datasets[split])[: len(cut.datasets[split])]
+
+
+def test_a_validation_split_in_the_dataset_is_used_as_is(tmp_path):
+    root = write_hub_dataset(tmp_path, {"train": 200, "validation": 120, "test": 100})
+    data = load(root, validation_split_size=50)
+    assert [len(data.datasets[split]) for split in ("train", "validation", "test")] == [200, 120, 100]
+    reference = load_dataset(root)["validation"]
+    np.testing.assert_array_equal(
+        data.datasets["validation"][5]["pixel_values"].numpy(), np.asarray(reference[5]["img"]).transpose(2, 0, 1)
+    )
+
+
+def test_cifar10_schema(tmp_path):
+    root = write_hub_dataset(tmp_path, {"train": 60, "test": 20}, CIFAR10_LABELS, label_column="label", coarse=False)
+    data = load(root, label_column_name="label", validation_split_size=20)
+    assert data.label_names == CIFAR10_LABELS
+    assert data.fine_to_coarse is None
+    assert [len(data.datasets[split]) for split in ("train", "validation", "test")] == [40, 20, 20]
+    assert np.bincount(np.asarray(data.datasets["validation"][:]["labels"])).tolist() == [2] * 10
+
+
+def palette_image():
+    image = PILImage.new("P", (32, 32), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50])
+    return image
+
+
+def test_any_image_mode_and_size_becomes_rgb_at_image_size(tmp_path):
+    images = [
+        PILImage.new("L", (40, 24), 77),
+        PILImage.new("RGBA", (32, 32), (10, 20, 30, 128)),
+        palette_image(),
+        PILImage.fromarray(np.full((32, 32), 257 * 90, dtype=np.uint16)),
+        PILImage.new("RGB", (64, 48), (1, 2, 3)),
+        PILImage.new("CMYK", (32, 32), (0, 0, 0, 0)),
+    ]
+    assert images[3].mode == "I;16"
+    test = {"img": images, "label": [0, 1, 2, 0, 1, 2]}
+    root = write_splits(tmp_path, {"train": three_class_columns(6), "test": test}, THREE_CLASSES)
+    args = DataArguments(dataset_name=root, label_column_name="label", validation_split_size=3)
+    pixels = load_image_datasets(args, image_size=32).datasets["test"][:]["pixel_values"]  # test rows keep their order
+    assert pixels.dtype == torch.uint8 and pixels.shape == (6, 3, 32, 32)
+    colours = [tuple(image[:, 0, 0].tolist()) for image in pixels]
+    assert (pixels == pixels[:, :, :1, :1]).all()  # every image is one colour, resized or not
+    assert colours == [
+        (77, 77, 77),  # L: grey in every channel, resized from 40x24
+        (10, 20, 30),  # RGBA: alpha dropped
+        (200, 100, 50),  # P: palette resolved
+        (90, 90, 90),  # 16-bit grey rescaled to 8 bits, not clipped at 255
+        (1, 2, 3),  # resized from 64x48
+        (255, 255, 255),  # CMYK white
+    ]
+    assert load_image_datasets(args, image_size=16).datasets["test"][:]["pixel_values"].shape == (6, 3, 16, 16)
+
+
+def test_corrupt_image_fails_naming_split_and_index(tmp_path):
+    images = [png_bytes(image) for image in map(PILImage.fromarray, class_images(np.arange(9) % 3))]
+    images[4] = b"not an image"
+    images[7] = images[7][:40]  # a truncated PNG
+    columns = {"img": [{"bytes": data, "path": None} for data in images], "label": (np.arange(9) % 3).tolist()}
+    root = write_splits(tmp_path, {"train": columns, "test": three_class_columns(3)}, THREE_CLASSES)
+    with pytest.raises(ValueError, match=r"image 4 of split 'train' cannot be decoded.*--corrupt_images skip"):
+        load(root, label_column_name="label", validation_split_size=3)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_corrupt_images_are_skipped_with_a_warning(tmp_path, caplog, workers):
+    images = [png_bytes(image) for image in map(PILImage.fromarray, class_images(np.arange(12) % 3))]
+    images[4] = b"not an image"
+    images[7] = images[7][:40]  # in the second of two workers' shards
+    columns = {"img": [{"bytes": data, "path": None} for data in images], "label": (np.arange(12) % 3).tolist()}
+    root = write_splits(tmp_path, {"train": columns, "test": three_class_columns(3)}, THREE_CLASSES)
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        data = load(
+            root,
+            label_column_name="label",
+            validation_split_size=3,
+            corrupt_images="skip",
+            preprocessing_num_workers=workers,
+        )
+    assert len(data.datasets["train"]) + len(data.datasets["validation"]) == 10
+    assert "skipped 2 image(s) of split 'train'" in caplog.text and "[4, 7]" in caplog.text
+
+
+def test_a_split_with_only_corrupt_images_is_an_error(tmp_path):
+    columns = {"img": [{"bytes": b"junk", "path": None}] * 3, "label": [0, 1, 2]}
+    root = write_splits(tmp_path, {"train": three_class_columns(9), "test": columns}, THREE_CLASSES)
+    with pytest.raises(ValueError, match="split 'test' .* has no image that can be decoded"):
+        load(root, label_column_name="label", validation_split_size=3, corrupt_images="skip")
+
+
+def test_images_are_decoded_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    root = write_hub_dataset(tmp_path, {"train": 30, "test": 10}, CIFAR10_LABELS, label_column="label", coarse=False)
+    opened = []
+    original_open = PILImage.open
+    monkeypatch.setattr(training.data.PILImage, "open", lambda *args: opened.append(1) or original_open(*args))
+    load(root, label_column_name="label", validation_split_size=10)
+    assert len(opened) == 40
+    load(root, label_column_name="label", validation_split_size=10, max_train_samples=5)
+    assert len(opened) == 40
+    # An edited decoder decodes again: `datasets` alone would fingerprint it by name and reuse the old arrays.
+    original_decode = training.data._decode_image
+    monkeypatch.setattr(training.data, "_decode_image", lambda image, size: 255 - original_decode(image, size))
+    data = load(root, label_column_name="label", validation_split_size=10)
+    assert len(opened) == 80
+    expected = 255 - np.asarray(load_dataset(root)["test"][0]["img"]).transpose(2, 0, 1)
+    np.testing.assert_array_equal(data.datasets["test"][0]["pixel_values"].numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"image_column_name": "image"}, r"--image_column_name 'image' is not a column .* \['img', 'fine_label'"),
+        ({"label_column_name": "label"}, r"--label_column_name 'label' is not a column .* \['img', 'fine_label'"),
+        ({"validation_split_size": 400}, r"--validation_split_size \(400\) must be smaller than the train split"),
+        ({"validation_split_size": 50}, r"cannot hold out 50 of 400 train images stratified by label"),
+        ({"image_column_name": "fine_label"}, r"--image_column_name 'fine_label' must be an Image column"),
+    ],
+)
+def test_bad_arguments_for_the_data_are_clear_errors(cifar100_dir, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load(cifar100_dir, **overrides)
+
+
+def test_label_column_must_be_a_class_label(tmp_path):
+    features = {"img": Image(), "label": Value("int64")}
+    root = write_splits(tmp_path, {"train": three_class_columns(9), "test": three_class_columns(3)}, features)
+    with pytest.raises(ValueError, match="'label' must be a ClassLabel column"):
+        load(root, label_column_name="label", validation_split_size=3)
+
+
+@pytest.mark.parametrize("bad_label", [3, -1])
+def test_labels_outside_the_classes_are_an_error(tmp_path, bad_label):
+    columns = three_class_columns(9)
+    columns["label"][5] = bad_label
+    # Written under 4 classes (the writer checks the range), then declared with 3.
+    root = write_splits(tmp_path, {"test": three_class_columns(3)}, THREE_CLASSES)
+    Dataset.from_dict(columns, features=Features({"img": Image(), "label": ClassLabel(num_classes=4)})).cast(
+        Features(THREE_CLASSES)
+    ).to_parquet(os.path.join(root, "data", "train-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=rf"split 'train' has labels outside \[0, 3\).*{bad_label} at index 5"):
+        load(root, label_column_name="label", validation_split_size=3)
+
+
+def test_empty_split_is_an_error(tmp_path, monkeypatch):
+    empty = {"img": [], "label": []}
+    root = write_splits(tmp_path, {"train": three_class_columns(9), "test": empty}, THREE_CLASSES)
+    with pytest.raises(ValueError, match=f"a split of dataset '{root}' has no rows"):
+        load(root, label_column_name="label", validation_split_size=3)
+    # A loader that returns the empty split instead of raising, as older `datasets` may.
+    splits = {"train": three_class_columns(9), "test": empty}
+    splits = DatasetDict(
+        {split: Dataset.from_dict(rows, features=Features(THREE_CLASSES)) for split, rows in splits.items()}
+    )
+    monkeypatch.setattr(training.data, "load_dataset", lambda *args, **kwargs: splits)
+    with pytest.raises(ValueError, match=f"split 'test' of dataset '{root}' has no rows"):
+        load(root, label_column_name="label", validation_split_size=3)
+
+
+def test_missing_test_split_is_an_error(tmp_path):
+    root = write_splits(tmp_path, {"train": three_class_columns(9)}, THREE_CLASSES)
+    with pytest.raises(ValueError, match=r"has no 'test' split; its splits are \['train'\]"):
+        load(root, label_column_name="label", validation_split_size=3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"corrupt_images": "ignore"}, "corrupt_images must be one of"),
+        ({"validation_split_size": 0}, "validation_split_size must be a positive integer"),
+        ({"max_train_samples": 0}, "max_train_samples must be a positive integer"),
+        ({"max_eval_samples": -5}, "max_eval_samples must be a positive integer"),
+        ({"image_column_name": ""}, "image_column_name must be a non-empty string"),
+    ],
+)
+def test_data_arguments_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DataArguments(**overrides)
+
+
+def test_data_arguments_parse_as_run_image_classification_flags():
+    parser = HfArgumentParser(DataArguments)
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--dataset_name", "/data/cifar10", "--label_column_name", "label", "--corrupt_images", "skip"]
+        + ["--max_train_samples", "10", "--validation_split_size", "7"]
+    )
+    assert args == DataArguments(
+        dataset_name="/data/cifar10",
+        label_column_name="label",
+        corrupt_images="skip",
+        max_train_samples=10,
+        validation_split_size=7,
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--corrupt_images", "ignore"])
+
+
+def test_offline_missing_hub_dataset_fails_fast_with_a_hint():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"'someone/no-such-dataset'.*--dataset_name /path/to/copy"):
+        load("someone/no-such-dataset")
+    assert time.monotonic() - start < 5
+
+
+def closed_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def online_without_proxy(monkeypatch):
+    """Online mode as `datasets` sees it, with no proxy in the environment."""
+    monkeypatch.setattr(training.data.datasets.config, "HF_HUB_OFFLINE", False)
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+
+
+def test_unreachable_hub_fails_fast_with_a_hint(online_without_proxy, monkeypatch):
+    monkeypatch.setattr(training.data.datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"'uoft-cs/cifar100'.*cannot be reached.*--dataset_name /path/to/copy"):
+        load("uoft-cs/cifar100")
+    assert time.monotonic() - start < 5
+
+
+def test_hub_check_connects_to_the_proxy_when_one_is_set(online_without_proxy, monkeypatch):
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setattr(training.data.datasets.config, "HF_ENDPOINT", f"https://127.0.0.1:{closed_port()}")
+        with pytest.raises(ConnectionError):
+            training.data._check_hub_reachable("uoft-cs/cifar100")
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        training.data._check_hub_reachable("uoft-cs/cifar100")  # the proxy answers: no error
+
+
+@pytest.mark.parametrize("name", ["/no/such/folder/cifar100", "./no-such-folder"])
+def test_missing_local_path_is_a_clear_error(name):
+    with pytest.raises(FileNotFoundError, match=f"--dataset_name '{name}' looks like a local path"):
+        load(name)
+
+
+def test_local_folder_without_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"could not load dataset '{tmp_path}'.*--dataset_name"):
+        load(str(tmp_path))
+
+
+def test_collate_batch_stacks_uint8_images_and_int64_labels(cifar100_dir):
+    data = load(cifar100_dir, validation_split_size=100)
+    loader = torch.utils.data.DataLoader(data.datasets["validation"], batch_size=16, collate_fn=collate_batch)
+    batch = next(iter(loader))
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (16, 3, 32, 32)
+    assert batch["labels"].dtype == torch.int64 and batch["labels"].shape == (16,)
+    rows = [data.datasets["validation"][index] for index in range(16)]
+    assert torch.equal(batch["pixel_values"], torch.stack([row["pixel_values"] for row in rows]))
+    assert batch["labels"].tolist() == [row["labels"] for row in rows]
+    # The default collate gives the same tensors.
+    default = next(iter(torch.utils.data.DataLoader(data.datasets["validation"], batch_size=16)))
+    assert torch.equal(default["pixel_values"], batch["pixel_values"]) and default["pixel_values"].dtype == torch.uint8

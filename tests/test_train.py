@@ -1,0 +1,175 @@
+"""scripts/train.py end to end on datasets written in the Hub's schema: CPU, offline, tiny configs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY_CONFIG, write_hub_dataset
+from safetensors.torch import load_file
+
+from training.arguments import parse_config_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import train  # noqa: E402
+
+TINY_OVERRIDES = ",".join(f"{key}={value}" for key, value in TINY_CONFIG.items())
+# The CPU-sized flags of every run here: tiny model, small batches, no worker processes, no TensorBoard.
+TINY_RUN = [
+    f"--config_overrides={TINY_OVERRIDES}",
+    "--per_device_train_batch_size=32",
+    "--per_device_eval_batch_size=64",
+    "--dataloader_num_workers=0",
+    "--report_to=none",
+    "--logging_steps=5",
+    "--disable_tqdm=true",
+]
+
+
+def read_json(path):
+    with open(path) as file:
+        return json.load(file)
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar100_dir, tmp_path_factory):
+    """Two epochs of the default recipe on a 400-image CIFAR-100-schema dataset."""
+    output_dir = tmp_path_factory.mktemp("run")
+    train.main(
+        [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=2"]
+        + TINY_RUN
+        + [f"--output_dir={output_dir}", "--hub_token=hf_DoNotLeakThisTokenAnywhere123"]
+    )
+    return output_dir
+
+
+def test_run_leaves_a_loadable_model_folder(finished_run):
+    files = set(os.listdir(finished_run))
+    expected = {"config.json", "configuration_vtlm.py", "modeling_vtlm.py", "model.safetensors"}
+    assert expected | {"preprocessor_config.json", "all_results.json", "test_results.json", "run_info.json"} <= files
+    config = read_json(finished_run / "config.json")
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    assert config["hidden_size"] == 32 and config["drop_path_rate"] == 0.1 and config["hidden_dropout_prob"] == 0.0
+    # Labels come from the dataset's ClassLabel, with the Hub's "cra" published as "crab".
+    assert config["id2label"]["26"] == "crab" and len(config["id2label"]) == 100
+    assert len(load_file(finished_run / "model.safetensors")) > 0
+
+
+def test_selection_on_validation_and_test_evaluated_once_at_the_end(finished_run):
+    results = read_json(finished_run / "all_results.json")
+    for split, num_images in (("eval", 100), ("test", 200)):
+        for metric in ("accuracy", "top5_accuracy", "superclass_accuracy"):
+            assert 0 <= results[f"{split}_{metric}"] <= 1
+        assert results[f"{split}_top5_accuracy"] >= results[f"{split}_accuracy"]
+        assert results[f"{split}_num_images"] == num_images
+    test_results = read_json(finished_run / "test_results.json")
+    assert test_results.keys() - {"epoch"} == {key for key in results if key.startswith("test_")}
+
+    state = read_json(finished_run / "trainer_state.json")
+    assert state["best_metric"] == max(e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e)
+    assert not any(key.startswith("test_") for entry in state["log_history"] for key in entry)
+
+
+def test_run_info_records_config_arguments_and_commit(finished_run):
+    info = read_json(finished_run / "run_info.json")
+    assert info["config"]["hidden_size"] == 32
+    assert info["training_arguments"]["learning_rate"] == 1e-3
+    assert info["augmentation_arguments"]["mixup_alpha"] == 0.8
+    assert info["data_arguments"]["validation_split_size"] == 100
+    assert info["smoke_run"] is True
+    assert info["git_commit"] is None or len(info["git_commit"]) >= 40
+
+
+def test_token_is_never_written(finished_run):
+    for folder, _, names in os.walk(finished_run):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as file:
+                assert b"hf_DoNotLeakThisTokenAnywhere123" not in file.read(), os.path.join(folder, name)
+
+
+def test_training_learns_a_learnable_task(tmp_path):
+    """CIFAR-10's schema (`img`, `label`): 10 classes of coloured stripes; accuracy must rise far above chance."""
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    splits = {"train": 600, "test": 200}
+    data = write_hub_dataset(tmp_path / "cifar10", splits, names, label_column="label", coarse=False)
+    train.main(
+        [f"--dataset_name={data}", "--label_column_name=label", "--validation_split_size=100"]
+        + TINY_RUN
+        + ["--num_train_epochs=6", "--learning_rate=3e-3", "--warmup_steps=5"]
+        + ["--mixup_prob=0", "--randaugment_num_ops=0"]
+        + [f"--output_dir={tmp_path / 'run'}"]
+    )
+    results = read_json(tmp_path / "run" / "all_results.json")
+    assert results["eval_accuracy"] > 0.6 and results["test_accuracy"] > 0.6  # chance is 0.1
+    assert "test_superclass_accuracy" not in results
+    assert read_json(tmp_path / "run" / "config.json")["id2label"]["9"] == "truck"
+
+
+def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path):
+    """Real 2-process DDP (gloo): one output_dir, loss not scaled by world size, every validation image seen once."""
+    output_dir = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1"]
+    launch += ["--mixed_precision=no", "--dynamo_backend=no", TRAIN]
+    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
+    run = subprocess.run(
+        launch + args + TINY_RUN + [f"--output_dir={output_dir}", "--logging_steps=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    info = read_json(output_dir / "run_info.json")
+    assert info["hardware"]["num_processes"] == 2
+    results = read_json(output_dir / "all_results.json")
+    # 101 validation images over 2 ranks: padded to 102 by the sampler, deduplicated by gather_for_metrics.
+    assert results["eval_num_images"] == 101
+    assert results["test_num_images"] == 200
+    # An untrained 100-way classifier starts near ln(100) = 4.6; a loss multiplied by the world size would be ~9.2.
+    first_loss = next(e["loss"] for e in read_json(output_dir / "trainer_state.json")["log_history"] if "loss" in e)
+    assert abs(first_loss - math.log(100)) < 0.5
+
+
+def test_config_overrides_are_typed_and_checked():
+    assert parse_config_overrides("hidden_size=64, qkv_bias=false,drop_path_rate=0.2,pooling=mean") == {
+        "hidden_size": 64,
+        "qkv_bias": False,
+        "drop_path_rate": 0.2,
+        "pooling": "mean",
+    }
+    with pytest.raises(ValueError, match="unknown config field 'hidden_dim'"):
+        parse_config_overrides("hidden_dim=64")
+    with pytest.raises(ValueError, match="hidden_size must be a int, got 'big'"):
+        parse_config_overrides("hidden_size=big")
+    with pytest.raises(ValueError, match="qkv_bias must be a bool"):
+        parse_config_overrides("qkv_bias=maybe")
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_config_overrides("hidden_size")
+
+
+def test_invalid_override_value_fails_before_training(cifar100_dir, tmp_path):
+    with pytest.raises(ValueError, match="hidden_size"):
+        train.main([f"--dataset_name={cifar100_dir}", "--config_overrides=hidden_size=30", f"--output_dir={tmp_path}"])
+
+
+def test_arguments_from_a_yaml_file(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_preset: vtlm-5m\nnum_train_epochs: 3\nmixup_alpha: 0.2\noutput_dir: somewhere\n")
+    model_args, data_args, augmentation_args, training_args = train.parse_arguments([str(recipe)])
+    assert model_args.model_preset == "vtlm-5m" and training_args.num_train_epochs == 3
+    assert augmentation_args.mixup_alpha == 0.2 and data_args.dataset_name == "uoft-cs/cifar100"
+
+
+def test_defaults_are_the_headline_recipe():
+    model_args, data_args, augmentation_args, training_args = train.parse_arguments([])
+    assert model_args.model_preset == "vtlm-37m" and training_args.num_train_epochs == 100
+    assert training_args.output_dir == "runs/vtlm-37m-cifar100"
+    assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 5000
+    assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "accuracy"
+    assert training_args.fp16 is False  # no CUDA here: fp32 on a CPU
