@@ -1,6 +1,8 @@
 """Shared test set-up: offline Hub, a private HF cache, a tiny config, and datasets written in the Hub's schema."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 # Before transformers or datasets are imported: no network, and a private cache for remote code and datasets.
@@ -58,6 +60,22 @@ def write_hub_dataset(root, splits, label_names=HUB_FINE_LABELS, label_column="f
         dataset = Dataset.from_dict(columns, features=Features(features))
         dataset.to_parquet(os.path.join(root, "data", f"{split}-00000-of-00001.parquet"))
     return str(root)
+
+
+# Prepended to scripts that must run as a user without this repository: with the package installed (editable, as in
+# CI), `import modeling` would otherwise succeed, and transformers could use our classes instead of the shipped files.
+_BLOCK_MODELING = "import sys\nsys.modules['modeling'] = sys.modules['training'] = None  # not importable\n"
+
+
+def run_without_modeling(script, *args, cwd):
+    """Run Python `script` in a fresh interpreter, in `cwd`, where `modeling` and `training` cannot be imported."""
+    path = os.path.join(cwd, "user_script.py")
+    with open(path, "w") as file:
+        file.write(_BLOCK_MODELING + script)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, path, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture

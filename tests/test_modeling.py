@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, run_without_modeling
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
@@ -261,9 +259,10 @@ REMOTE_CODE_CHECK = textwrap.dedent(
     folder, pixels_file = sys.argv[1], sys.argv[2]
     try:
         import modeling
-        sys.exit("modeling must not be importable here")
     except ImportError:
         pass
+    else:
+        sys.exit("modeling must not be importable here")
     pixels = torch.load(pixels_file)
     classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -285,17 +284,7 @@ def test_trust_remote_code_load_where_modeling_is_not_importable(saved_model, tm
     folder, model = saved_model
     pixels_file = tmp_path / "pixels.pt"
     torch.save(pixels(), pixels_file)
-    script = tmp_path / "check.py"
-    script.write_text(REMOTE_CODE_CHECK)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run(
-        [sys.executable, "-I", str(script), str(folder), str(pixels_file)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_without_modeling(REMOTE_CODE_CHECK, folder, pixels_file, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.split("RESULT", 1)[1])
     assert result["classifier_module"].startswith("transformers_modules")
