@@ -102,6 +102,8 @@ def main(argv=None):
     model_args, data_args, augmentation_args, training_args = arguments
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if training_args.should_log:  # as the transformers examples do: the default log level "passive" means info here
+        transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
