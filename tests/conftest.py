@@ -67,12 +67,17 @@ def write_hub_dataset(root, splits, label_names=HUB_FINE_LABELS, label_column="f
 _BLOCK_MODELING = "import sys\nsys.modules['modeling'] = sys.modules['training'] = None  # not importable\n"
 
 
-def run_without_modeling(script, *args, cwd):
-    """Run Python `script` in a fresh interpreter, in `cwd`, where `modeling` and `training` cannot be imported."""
+def run_without_modeling(script, *args, cwd, python_path=None):
+    """Run Python `script` in a fresh interpreter, in `cwd`, where `modeling` and `training` cannot be imported.
+
+    `python_path` goes in front of the installed packages (to run under another transformers, say).
+    """
     path = os.path.join(cwd, "user_script.py")
     with open(path, "w") as file:
         file.write(_BLOCK_MODELING + script)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if python_path:
+        env["PYTHONPATH"] = str(python_path)
     return subprocess.run(
         [sys.executable, path, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
