@@ -11,8 +11,8 @@ which is timm's order (erasing inside the loader, mixing on the batch). Every ra
 Randomness. Every draw comes from a `torch.Generator` seeded with the `seed` passed to the call, never from the global
 RNG, so a call neither reads nor moves the caller's RNG state, and a resumed run augments its batches exactly as the
 first run did. The trainer derives that seed with `augmentation_seed(seed, global_step, rank, micro_step)`. The
-per-sample parameters are drawn on the CPU and then moved to the images' device: the same seed makes the same
-choices on a CPU and on a GPU, and choosing which samples an op touches never waits for the GPU. Only the
+per-sample parameters are drawn on the CPU and then copied to the images' device (asynchronously, from pinned
+memory): the same seed makes the same choices on a CPU and on a GPU, and nothing waits for the GPU. Only the
 random-erasing noise is drawn on the device itself, from a generator seeded by the CPU one.
 
 Why not kornia. kornia 0.9's `kornia.augmentation.auto.RandAugment` draws its two ops once per call (`rand_selector`
@@ -53,12 +53,8 @@ class AugmentationArguments:
         default=9.0,
         metadata={"help": "RandAugment magnitude on the 0-10 scale of the paper and timm (10: strongest)."},
     )
-    mixup_alpha: float = field(
-        default=0.8, metadata={"help": "Mixup's lambda ~ Beta(alpha, alpha) (0: no Mixup)."}
-    )
-    cutmix_alpha: float = field(
-        default=1.0, metadata={"help": "CutMix's lambda ~ Beta(alpha, alpha) (0: no CutMix)."}
-    )
+    mixup_alpha: float = field(default=0.8, metadata={"help": "Mixup's lambda ~ Beta(alpha, alpha) (0: no Mixup)."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix's lambda ~ Beta(alpha, alpha) (0: no CutMix)."})
     mixup_prob: float = field(
         default=1.0, metadata={"help": "Probability that an image is mixed at all, by Mixup or CutMix (0: never)."}
     )
@@ -112,7 +108,7 @@ def _per_sample(values, images):
 def _grayscale(images):
     """Pillow's "L" conversion, (N, 1, H, W): an integer in float32 (exact: every partial sum is below 2**24)."""
     red, green, blue = images.unbind(1)
-    return torch.floor((19595 * red + 38470 * green + 7471 * blue + 32768) / 65536).unsqueeze(1)
+    return torch.floor((19595 * red + 38470 * green + 7471 * blue + 32768) * 2**-16).unsqueeze(1)
 
 
 def _blend(degenerate, images, factor):
@@ -126,7 +122,9 @@ def _affine(images, matrix, translation):
     n, _, height, width = images.shape
     # grid_sample's coordinates run from -1 to 1 across each side: convert pixels to them per axis.
     half_size = torch.tensor([width / 2, height / 2], dtype=images.dtype, device=images.device)
-    theta = torch.cat([matrix * half_size[None, None, :] / half_size[None, :, None], (translation / half_size)[..., None]], 2)
+    theta = torch.cat(
+        [matrix * half_size[None, None, :] / half_size[None, :, None], (translation / half_size)[..., None]], 2
+    )
     grid = F.affine_grid(theta, [n, 3, height, width], align_corners=False)
     return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -276,8 +274,8 @@ class BatchAugmentation:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float32 (B, 3, H, W), `(images / 255 - mean) / std`: the evaluation transform."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        mean = _to_device(torch.tensor(self.mean), images.device).view(1, 3, 1, 1)
+        std = _to_device(torch.tensor(self.std), images.device).view(1, 3, 1, 1)
         return (images.float() / 255 - mean) / std
 
     @torch.no_grad()
@@ -290,11 +288,8 @@ class BatchAugmentation:
             raise ValueError(f"`labels` must have shape ({len(images)},), got {tuple(labels.shape)}.")
         generator = torch.Generator().manual_seed(seed)
         args = self.args
-        if args.crop_padding > 0:
-            images = self._random_crop(images, generator)
-        if args.horizontal_flip:
-            flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        if args.crop_padding > 0 or args.horizontal_flip:
+            images = self._crop_and_flip(images, generator)
         if args.randaugment_num_ops > 0:
             images = self._randaugment(images.float(), generator).to(torch.uint8)
         pixel_values = self.normalize(images)
@@ -306,16 +301,22 @@ class BatchAugmentation:
             pixel_values, targets = self._mix(pixel_values, targets, generator)
         return pixel_values, targets
 
-    def _random_crop(self, images, generator):
+    def _crop_and_flip(self, images, generator):
+        """Pad-and-crop, then a left-right flip, as one gather: output pixel (i, j) of a crop at (top, left) is padded
+        pixel (top + i, left + j), or (top + i, left + W - 1 - j) when the crop is flipped."""
         n, _, height, width = images.shape
         padding = self.args.crop_padding
         padded = F.pad(images, (padding, padding, padding, padding))
-        top, left = torch.randint(2 * padding + 1, (2, n), generator=generator).to(images.device)
-        rows = top[:, None] + torch.arange(height, device=images.device)  # (B, H)
-        columns = left[:, None] + torch.arange(width, device=images.device)  # (B, W)
-        batch = torch.arange(n, device=images.device)[:, None, None]
-        crops = padded[batch, :, rows[:, :, None], columns[:, None, :]]  # (B, H, W, 3): indexed dims come first
-        return crops.permute(0, 3, 1, 2)
+        top, left = torch.randint(2 * padding + 1, (2, n), generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5
+        if not self.args.horizontal_flip:
+            flip[:] = False
+        rows = top[:, None] + torch.arange(height)  # (B, H)
+        columns = torch.arange(width).expand(n, width)
+        columns = left[:, None] + torch.where(flip[:, None], columns.flip(1), columns)  # (B, W)
+        rows = _to_device(rows, images.device).view(n, 1, height, 1).expand(n, 3, height, width + 2 * padding)
+        columns = _to_device(columns, images.device).view(n, 1, 1, width).expand(n, 3, height, width)
+        return padded.gather(2, rows).gather(3, columns)
 
     def _randaugment(self, images, generator):
         """Each of `randaugment_num_ops` rounds gives every image its own op (uniform over the 14) and sign."""
@@ -324,36 +325,43 @@ class BatchAugmentation:
         for _ in range(self.args.randaugment_num_ops):
             choice = torch.randint(len(RANDAUGMENT_OPS), (n,), generator=generator)
             strength = magnitude * (2 * torch.randint(2, (n,), generator=generator) - 1).float()
-            for index, op in enumerate(RANDAUGMENT_OPS.values()):
-                chosen = (choice == index).nonzero().squeeze(1)  # on the CPU: no wait for the device
-                if len(chosen) == 0 or op is identity:
-                    continue
-                chosen_on_device = chosen.to(images.device)
-                augmented = op(images[chosen_on_device], strength[chosen].to(images.device))
-                images[chosen_on_device] = augmented.clamp(0, 255).floor()
+            # Samples grouped by op, counted on the CPU: picking each op's samples never waits for the device.
+            by_op = _to_device(torch.argsort(choice, stable=True), images.device)
+            counts = torch.bincount(choice, minlength=len(RANDAUGMENT_OPS)).tolist()
+            strength = _to_device(strength, images.device)
+            for op, chosen in zip(RANDAUGMENT_OPS.values(), by_op.split(counts), strict=True):
+                if len(chosen) > 0 and op is not identity:
+                    images[chosen] = op(images[chosen], strength[chosen]).clamp(0, 255).floor()
         return images
 
     def _random_erasing(self, pixel_values, generator):
         """timm's RandomErasing ("pixel" mode): with probability `random_erasing_prob`, a box of random area and
         aspect ratio is filled with standard normal noise (in normalised units)."""
         n, _, height, width = pixel_values.shape
+        device = pixel_values.device
         erase = torch.rand(n, generator=generator) < self.args.random_erasing_prob
         attempts = (n, self.erasing_attempts)
         area = height * width * torch.empty(attempts).uniform_(*self.erasing_area, generator=generator)
-        log_ratio = torch.empty(attempts).uniform_(*map(math.log, self.erasing_aspect_ratio), generator=generator)
-        box_heights = torch.round(torch.sqrt(area * torch.exp(log_ratio))).long()
-        box_widths = torch.round(torch.sqrt(area / torch.exp(log_ratio))).long()
+        aspect_ratio = torch.exp(
+            torch.empty(attempts).uniform_(*map(math.log, self.erasing_aspect_ratio), generator=generator)
+        )
+        box_heights = torch.round(torch.sqrt(area * aspect_ratio)).long()
+        box_widths = torch.round(torch.sqrt(area / aspect_ratio)).long()
         fits = (box_heights < height) & (box_widths < width)
         first_fit = fits.int().argmax(1, keepdim=True)
-        erase &= fits.any(1)
         box_height, box_width = box_heights.gather(1, first_fit)[:, 0], box_widths.gather(1, first_fit)[:, 0]
         top = torch.floor(torch.rand(n, generator=generator) * (height - box_height + 1)).long()
         left = torch.floor(torch.rand(n, generator=generator) * (width - box_width + 1)).long()
         noise_seed = int(torch.randint(2**62, (), generator=generator))
-        mask = _box_mask(top, left, box_height, box_width, height, width) & erase.view(-1, 1, 1)  # (B, H, W)
-        noise_generator = torch.Generator(pixel_values.device).manual_seed(noise_seed)
-        noise = torch.randn(pixel_values.shape, generator=noise_generator, device=pixel_values.device)
-        return torch.where(mask.to(pixel_values.device)[:, None], noise, pixel_values)
+
+        erased = (erase & fits.any(1)).nonzero().squeeze(1)
+        box = [_to_device(value[erased], device) for value in (top, left, box_height, box_width)]
+        inside = _box_mask(*box, height, width)  # (E, H, W)
+        noise_generator = torch.Generator(device).manual_seed(noise_seed)
+        noise = torch.randn((len(erased), 3, height, width), generator=noise_generator, device=device)
+        erased = _to_device(erased, device)
+        pixel_values[erased] = torch.where(inside[:, None], noise, pixel_values[erased])
+        return pixel_values
 
     def _mix(self, pixel_values, targets, generator):
         """timm's Mixup in its per-sample ("elem") mode: image i is mixed with image B-1-i with probability
@@ -362,38 +370,50 @@ class BatchAugmentation:
         corrected to the clipped box, as timm's `correct_lam`)."""
         args = self.args
         n, _, height, width = pixel_values.shape
+        device = pixel_values.device
         mixed = torch.rand(n, generator=generator) < args.mixup_prob
         if args.mixup_alpha > 0 and args.cutmix_alpha > 0:
-            use_cutmix = torch.rand(n, generator=generator) < args.mixup_switch_prob
+            cutmix = torch.rand(n, generator=generator) < args.mixup_switch_prob
         else:
-            use_cutmix = torch.full((n,), args.cutmix_alpha > 0)
+            cutmix = torch.full((n,), args.cutmix_alpha > 0)
         # torch.distributions.Beta takes no generator; NumPy's does, seeded from ours.
         beta_rng = np.random.default_rng(int(torch.randint(2**62, (), generator=generator)))
-        alpha = np.where(use_cutmix.numpy(), args.cutmix_alpha, args.mixup_alpha).clip(min=1e-3)  # unused where 0
-        lam = torch.from_numpy(beta_rng.beta(alpha, alpha)).float()
-        lam = torch.where(mixed, lam, 1.0)
+        alpha = np.where(cutmix.numpy(), args.cutmix_alpha, args.mixup_alpha).clip(min=1e-3)  # unused where 0
+        lam = torch.where(mixed, torch.from_numpy(beta_rng.beta(alpha, alpha)).float(), 1.0)
 
-        # CutMix: a box of area ~ (1 - lam) centred at a uniform pixel and clipped to the image, as timm's rand_bbox.
+        # CutMix's box: area ~ (1 - lam), centred on a uniform pixel, clipped to the image (timm's rand_bbox).
         cut_height = (height * torch.sqrt(1 - lam)).long()
         cut_width = (width * torch.sqrt(1 - lam)).long()
         centre_y = torch.randint(height, (n,), generator=generator)
         centre_x = torch.randint(width, (n,), generator=generator)
         top, bottom = (centre_y - cut_height // 2).clamp(0, height), (centre_y + cut_height // 2).clamp(0, height)
         left, right = (centre_x - cut_width // 2).clamp(0, width), (centre_x + cut_width // 2).clamp(0, width)
-        box = _box_mask(top, left, bottom - top, right - left, height, width) & use_cutmix.view(-1, 1, 1)
-        lam = torch.where(use_cutmix, 1 - box.sum((1, 2)) / (height * width), lam)
+        box_height, box_width = torch.where(cutmix, bottom - top, 0), torch.where(cutmix, right - left, 0)
+        lam = torch.where(cutmix, 1 - box_height * box_width / (height * width), lam)
 
-        blend = torch.where(use_cutmix, 1.0, lam).to(pixel_values.device).view(-1, 1, 1, 1)
+        box = [_to_device(value, device) for value in (top, left, box_height, box_width)]
+        inside = _box_mask(*box, height, width)[:, None]  # (B, 1, H, W), empty for Mixup and unmixed images
+        blend = _to_device(torch.where(cutmix, 1.0, lam), device).view(-1, 1, 1, 1)
         partner = pixel_values.flip(0)
-        pixel_values = torch.where(box.to(pixel_values.device)[:, None], partner, blend * pixel_values + (1 - blend) * partner)
-        lam = lam.to(targets.device)[:, None]
+        # lerp(partner, own, 1) is exactly own: an unmixed image comes through bit for bit.
+        pixel_values = torch.where(inside, partner, partner.lerp(pixel_values, blend))
+        lam = _to_device(lam, targets.device)[:, None]
         return pixel_values, lam * targets + (1 - lam) * targets.flip(0)
 
 
+def _to_device(tensor, device):
+    """A CPU tensor onto `device`. Onto a GPU through pinned memory and without blocking: a copy from pageable memory
+    would first wait for all the work already queued on the GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _box_mask(top, left, box_height, box_width, height, width):
-    """(B, H, W) bool, True inside each sample's box."""
-    rows = torch.arange(height)[None, :, None]
-    columns = torch.arange(width)[None, None, :]
-    inside_rows = (rows >= top.view(-1, 1, 1)) & (rows < (top + box_height).view(-1, 1, 1))
-    inside_columns = (columns >= left.view(-1, 1, 1)) & (columns < (left + box_width).view(-1, 1, 1))
+    """(N, H, W) bool, True inside each of the N boxes given by (N,) integer tensors."""
+    rows = torch.arange(height, device=top.device).view(1, -1, 1)
+    columns = torch.arange(width, device=top.device).view(1, 1, -1)
+    top, left = top.view(-1, 1, 1), left.view(-1, 1, 1)
+    inside_rows = (rows >= top) & (rows < top + box_height.view(-1, 1, 1))
+    inside_columns = (columns >= left) & (columns < left + box_width.view(-1, 1, 1))
     return inside_rows & inside_columns
