@@ -1,0 +1,74 @@
+"""scripts/evaluate_model.py on a tiny saved model and a generated dataset in the Hub's schema."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_hub_dataset
+
+from modeling import CIFAR100_MEAN, CIFAR100_STD, VTLMForImageClassification, build_image_processor
+from training.data import DataArguments, load_image_datasets
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import evaluate_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from conftest import TINY_CONFIG
+
+    from modeling import VTLMConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).eval()
+    model.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder, model
+
+
+def test_evaluate_matches_a_direct_forward_pass(saved_model, cifar100_dir, tmp_path):
+    folder, model = saved_model
+    argv = [str(folder), f"--dataset_name={cifar100_dir}", "--validation_split_size=100"]
+    metrics = evaluate_model.main(argv + [f"--output_dir={tmp_path}"])
+
+    data_args = DataArguments(dataset_name=cifar100_dir, validation_split_size=100)
+    data = load_image_datasets(data_args, image_size=32, seed=42)
+    test = data.datasets["test"][:]
+    mean, std = torch.tensor(CIFAR100_MEAN).view(3, 1, 1), torch.tensor(CIFAR100_STD).view(3, 1, 1)
+    with torch.no_grad():
+        logits = model((test["pixel_values"].float() / 255 - mean) / std).logits
+    labels = np.asarray(test["labels"])
+    top5 = logits.topk(5).indices.numpy()
+    coarse = np.asarray(data.fine_to_coarse)
+    assert metrics["test_accuracy"] == pytest.approx(np.mean(top5[:, 0] == labels))
+    assert metrics["test_top5_accuracy"] == pytest.approx(np.mean((top5 == labels[:, None]).any(1)))
+    assert metrics["test_superclass_accuracy"] == pytest.approx(np.mean(coarse[top5[:, 0]] == coarse[labels]))
+    assert metrics["test_num_images"] == 200 and metrics["test_samples_per_second"] > 0
+
+    written = json.loads((tmp_path / "test_results.json").read_text())
+    assert written["test_accuracy"] == metrics["test_accuracy"] and written["model"] == str(folder)
+
+
+def test_validation_split_is_the_training_hold_out(saved_model, cifar100_dir, tmp_path):
+    folder, _ = saved_model
+    argv = [str(folder), f"--dataset_name={cifar100_dir}", "--split=validation", "--validation_split_size=150"]
+    metrics = evaluate_model.main(argv + [f"--output_dir={tmp_path}"])
+    assert metrics["validation_num_images"] == 150
+
+
+def test_labels_that_differ_from_the_model_are_an_error(saved_model, tmp_path):
+    folder, _ = saved_model
+    names = [f"class_{i}" for i in range(10)]
+    data = write_hub_dataset(tmp_path / "ten", {"train": 40, "test": 20}, names, label_column="label", coarse=False)
+    argv = [str(folder), f"--dataset_name={data}", "--label_column_name=label", "--validation_split_size=10"]
+    with pytest.raises(ValueError, match="predicts 100 labels that differ from the dataset's 10"):
+        evaluate_model.main(argv + [f"--output_dir={tmp_path}"])
+
+
+def test_unknown_split_is_an_error(saved_model):
+    with pytest.raises(ValueError, match="--split must be one of"):
+        evaluate_model.main([str(saved_model[0]), "--split=dev"])
