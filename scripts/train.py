@@ -24,8 +24,9 @@ from modeling import CIFAR100_MEAN, CIFAR100_STD, VTLMConfig, VTLMForImageClassi
 from training.arguments import ModelArguments, VTLMTrainingArguments, parse_config_overrides
 from training.augmentation import AugmentationArguments, BatchAugmentation
 from training.data import DataArguments, collate_batch, load_image_datasets
+from training.hub import check_repo_id, publish_run
 from training.metrics import build_compute_metrics, preprocess_logits_for_metrics
-from training.model_card import write_model_card
+from training.model_card import save_example_images, write_model_card
 from training.trainer import StopOnNonFiniteLoss, VTLMTrainer, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,19 @@ def write_run_info(output_dir, arguments, config, training_args):
         json.dump(run_info, file, indent=2, default=str)
 
 
+def example_images(data, count=4):
+    """The first test image of each of the first `count` classes: the card's widget examples, with their labels."""
+    test = data.datasets["test"]
+    labels = test["labels"][:]
+    first = {}
+    for index, label in enumerate(int(label) for label in labels):
+        if len(first) == count:
+            break
+        first.setdefault(label, index)
+    images = [test[index]["pixel_values"].permute(1, 2, 0).numpy() for index in first.values()]  # (H, W, 3) uint8
+    return images, [data.label_names[label] for label in first]
+
+
 def main(argv=None):
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     model_args, data_args, augmentation_args, training_args = arguments
@@ -112,6 +126,8 @@ def main(argv=None):
     # The token is used for the final upload only: the Trainer would pickle it into training_args.bin.
     hub_token, training_args.hub_token = training_args.hub_token, None
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    if push_to_hub:
+        check_repo_id(training_args.hub_model_id)  # now, not after hours of training
 
     resume_from = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
     if resume_from:
@@ -156,10 +172,9 @@ def main(argv=None):
 
     if trainer.is_world_process_zero():
         write_run_info(training_args.output_dir, arguments, model.config, training_args)
+        save_example_images(training_args.output_dir, *example_images(data))
         write_model_card(training_args.output_dir)
         if push_to_hub:
-            from training.hub import publish_run
-
             publish_run(
                 training_args.output_dir,
                 repo_id=training_args.hub_model_id,

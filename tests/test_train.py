@@ -84,6 +84,19 @@ def test_run_info_records_config_arguments_and_commit(finished_run):
     assert info["git_commit"] is None or len(info["git_commit"]) >= 40
 
 
+def test_card_has_widget_examples_from_the_test_split(finished_run):
+    examples = sorted(os.listdir(finished_run / "examples"))
+    assert examples == ["00-apple.png", "01-aquarium_fish.png", "02-baby.png", "03-bear.png"]
+    card = (finished_run / "README.md").read_text()
+    assert "examples/00-apple.png" in card
+
+
+def test_push_without_a_repo_id_fails_before_training(cifar100_dir, tmp_path):
+    with pytest.raises(ValueError, match="namespace/name"):
+        train.main([f"--dataset_name={cifar100_dir}", "--push_to_hub", f"--output_dir={tmp_path}"] + TINY_RUN)
+    assert not os.path.exists(tmp_path / "run_info.json")
+
+
 def test_token_is_never_written(finished_run):
     for folder, _, names in os.walk(finished_run):
         for name in names:

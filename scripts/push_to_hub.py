@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Publish a finished run folder to the Hugging Face Hub.
+
+    python scripts/push_to_hub.py --output_dir runs/vtlm-37m --repo_id you/vtlm-37m
+    python scripts/push_to_hub.py --output_dir runs/smoke --repo_id you/vtlm-smoke --private --revision smoke
+
+Uploads the weights, the model's code, the preprocessor, the model card (rendered first unless README.md was
+written by hand), the metrics, trainer_state.json, TensorBoard logs and the Inference Endpoints handler; never
+pickles or checkpoints. The token comes from --hub_token, else HF_TOKEN, else `hf auth login`.
+"""
+
+import argparse
+import logging
+import sys
+
+from training.hub import publish_run
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", required=True, help="The run folder that scripts/train.py wrote.")
+    parser.add_argument("--repo_id", "--hub_model_id", dest="repo_id", required=True, help="`user/name` on the Hub.")
+    parser.add_argument("--private", action="store_true", help="Create the repository as private (if it is new).")
+    parser.add_argument("--revision", default=None, help="Branch to commit to; created when missing. Default: main.")
+    parser.add_argument("--commit_message", default=None, help="Default: 'Upload VTLM run <folder name>'.")
+    parser.add_argument(
+        "--hub_token",
+        default=None,
+        help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a flag shows in the process list.",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    commit = publish_run(
+        args.output_dir,
+        repo_id=args.repo_id,
+        token=args.hub_token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(commit.commit_url)
+
+
+if __name__ == "__main__":
+    main()

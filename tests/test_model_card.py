@@ -1,0 +1,302 @@
+"""The model card rendered from a run folder, and the FLOPs counter it uses.
+
+`make_run_folder` builds a folder as scripts/train.py leaves it; test_publish.py uses it too.
+"""
+
+import json
+import re
+import shutil
+import sys
+
+import pytest
+import torch
+from conftest import TINY_CONFIG, class_images
+from huggingface_hub import ModelCard, metadata_load
+from PIL import Image
+
+from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
+from training.flops import flops_per_image
+from training.model_card import CURVES_FILE, NOT_MEASURED, save_example_images, write_model_card
+
+# Inputs of the fixture run, not expected outputs: the tests check the card renders whatever the run measured.
+RESULTS = {
+    "train_loss": 3.91,
+    "train_runtime": 5025.3,
+    "train_samples_per_second": 812.5,
+    "eval_loss": 2.104,
+    "eval_accuracy": 0.4237,
+    "eval_top5_accuracy": 0.7412,
+    "eval_superclass_accuracy": 0.5531,
+    "eval_samples_per_second": 2950.2,
+    "test_loss": 2.151,
+    "test_accuracy": 0.4119,
+    "test_top5_accuracy": 0.7301,
+    "test_superclass_accuracy": 0.5402,
+    "test_samples_per_second": 3012.7,
+}
+EXAMPLE_CLASSES = (0, 1, 30)
+
+
+def make_run_folder(path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True):
+    """A run folder with the files of the run-folder contract, from a tiny model and made-up numbers."""
+    torch.manual_seed(0)
+    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).save_pretrained(path)
+    build_image_processor().save_pretrained(path)
+    (path / "all_results.json").write_text(json.dumps(results))
+    (path / "test_results.json").write_text(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}))
+    log_history = []
+    for epoch in (1, 2, 3):
+        log_history.append({"loss": 4.6 - epoch / 2, "learning_rate": 1e-3 / epoch, "epoch": epoch - 0.5, "step": 5})
+        log_history.append(
+            {
+                "eval_loss": 4 - epoch / 3,
+                "eval_accuracy": 0.1 * epoch,
+                "eval_top5_accuracy": 0.25 * epoch,
+                "epoch": epoch,
+            }
+        )
+    (path / "trainer_state.json").write_text(json.dumps({"log_history": log_history, "global_step": 30, "epoch": 3.0}))
+    run_info = {
+        "git_commit": "0123abc",
+        "model_arguments": {"model_preset": "vtlm-37m", "config_overrides": None},
+        "data_arguments": {"dataset_name": dataset_name, "max_train_samples": 64 if smoke_run else None},
+        "augmentation_arguments": {"mixup_alpha": 0.8, "random_crop_padding": 4},
+        "training_arguments": {
+            "learning_rate": 0.001,
+            "num_train_epochs": 3,
+            "weight_decay": 0.05,
+            "hub_token": "<HUB_TOKEN>",
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "accuracy",
+        },
+        "config": VTLMConfig(**TINY_CONFIG).to_dict(),
+        "hardware": {"device": "NVIDIA H100 80GB HBM3", "num_processes": 1},
+        "smoke_run": smoke_run,
+    }
+    (path / "run_info.json").write_text(json.dumps(run_info))
+    if examples:
+        save_example_images(path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES])
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_template(tmp_path_factory):
+    return make_run_folder(tmp_path_factory.mktemp("run-template"))
+
+
+@pytest.fixture
+def run_dir(run_template, tmp_path):
+    return shutil.copytree(run_template, tmp_path / "vtlm-run")
+
+
+def edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def card_body(readme):
+    return readme.read_text().split("\n---\n", 1)[1]
+
+
+def section(text, title):
+    """The markdown of the `## title` section."""
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table_row(text, first_cells):
+    rows = [line for line in text.splitlines() if line.startswith(f"| {first_cells} |")]
+    assert len(rows) == 1, f"expected one row starting {first_cells!r}, got {rows}"
+    return [cell.strip() for cell in rows[0].strip("|").split("|")]
+
+
+# FLOPs
+
+
+def analytic_flops(config):
+    """Matmul FLOPs of a pre-norm ViT written out by hand: 2 per multiply-add."""
+    hidden, tokens, patches = config.hidden_size, config.num_patches + 1, config.num_patches
+    patch_embedding = patches * config.patch_size**2 * config.num_channels * hidden
+    per_layer = tokens * (4 * hidden * hidden + 2 * hidden * config.intermediate_size) + 2 * tokens * tokens * hidden
+    forward = 2 * (patch_embedding + config.num_hidden_layers * per_layer + hidden * config.num_labels)
+    backward = 2 * forward - 2 * patch_embedding  # no gradient for the input pixels
+    return forward, backward
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"patch_size": 8, "pooling": "mean", "qkv_bias": False, "num_labels": 10, "num_hidden_layers": 3}],
+)
+def test_flops_per_image_matches_the_formula(overrides):
+    config = VTLMConfig(**{**TINY_CONFIG, **overrides})
+    flops = flops_per_image(config)
+    assert (flops.forward, flops.backward) == analytic_flops(config)
+    assert flops.training == flops.forward + flops.backward
+
+
+def test_flops_do_not_depend_on_attention_implementation_and_leave_the_config_alone():
+    config = VTLMConfig(**TINY_CONFIG, attn_implementation="sdpa")
+    assert flops_per_image(config) == flops_per_image(VTLMConfig(**TINY_CONFIG, attn_implementation="eager"))
+    assert config._attn_implementation == "sdpa"
+
+
+# The card
+
+
+def test_card_metadata_and_model_index_carry_the_run(run_dir):
+    readme = write_model_card(run_dir, repo_id="someone/vtlm-tiny")
+    metadata = metadata_load(readme)
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["tags"] == ["vision", "image-classification", "vit", "custom_code"]
+    assert metadata["datasets"] == ["uoft-cs/cifar100"]
+    assert metadata["metrics"] == ["accuracy"]
+    assert metadata["license"] == "apache-2.0"
+
+    card = ModelCard.load(readme)
+    assert card.data.model_name == "vtlm-tiny"
+    measured = {(r.dataset_type, r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert measured == {
+        ("uoft-cs/cifar100", "train", "accuracy"): RESULTS["eval_accuracy"],  # validation held out from train
+        ("uoft-cs/cifar100", "test", "accuracy"): RESULTS["test_accuracy"],
+    }
+
+
+def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
+    body = card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny"))
+    model = VTLMForImageClassification.from_pretrained(run_dir)
+    flops = flops_per_image(model.config)
+    assert table_row(body, "parameters")[1] == f"{model.num_parameters():,}"
+    assert f"({flops.training:,})" in table_row(body, "training FLOPs per image (forward + backward)")[1]
+    assert f"({flops.forward:,})" in table_row(body, "inference FLOPs per image (forward)")[1]
+    assert table_row(body, "hidden_size")[1] == str(TINY_CONFIG["hidden_size"])
+
+    run_info = json.loads((run_dir / "run_info.json").read_text())
+    recipe = section(body, "Training recipe")
+    for group in ("model_arguments", "data_arguments", "augmentation_arguments", "training_arguments"):
+        for name, value in run_info[group].items():
+            if name != "hub_token":
+                expected = "None" if value is None else value if isinstance(value, str) else json.dumps(value)
+                assert table_row(recipe, f"`{name}`")[1] == expected
+    assert "hub_token" not in body and "0123abc" in recipe
+
+    results = section(body, "Results")
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        assert table_row(results, f"this run | {split}")[2:] == [
+            f"{100 * RESULTS[f'{prefix}_{metric}']:.2f}%"
+            for metric in ("accuracy", "top5_accuracy", "superclass_accuracy")
+        ]
+    assert table_row(results, "[Madras1/VTLM37m](https://huggingface.co/Madras1/VTLM37m) (seed model)")[2] == "54.84%"
+    assert "selected on the test set" in results
+
+    hardware = section(body, "Hardware and speed")
+    assert table_row(hardware, "device")[1] == "NVIDIA H100 80GB HBM3"
+    assert table_row(hardware, "training wall time")[1] == "1 h 23 min 45 s (5,025.3 s)"
+    assert table_row(hardware, "training throughput")[1] == "812.5 images/s"
+    assert table_row(hardware, "test throughput")[1] == "3,012.7 images/s"
+    assert 'from_pretrained("someone/vtlm-tiny", trust_remote_code=True)' in body
+    assert 'pipeline("image-classification", model="someone/vtlm-tiny", trust_remote_code=True)' in body
+
+
+def test_widget_outputs_are_the_model_predictions_on_the_saved_examples(run_dir):
+    from transformers import pipeline
+
+    metadata = metadata_load(write_model_card(run_dir, repo_id="someone/vtlm-tiny", revision="v1"))
+    classifier = pipeline("image-classification", model=str(run_dir), trust_remote_code=True)
+    examples = sorted((run_dir / "examples").glob("*.png"))
+    assert [example["example_title"] for example in metadata["widget"]] == [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES]
+    for path, widget in zip(examples, metadata["widget"], strict=True):
+        assert widget["src"] == f"https://huggingface.co/someone/vtlm-tiny/resolve/v1/examples/{path.name}"
+        expected = classifier(Image.open(path).convert("RGB"), top_k=len(widget["output"]))
+        assert [output["label"] for output in widget["output"]] == [p["label"] for p in expected]
+        assert [output["score"] for output in widget["output"]] == pytest.approx(
+            [p["score"] for p in expected], abs=1e-4
+        )
+        assert f"]({'examples/' + path.name}) | {widget['example_title']} |" in (run_dir / "README.md").read_text()
+
+
+def test_training_curves_are_plotted_from_log_history_and_embedded(run_dir):
+    readme = write_model_card(run_dir)
+    with Image.open(run_dir / CURVES_FILE) as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+        assert "Software" not in image.info  # no matplotlib version stamp: the same curves give the same bytes
+    assert f"]({CURVES_FILE})" in section(card_body(readme), "Training curves")
+
+    edit_json(run_dir / "trainer_state.json", log_history=[])
+    curves = section(card_body(write_model_card(run_dir)), "Training curves")
+    assert not (run_dir / CURVES_FILE).exists()  # a plot left from an earlier render would show curves that are gone
+    assert curves.strip().startswith(NOT_MEASURED) and CURVES_FILE not in curves
+
+
+def test_without_matplotlib_the_card_says_the_curves_were_not_plotted(run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # None in sys.modules: ImportError
+    curves = section(card_body(write_model_card(run_dir)), "Training curves")
+    assert curves.strip().startswith("not plotted: matplotlib was not installed")
+    assert not (run_dir / CURVES_FILE).exists()
+
+
+def test_values_the_run_did_not_produce_render_as_not_measured(run_dir):
+    kept = {"eval_accuracy": 0.3125, "test_top5_accuracy": 0.6875}
+    (run_dir / "all_results.json").write_text(json.dumps(kept))
+    edit_json(run_dir / "run_info.json", hardware={})
+    body = card_body(write_model_card(run_dir))
+
+    results = section(body, "Results")
+    assert table_row(results, "this run | validation")[2:] == ["31.25%", NOT_MEASURED, NOT_MEASURED]
+    assert table_row(results, "this run | test")[2:] == [NOT_MEASURED, "68.75%", NOT_MEASURED]
+    # Every percentage on the card is one the run measured, or the seed model's.
+    assert set(re.findall(r"\d+\.\d+%", results)) == {"31.25%", "68.75%", "54.84%"}
+    hardware = section(body, "Hardware and speed")
+    for name in ("device", "processes", "training wall time", "training throughput", "test throughput"):
+        assert table_row(hardware, name)[1] == NOT_MEASURED
+    card = ModelCard.load(run_dir / "README.md")
+    assert [(r.dataset_split, r.metric_value) for r in card.data.eval_results] == [("train", 0.3125)]
+
+
+def test_a_smoke_run_says_so_and_claims_no_cifar100_results(run_dir):
+    edit_json(run_dir / "run_info.json", smoke_run=True, data_arguments={"dataset_name": "/tmp/generated-images"})
+    readme = write_model_card(run_dir, repo_id="someone/vtlm-smoke")
+    metadata = metadata_load(readme)
+    assert "model-index" not in metadata and "model_name" not in metadata
+    assert "datasets" not in metadata  # it did not train on uoft-cs/cifar100
+    body = card_body(readme)
+    assert "**Smoke run: these are not CIFAR-100 results.**" in body.split("## Model")[0]
+    assert "`/tmp/generated-images`" in body.split("## Model")[0]
+    assert table_row(section(body, "Results"), "this run (smoke run, not CIFAR-100) | test")[2] == "41.19%"
+
+    # A smoke run on part of CIFAR-100 did train on it, and still claims no results.
+    edit_json(run_dir / "run_info.json", data_arguments={"dataset_name": "uoft-cs/cifar100", "max_train_samples": 64})
+    readme = write_model_card(run_dir)
+    assert metadata_load(readme)["datasets"] == ["uoft-cs/cifar100"] and "model-index" not in metadata_load(readme)
+    assert "`max_train_samples=64`" in card_body(readme).split("## Model")[0]
+
+
+def test_a_run_without_run_info_or_its_smoke_flag_is_not_presented_as_a_full_run(run_dir):
+    run_info = json.loads((run_dir / "run_info.json").read_text())
+    del run_info["smoke_run"]
+    (run_dir / "run_info.json").write_text(json.dumps(run_info))
+    readme = write_model_card(run_dir)
+    assert "model-index" not in metadata_load(readme)
+    assert "does not say whether this is a full CIFAR-100 run" in card_body(readme).split("## Model")[0]
+
+    (run_dir / "run_info.json").unlink()
+    readme = write_model_card(run_dir)
+    assert "model-index" not in metadata_load(readme)
+    assert "no `run_info.json`" in card_body(readme).split("## Model")[0]
+
+
+def test_rendering_twice_changes_no_byte_and_no_file(run_dir):
+    readme = write_model_card(run_dir)
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (readme, run_dir / CURVES_FILE)}
+    write_model_card(run_dir)
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in before} == before
+
+
+def test_saving_examples_replaces_the_earlier_ones(run_dir):
+    paths = save_example_images(run_dir, [Image.new("RGB", (32, 32), "red")], ["apple tree/1"])
+    assert [path.name for path in paths] == ["00-apple_tree_1.png"]
+    assert sorted(path.name for path in (run_dir / "examples").iterdir()) == ["00-apple_tree_1.png"]
+    metadata = metadata_load(write_model_card(run_dir))
+    assert [widget["src"] for widget in metadata["widget"]] == ["examples/00-apple_tree_1.png"]
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        save_example_images(run_dir, [Image.new("RGB", (32, 32))] * 2, ["apple"])

@@ -1,0 +1,111 @@
+"""scripts/predict.py: top-k labels for image files, through the image-classification pipeline."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_CONFIG, class_images
+from PIL import Image
+
+from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_predict():
+    spec = importlib.util.spec_from_file_location("predict", REPO_ROOT / "scripts" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("predict-model")
+    torch.manual_seed(0)
+    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).save_pretrained(model_dir)
+    build_image_processor().save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict-images")
+    paths = []
+    for index, (array, suffix) in enumerate(zip(class_images([4, 57], image_size=48), (".png", ".jpg"), strict=True)):
+        path = folder / f"image-{index}{suffix}"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def parse_table(text):
+    """The printed table as (image, rank, label, score) rows, the image name carried down to its later ranks."""
+    lines = text.strip().splitlines()
+    assert lines[0].split() == ["image", "rank", "label", "score"]
+    rows, image = [], None
+    for line in lines[1:]:
+        cells = line.split()
+        if len(cells) == 4:
+            image = cells.pop(0)
+        rows.append((image, int(cells[0]), cells[1], float(cells[2])))
+    return rows
+
+
+def test_predict_prints_the_pipelines_top_k_for_every_image(model_dir, image_files, tmp_path):
+    from transformers import pipeline
+
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), str(model_dir), *map(str, image_files)]
+        + ["--top_k", "3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = parse_table(completed.stdout)
+
+    classifier = pipeline("image-classification", model=str(model_dir), trust_remote_code=True)
+    expected = []
+    for path in image_files:
+        for rank, prediction in enumerate(classifier(Image.open(path).convert("RGB"), top_k=3), start=1):
+            expected.append((str(path), rank, prediction["label"], round(prediction["score"], 4)))
+    assert [row[:3] for row in rows] == [row[:3] for row in expected]
+    assert [row[3] for row in rows] == pytest.approx([row[3] for row in expected], abs=1e-4)
+
+
+def test_missing_and_corrupt_files_are_named_and_fail_before_the_model_loads(model_dir, image_files, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(image_files[0].read_bytes()[:100])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    missing = tmp_path / "missing.jpg"
+
+    argv = [str(tmp_path / "no-model-here"), str(image_files[0]), str(missing), str(corrupt), str(text), str(tmp_path)]
+    assert load_predict().main(argv) == 1
+    output = capsys.readouterr()
+    assert output.out == ""
+    errors = output.err.splitlines()
+    assert len(errors) == 4
+    assert errors[0] == f"error: {missing}: no such file"
+    assert errors[1].startswith(f"error: {corrupt}: corrupt image (") and "truncated" in errors[1]
+    assert errors[2] == f"error: {text}: not an image file PIL can read"
+    assert errors[3] == f"error: {tmp_path}: is a directory, not an image file"
+
+
+def test_top_k_must_be_positive(model_dir, image_files, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_predict().main([str(model_dir), str(image_files[0]), "--top_k", "0"])
+    assert exit_info.value.code == 2
+    assert "--top_k must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_predict_in_process_returns_zero_and_honours_top_k(model_dir, image_files, capsys):
+    assert load_predict().main([str(model_dir), str(image_files[1]), "--top_k", "2"]) == 0
+    rows = parse_table(capsys.readouterr().out)
+    assert [(row[0], row[1]) for row in rows] == [(str(image_files[1]), 1), (str(image_files[1]), 2)]
+    assert rows[0][3] >= rows[1][3]

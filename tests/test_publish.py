@@ -1,0 +1,258 @@
+"""Publishing a run folder, against a fake Hub that records every uploaded byte (no network)."""
+
+import importlib.util
+import logging
+import pickle
+import secrets
+import shutil
+from pathlib import Path
+
+import huggingface_hub.hf_api
+import pytest
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl
+from PIL import Image
+from test_model_card import RESULTS, make_run_folder
+
+from training.hub import publish_run
+from training.model_card import save_example_images
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+EVENTS_FILE = "runs/Nov26_05-09-50_host/events.out.tfevents.1764133790.host.1234.0"
+EXPECTED_UPLOAD = {
+    "config.json",
+    "configuration_vtlm.py",
+    "modeling_vtlm.py",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    "training_curves.png",
+    "examples/00-apple.png",
+    "examples/01-aquarium_fish.png",
+    "examples/02-dolphin.png",
+    "all_results.json",
+    "test_results.json",
+    "run_info.json",
+    "trainer_state.json",
+    EVENTS_FILE,
+    "handler.py",
+    "requirements.txt",
+}
+
+
+class FakeHub:
+    """Stands in for the Hub behind `HfApi`: repositories, branches, commits, and the files at each branch head."""
+
+    def __init__(self, monkeypatch):
+        self.repos, self.branches, self.commits, self.files = {}, [], [], {}
+        self.validated_readmes = []
+        hub = self
+        # With hf_xet, upload_folder streams through /preupload; without it, it calls create_commit.
+        monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+
+        def create_repo(api, repo_id, *, private=False, exist_ok=False, repo_type=None, **kwargs):
+            hub.repos.setdefault(repo_id, {"private": private})
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def create_branch(api, repo_id, *, branch, exist_ok=False, repo_type=None, **kwargs):
+            hub.branches.append((repo_id, branch))
+
+        def list_repo_files(api, repo_id, *, revision=None, repo_type=None, **kwargs):
+            return sorted(hub.files.get((repo_id, revision or "main"), {}))
+
+        def validate_yaml(api, content, *, repo_type=None, token=None):  # the real one posts to /api/validate-yaml
+            hub.validated_readmes.append(content)
+
+        def create_commit(api, repo_id, operations, *, commit_message, revision=None, **kwargs):
+            files = hub.files.setdefault((repo_id, revision or "main"), {})
+            added, deleted = {}, []
+            for operation in operations:
+                if isinstance(operation, CommitOperationAdd):
+                    with operation.as_file() as file:  # read now: upload_folder may stage files in a temp dir
+                        added[operation.path_in_repo] = file.read()
+                elif isinstance(operation, CommitOperationDelete):
+                    deleted.append(operation.path_in_repo)
+            files.update(added)
+            for path in deleted:
+                files.pop(path, None)
+            authorization = api._build_hf_headers().get("authorization")
+            hub.commits.append(
+                {
+                    "message": commit_message,
+                    "revision": revision,
+                    "added": added,
+                    "deleted": deleted,
+                    "auth": authorization,
+                }
+            )
+            oid = f"{len(hub.commits):040x}"
+            return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, "", oid)
+
+        for name, function in (
+            ("create_repo", create_repo),
+            ("create_branch", create_branch),
+            ("list_repo_files", list_repo_files),
+            ("_validate_yaml", validate_yaml),
+            ("create_commit", create_commit),
+        ):
+            monkeypatch.setattr(HfApi, name, function)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    return FakeHub(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def publish_template(tmp_path_factory):
+    return make_run_folder(tmp_path_factory.mktemp("publish-template"))
+
+
+@pytest.fixture
+def token():
+    return f"hf_fake{secrets.token_hex(16)}"  # unique, so finding it anywhere proves a leak
+
+
+@pytest.fixture
+def run_dir(publish_template, tmp_path, token):
+    """A run folder with everything a real one may hold, the token planted in the pickles like the Trainer does."""
+    run_dir = shutil.copytree(publish_template, tmp_path / "vtlm-run")
+    planted = pickle.dumps({"hub_token": token, "learning_rate": 1e-3})
+    (run_dir / "training_args.bin").write_bytes(planted)
+    checkpoint = run_dir / "checkpoint-30"
+    checkpoint.mkdir()
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        (checkpoint / name).write_bytes(planted)
+    # A checkpoint also holds files the allow-list matches (the code files): the deny-list must win.
+    for name in ("model.safetensors", "config.json", "configuration_vtlm.py", "modeling_vtlm.py", "trainer_state.json"):
+        shutil.copy(run_dir / name, checkpoint / name)
+    (run_dir / "notes.pkl").write_bytes(planted)
+    events = run_dir / EVENTS_FILE
+    events.parent.mkdir(parents=True)
+    events.write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00 brain.Event:2 scalars")
+    return run_dir
+
+
+def files_holding(root, needle):
+    return sorted(
+        str(path.relative_to(root)) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()
+    )
+
+
+def test_publish_uploads_the_model_card_metrics_and_handler_and_no_pickle(hub, run_dir, token, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    commit = publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token, private=True)
+
+    assert len(hub.commits) == 1 and commit.commit_url.startswith("https://huggingface.co/someone/vtlm-tiny/commit/")
+    uploaded = hub.commits[0]["added"]
+    assert set(uploaded) == EXPECTED_UPLOAD
+    assert not [path for path in uploaded if path.endswith(PICKLE_SUFFIXES) or "checkpoint-" in path]
+    for path in EXPECTED_UPLOAD - {"handler.py", "requirements.txt"}:
+        assert uploaded[path] == (run_dir / path).read_bytes(), path
+    for name in ("handler.py", "requirements.txt"):
+        assert uploaded[name] == (REPO_ROOT / "endpoint" / name).read_bytes()
+    assert hub.repos == {"someone/vtlm-tiny": {"private": True}} and hub.branches == []
+    assert hub.commits[0]["revision"] is None and hub.commits[0]["auth"] == f"Bearer {token}"
+
+    # The token is in no uploaded byte, no file publishing wrote, no log record and no console output.
+    assert not [path for path, data in uploaded.items() if token.encode() in data]
+    planted = ["checkpoint-30/optimizer.pt", "checkpoint-30/rng_state.pth", "checkpoint-30/scheduler.pt"]
+    planted += ["checkpoint-30/training_args.bin", "notes.pkl", "training_args.bin"]
+    assert files_holding(run_dir, token.encode()) == sorted(planted)
+    output = capfd.readouterr()
+    assert token not in caplog.text and token not in output.out + output.err
+    assert "someone/vtlm-tiny" in caplog.text  # the log was captured
+
+    readme = uploaded["README.md"].decode()
+    assert hub.validated_readmes == [readme]
+    card = ModelCard(readme)
+    assert {r.dataset_split: r.metric_value for r in card.data.eval_results} == {
+        "train": RESULTS["eval_accuracy"],
+        "test": RESULTS["test_accuracy"],
+    }
+    assert card.data.model_name == "vtlm-tiny"
+    assert card.data.widget[0]["src"] == "https://huggingface.co/someone/vtlm-tiny/resolve/main/examples/00-apple.png"
+
+
+def test_publishing_again_is_idempotent_and_removes_stale_examples(hub, run_dir, token):
+    hub.files[("someone/vtlm-tiny", "main")] = {".gitattributes": b"*.png filter=lfs", "notes/eval.md": b"mine"}
+    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    first_state = dict(hub.files[("someone/vtlm-tiny", "main")])
+    readme_mtime = (run_dir / "README.md").stat().st_mtime_ns
+
+    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    assert hub.commits[1]["added"] == hub.commits[0]["added"]  # same paths, same bytes: the Hub skips them
+    assert hub.commits[1]["deleted"] == []
+    assert hub.files[("someone/vtlm-tiny", "main")] == first_state
+    assert (run_dir / "README.md").stat().st_mtime_ns == readme_mtime
+
+    # Fewer examples in the folder: the Hub loses the one that is gone instead of keeping it as garbage.
+    save_example_images(run_dir, [Image.new("RGB", (32, 32), "red")], ["apple"])
+    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    examples = sorted(path for path in hub.files[("someone/vtlm-tiny", "main")] if path.startswith("examples/"))
+    assert examples == ["examples/00-apple.png"]
+    assert sorted(hub.commits[2]["deleted"]) == ["examples/01-aquarium_fish.png", "examples/02-dolphin.png"]
+    # Files publishing does not own stay.
+    assert hub.files[("someone/vtlm-tiny", "main")]["notes/eval.md"] == b"mine"
+
+
+def test_publish_to_a_new_branch_of_a_private_repo(hub, run_dir, token):
+    publish_run(
+        run_dir, repo_id="someone/vtlm-tiny", token=token, private=True, revision="smoke", commit_message="Try it"
+    )
+    assert hub.branches == [("someone/vtlm-tiny", "smoke")]
+    assert hub.repos["someone/vtlm-tiny"] == {"private": True}
+    assert hub.commits[0]["revision"] == "smoke" and hub.commits[0]["message"] == "Try it"
+    card = ModelCard(hub.files[("someone/vtlm-tiny", "smoke")]["README.md"].decode())
+    assert card.data.widget[0]["src"].startswith("https://huggingface.co/someone/vtlm-tiny/resolve/smoke/examples/")
+
+
+def test_publish_refuses_a_folder_whose_uploaded_files_hold_the_token(hub, run_dir, token):
+    run_info = run_dir / "run_info.json"
+    run_info.write_text(run_info.read_text().replace('"<HUB_TOKEN>"', f'"{token}"'))
+    with pytest.raises(RuntimeError, match="run_info.json") as error:
+        publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    assert token not in str(error.value)
+    assert hub.commits == [] and hub.repos == {}
+
+
+def test_publish_keeps_a_hand_written_readme(hub, run_dir, token):
+    (run_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# My own card\n")
+    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    assert hub.commits[0]["added"]["README.md"] == b"---\nlicense: apache-2.0\n---\n# My own card\n"
+
+
+def test_publish_needs_a_saved_model_and_a_full_repo_id(hub, run_dir, token):
+    for repo_id in (None, "vtlm-tiny", "a/b/c"):
+        with pytest.raises(ValueError, match="repo id must be 'namespace/name'"):
+            publish_run(run_dir, repo_id=repo_id, token=token)
+    (run_dir / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    assert hub.commits == [] and hub.repos == {}
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("token_from", ["flag", "environment"])
+def test_push_to_hub_cli(hub, run_dir, token, token_from, monkeypatch, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    argv = ["--output_dir", str(run_dir), "--hub_model_id", "someone/vtlm-cli", "--private", "--revision", "dev"]
+    if token_from == "flag":
+        argv += ["--hub_token", token]
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+    load_script("push_to_hub").main(argv)
+
+    assert hub.repos == {"someone/vtlm-cli": {"private": True}} and hub.branches == [("someone/vtlm-cli", "dev")]
+    assert hub.commits[0]["auth"] == f"Bearer {token}"
+    assert set(hub.commits[0]["added"]) == EXPECTED_UPLOAD
+    output = capfd.readouterr()
+    assert "https://huggingface.co/someone/vtlm-cli/commit/" in output.out
+    assert token not in caplog.text and token not in output.out + output.err

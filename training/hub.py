@@ -1,0 +1,119 @@
+"""Publish a finished run folder to the Hugging Face Hub: model, code, card, metrics, logs and endpoint handler.
+
+What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and checkpoints are refused by
+`NEVER_UPLOAD` whatever the allow-list says: `training_args.bin` holds the Hub token in clear text, and
+`checkpoint-*/` holds optimizer and RNG state that no user of the model needs.
+"""
+
+import logging
+import shutil
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, HfApi, get_token
+from huggingface_hub.utils import filter_repo_objects
+
+from training.model_card import is_generated_card, write_model_card
+
+logger = logging.getLogger(__name__)
+
+ENDPOINT_DIR = Path(__file__).resolve().parents[1] / "endpoint"
+ENDPOINT_FILES = ("handler.py", "requirements.txt")
+REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+# fnmatch patterns on paths relative to the run folder; `*` also matches "/".
+UPLOAD_PATTERNS = [
+    "config.json",
+    "model.safetensors",
+    "*.py",  # the model's code (configuration_vtlm.py, modeling_vtlm.py) and the endpoint's handler.py
+    "preprocessor_config.json",
+    "README.md",
+    "training_curves.png",
+    "examples/*.png",
+    "*_results.json",  # all_results.json, test_results.json, and the Trainer's train_ and eval_results.json
+    "run_info.json",
+    "trainer_state.json",
+    "runs/*events.out.tfevents*",  # TensorBoard
+    "logs/*events.out.tfevents*",
+    "requirements.txt",
+]
+NEVER_UPLOAD = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "checkpoint-*", "*/checkpoint-*"]
+# Folders that publishing owns on the Hub: files there that the run folder no longer has are deleted.
+MIRRORED_PATTERNS = ["examples/*", "runs/*", "logs/*"]
+
+
+def publish_run(
+    output_dir,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> CommitInfo:
+    """Upload the run folder `output_dir` to the model repository `repo_id` (`namespace/name`).
+
+    Renders the model card first unless `README.md` was written by hand, and copies the endpoint handler into
+    the folder. Creates the repository (private if `private`) and the branch `revision` when missing; an existing
+    repository keeps its visibility. `token` defaults to huggingface_hub's usual lookup (`HF_TOKEN`, then
+    `hf auth login`). Publishing the same folder again uploads the same bytes, so the Hub skips it as unchanged.
+    Refuses to upload (and raises `RuntimeError`) when any selected file contains the token.
+    """
+    check_repo_id(repo_id)
+    output_dir = Path(output_dir)
+    missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
+
+    readme = output_dir / "README.md"
+    if readme.is_file() and not is_generated_card(readme):
+        logger.info("Keeping the hand-written %s", readme)
+    else:
+        write_model_card(output_dir, repo_id=repo_id, revision=revision)
+    for name in ENDPOINT_FILES:
+        target = output_dir / name
+        if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
+            shutil.copyfile(ENDPOINT_DIR / name, target)
+
+    files = select_upload_files(output_dir)
+    _refuse_files_with_token(output_dir, files, token or get_token())
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    logger.info("Uploading %d files from %s to %s (revision %s)", len(files), output_dir, repo_id, revision or "main")
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message or f"Upload VTLM run {output_dir.resolve().name}",
+        allow_patterns=UPLOAD_PATTERNS,
+        ignore_patterns=NEVER_UPLOAD,
+        delete_patterns=MIRRORED_PATTERNS,
+    )
+    logger.info("Published %s", commit.commit_url)
+    return commit
+
+
+def check_repo_id(repo_id):
+    """Raise a `ValueError` unless `repo_id` is `namespace/name`.
+
+    The namespace is needed before the repository exists: the card links its example images by full URL.
+    """
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"the Hub repo id must be 'namespace/name' (a user or organization), got {repo_id!r}")
+
+
+def select_upload_files(output_dir) -> list[str]:
+    """The paths, relative to `output_dir`, that `publish_run` uploads: `upload_folder`'s own filter."""
+    output_dir = Path(output_dir)
+    paths = sorted(path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file())
+    return list(filter_repo_objects(paths, allow_patterns=UPLOAD_PATTERNS, ignore_patterns=NEVER_UPLOAD))
+
+
+def _refuse_files_with_token(output_dir: Path, files: list[str], token: str | None):
+    if not token:
+        return
+    leaking = [name for name in files if token.encode() in (output_dir / name).read_bytes()]
+    if leaking:
+        raise RuntimeError(f"not uploading: the Hub token appears in {', '.join(leaking)}")
