@@ -15,9 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Image  # noqa: E402
 
-from modeling import CIFAR100_LABELS, VTLMConfig  # noqa: E402
+from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
 
 # The Hub's spelling of CIFAR-100's names, typo included, and its 20 superclasses.
 HUB_FINE_LABELS = [("cra" if label == "crab" else label) for label in CIFAR100_LABELS]
@@ -81,6 +82,15 @@ def run_without_modeling(script, *args, cwd, python_path=None):
     return subprocess.run(
         [sys.executable, path, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def save_tiny_model(folder, seed=0):
+    """Save a tiny classifier with its image processor, as training leaves a run folder; return it in eval mode."""
+    torch.manual_seed(seed)
+    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).eval()
+    model.save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return model
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_without_modeling
-
-from modeling import build_image_processor
+from conftest import run_without_modeling, save_tiny_model
 
 LEGACY_REQUIREMENTS = ["transformers==4.57.*", "huggingface_hub>=0.34,<1.0", "tokenizers>=0.22,<=0.23"]
 
@@ -45,13 +43,8 @@ def legacy_transformers(pytestconfig):
     return target
 
 
-def test_saved_folder_gives_identical_logits_under_transformers_4_57(tiny_config, tmp_path, legacy_transformers):
-    torch.manual_seed(0)
-    from modeling import VTLMForImageClassification
-
-    model = VTLMForImageClassification(tiny_config).eval()
-    model.save_pretrained(tmp_path / "model")
-    build_image_processor().save_pretrained(tmp_path / "model")
+def test_saved_folder_gives_identical_logits_under_transformers_4_57(tmp_path, legacy_transformers):
+    model = save_tiny_model(tmp_path / "model")
     pixels = torch.randn(2, 3, 32, 32)
     torch.save(pixels, tmp_path / "pixels.pt")
 

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_hub_dataset
+from conftest import save_tiny_model, write_hub_dataset
 
-from modeling import CIFAR100_MEAN, CIFAR100_STD, VTLMForImageClassification, build_image_processor
+from modeling import CIFAR100_MEAN, CIFAR100_STD
 from training.data import DataArguments, load_image_datasets
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
@@ -18,16 +18,8 @@ import evaluate_model  # noqa: E402
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    from conftest import TINY_CONFIG
-
-    from modeling import VTLMConfig
-
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model")
-    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).eval()
-    model.save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
-    return folder, model
+    return folder, save_tiny_model(folder)
 
 
 def test_evaluate_matches_a_direct_forward_pass(saved_model, cifar100_dir, tmp_path):

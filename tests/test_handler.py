@@ -15,11 +15,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_CONFIG, class_images
+from conftest import class_images, save_tiny_model
 from PIL import Image
-
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -170,9 +167,7 @@ def gray_png(width: int, height: int, rows: int) -> bytes:
 def endpoint(tmp_path_factory):
     """Run the driver once in a model folder holding handler.py; return its JSON report."""
     model_dir = tmp_path_factory.mktemp("endpoint-model")
-    torch.manual_seed(0)
-    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).save_pretrained(model_dir)
-    build_image_processor().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     shutil.copy(REPO_ROOT / "endpoint" / "handler.py", model_dir / "handler.py")
     (model_dir / "driver.py").write_text(DRIVER)
 

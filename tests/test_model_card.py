@@ -9,12 +9,11 @@ import shutil
 import sys
 
 import pytest
-import torch
-from conftest import TINY_CONFIG, class_images
+from conftest import TINY_CONFIG, class_images, save_tiny_model
 from huggingface_hub import ModelCard, metadata_load
 from PIL import Image
 
-from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
+from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
 from training.flops import flops_per_image
 from training.model_card import CURVES_FILE, NOT_MEASURED, save_example_images, write_model_card
 
@@ -39,9 +38,7 @@ EXAMPLE_CLASSES = (0, 1, 30)
 
 def make_run_folder(path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True):
     """A run folder with the files of the run-folder contract, from a tiny model and made-up numbers."""
-    torch.manual_seed(0)
-    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).save_pretrained(path)
-    build_image_processor().save_pretrained(path)
+    save_tiny_model(path)
     (path / "all_results.json").write_text(json.dumps(results))
     (path / "test_results.json").write_text(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}))
     log_history = []

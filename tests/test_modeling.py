@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, run_without_modeling
+from conftest import TINY_CONFIG, run_without_modeling, save_tiny_model
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
@@ -27,10 +27,7 @@ def pixels(batch_size=3, seed=0):
 def saved_model(tmp_path_factory):
     """A tiny classifier saved with its image processor, as training leaves it."""
     folder = tmp_path_factory.mktemp("tiny-vtlm")
-    model = tiny_model().eval()
-    model.save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
-    return folder, model
+    return folder, save_tiny_model(folder)
 
 
 # --- parameter counts: the seed's architecture, exactly ---

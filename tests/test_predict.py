@@ -6,11 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_CONFIG, class_images
+from conftest import class_images, save_tiny_model
 from PIL import Image
-
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +22,7 @@ def load_predict():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("predict-model")
-    torch.manual_seed(0)
-    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).save_pretrained(model_dir)
-    build_image_processor().save_pretrained(model_dir)
+    save_tiny_model(model_dir)
     return model_dir
 
 

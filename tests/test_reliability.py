@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_model
 from PIL import Image
 from safetensors.torch import load_file
 from test_train import TINY_RUN
 from transformers import TrainerControl, TrainerState, pipeline
 
-from modeling import VTLMForImageClassification, build_image_processor
 from training.trainer import StopOnNonFiniteLoss
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
@@ -53,13 +53,8 @@ def test_diverging_run_stops_and_keeps_only_finite_checkpoints(cifar100_dir, tmp
 
 @pytest.fixture(scope="module")
 def classify(tmp_path_factory):
-    from conftest import TINY_CONFIG
-
-    from modeling import VTLMConfig
-
     folder = tmp_path_factory.mktemp("model")
-    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
+    save_tiny_model(folder)
     return pipeline("image-classification", model=str(folder), trust_remote_code=True)
 
 
