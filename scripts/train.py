@@ -42,13 +42,12 @@ def parse_arguments(argv):
     return parser.parse_args_into_dataclasses(argv)
 
 
-def build_config(model_args, label_names=None):
+def build_config(model_args, data=None):
     """The preset (or saved model's) config, with the recipe's regularisation, overrides and the dataset's labels."""
     fields = {"drop_path_rate": model_args.drop_path_rate, "hidden_dropout_prob": model_args.hidden_dropout_prob}
     fields.update(parse_config_overrides(model_args.config_overrides))
-    if label_names is not None:
-        fields["id2label"] = dict(enumerate(label_names))
-        fields["label2id"] = {label: i for i, label in enumerate(label_names)}
+    if data is not None:
+        fields.update(id2label=data.id2label, label2id=data.label2id)
     if model_args.model_name_or_path:
         return AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **fields)
     return VTLMConfig.from_preset(model_args.model_preset, **fields)
@@ -138,7 +137,7 @@ def main(argv=None):
     image_size = build_config(model_args).image_size
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=image_size, seed=training_args.seed)
-    config = build_config(model_args, data.label_names)
+    config = build_config(model_args, data)
     model = build_model(model_args, config)
     logger.info(f"{config.model_type} with {model.num_parameters():,} parameters, {config.num_labels} labels")
 
