@@ -72,7 +72,7 @@ def main(argv=None):
         ),
     )
     split = evaluation_args.split
-    metrics = trainer.evaluate(data.datasets[split], metric_key_prefix=split)
+    metrics = trainer.evaluate(data.tensors(split), metric_key_prefix=split)
     trainer.log_metrics(split, metrics)
     os.makedirs(evaluation_args.output_dir, exist_ok=True)
     path = os.path.join(evaluation_args.output_dir, f"{split}_results.json")

@@ -23,11 +23,10 @@ from transformers import AutoConfig, AutoModelForImageClassification, HfArgument
 from modeling import CIFAR100_MEAN, CIFAR100_STD, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.arguments import ModelArguments, VTLMTrainingArguments, parse_config_overrides
 from training.augmentation import AugmentationArguments, BatchAugmentation
-from training.data import DataArguments, collate_batch, load_image_datasets
+from training.data import DataArguments, load_image_datasets
 from training.hub import check_repo_id, publish_run
-from training.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from training.model_card import save_example_images, write_model_card
-from training.trainer import StopOnNonFiniteLoss, VTLMTrainer, last_complete_checkpoint
+from training.trainer import build_trainer, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments)
@@ -148,18 +147,8 @@ def main(argv=None):
         std=CIFAR100_STD,
         label_smoothing=training_args.label_smoothing_factor,
     )
-    trainer = VTLMTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.datasets["train"],
-        eval_dataset=data.datasets["validation"],
-        data_collator=collate_batch,
-        compute_metrics=build_compute_metrics(data.fine_to_coarse),
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        processing_class=build_image_processor(image_size, CIFAR100_MEAN, CIFAR100_STD),
-        augmentation=augmentation,
-        callbacks=[StopOnNonFiniteLoss()],
-    )
+    image_processor = build_image_processor(image_size, CIFAR100_MEAN, CIFAR100_STD)
+    trainer = build_trainer(model, training_args, data, augmentation, processing_class=image_processor)
 
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()  # the epoch selected on validation, with its code files and preprocessor_config.json
@@ -167,7 +156,7 @@ def main(argv=None):
     trainer.save_state()
     trainer.save_metrics("eval", trainer.evaluate())
     # The test split is seen once, by the selected model.
-    trainer.save_metrics("test", trainer.evaluate(data.datasets["test"], metric_key_prefix="test"))
+    trainer.save_metrics("test", trainer.evaluate(data.tensors("test"), metric_key_prefix="test"))
 
     if trainer.is_world_process_zero():
         write_run_info(training_args.output_dir, arguments, model.config, training_args)

@@ -15,7 +15,7 @@ from transformers import HfArgumentParser
 
 import training.data
 from tests.conftest import class_images, write_hub_dataset
-from training.data import DataArguments, collate_batch, load_image_datasets
+from training.data import DataArguments, ImageTensorDataset, collate_batch, load_image_datasets
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -365,3 +365,23 @@ def test_collate_batch_stacks_uint8_images_and_int64_labels(cifar100_dir):
     # The default collate gives the same tensors.
     default = next(iter(torch.utils.data.DataLoader(data.datasets["validation"], batch_size=16)))
     assert torch.equal(default["pixel_values"], batch["pixel_values"]) and default["pixel_values"].dtype == torch.uint8
+
+
+def test_tensors_hold_a_split_in_memory_row_for_row(cifar100_dir):
+    data = load(cifar100_dir, validation_split_size=100)
+    held = data.tensors("validation")
+    assert len(held) == len(data.datasets["validation"]) == 100
+    assert held.pixel_values.dtype == torch.uint8 and held.pixel_values.shape == (100, 3, 32, 32)
+    for index in (0, 57, 99):
+        row = data.datasets["validation"][index]
+        torch.testing.assert_close(held[index]["pixel_values"], row["pixel_values"], atol=0, rtol=0)
+        assert int(held[index]["labels"]) == int(row["labels"])
+    batch = collate_batch([held[i] for i in range(8)])
+    assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["labels"].dtype == torch.int64
+
+
+def test_tensor_dataset_rejects_what_is_not_uint8_images():
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        ImageTensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="and 3 labels"):
+        ImageTensorDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))

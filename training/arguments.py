@@ -109,8 +109,9 @@ class VTLMTrainingArguments(TrainingArguments):
         metadata={"help": "fp16 mixed precision on CUDA, as the seed used; off with --bf16, --no_fp16 or on a CPU."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Batches carry uint8 pixel_values."})
-    dataloader_num_workers: int = field(default=2, metadata={"help": "Worker processes that read batches."})
-    dataloader_persistent_workers: bool = field(default=True, metadata={"help": "Keep workers between epochs."})
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "Worker processes that read batches; none needed for in-memory uint8 images."}
+    )
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every parameter is used."})
     report_to: None | str | list[str] = field(
         default_factory=_default_report_to, metadata={"help": "Loggers; TensorBoard when it is installed."}
@@ -121,6 +122,4 @@ class VTLMTrainingArguments(TrainingArguments):
         on_cuda = torch.cuda.is_available() and not self.use_cpu
         self.fp16 = self.fp16 and not self.bf16 and on_cuda
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
-        if self.dataloader_num_workers == 0:
-            self.dataloader_persistent_workers = False
         super().__post_init__()

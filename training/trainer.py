@@ -9,6 +9,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .augmentation import BatchAugmentation, augmentation_seed
+from .data import collate_batch
+from .metrics import build_compute_metrics, preprocess_logits_for_metrics
 
 logger = logging.get_logger(__name__)
 
@@ -43,6 +45,23 @@ class VTLMTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = {**inputs, "pixel_values": self.augmentation.normalize(inputs["pixel_values"])}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+
+def build_trainer(model, args, data, augmentation, callbacks=(), processing_class=None):
+    """The `VTLMTrainer` of `scripts/train.py`, which `scripts/benchmark.py` times: train on the train split, select
+    on the validation split, both held in memory as uint8 tensors (`ImageDatasets.tensors`)."""
+    return VTLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.tensors("train"),
+        eval_dataset=data.tensors("validation"),
+        data_collator=collate_batch,
+        compute_metrics=build_compute_metrics(data.fine_to_coarse),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        processing_class=processing_class,
+        augmentation=augmentation,
+        callbacks=[StopOnNonFiniteLoss(), *callbacks],
+    )
 
 
 class StopOnNonFiniteLoss(TrainerCallback):
