@@ -22,11 +22,11 @@ from transformers import AutoConfig, AutoModelForImageClassification, HfArgument
 
 from modeling import CIFAR100_MEAN, CIFAR100_STD, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.arguments import ModelArguments, VTLMTrainingArguments, parse_config_overrides
-from training.augmentation import AugmentationArguments, BatchAugmentation
+from training.augmentation import AugmentationArguments
 from training.data import DataArguments, load_image_datasets
 from training.hub import check_repo_id, publish_run
 from training.model_card import save_example_images, write_model_card
-from training.trainer import build_trainer, last_complete_checkpoint
+from training.trainer import build_augmentation, build_trainer, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments)
@@ -140,13 +140,7 @@ def main(argv=None):
     model = build_model(model_args, config)
     logger.info(f"{config.model_type} with {model.num_parameters():,} parameters, {config.num_labels} labels")
 
-    augmentation = BatchAugmentation(
-        augmentation_args,
-        num_labels=config.num_labels,
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
-        label_smoothing=training_args.label_smoothing_factor,
-    )
+    augmentation = build_augmentation(augmentation_args, config, training_args)
     image_processor = build_image_processor(image_size, CIFAR100_MEAN, CIFAR100_STD)
     trainer = build_trainer(model, training_args, data, augmentation, processing_class=image_processor)
 

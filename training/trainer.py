@@ -8,6 +8,8 @@ import re
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from modeling import CIFAR100_MEAN, CIFAR100_STD
+
 from .augmentation import BatchAugmentation, augmentation_seed
 from .data import collate_batch
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
@@ -45,6 +47,18 @@ class VTLMTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = {**inputs, "pixel_values": self.augmentation.normalize(inputs["pixel_values"])}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+
+def build_augmentation(augmentation_args, config, args):
+    """The recipe's batch augmentation for `config`'s labels, normalised as `modeling.build_image_processor` does,
+    with the label smoothing of the training arguments in its soft targets."""
+    return BatchAugmentation(
+        augmentation_args,
+        num_labels=config.num_labels,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        label_smoothing=args.label_smoothing_factor,
+    )
 
 
 def build_trainer(model, args, data, augmentation, callbacks=(), processing_class=None):
