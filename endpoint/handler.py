@@ -159,7 +159,8 @@ def decode_base64(text: str) -> bytes:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: 16-bit and float images are scaled, transparency is put on white."""
+    """Convert any PIL mode to 8-bit RGB: 16-bit and float images are scaled; alpha is dropped, as the training
+    data and the `image-classification` pipeline drop it, so the endpoint sees what the model was trained on."""
     if image.mode.startswith("I;16"):
         image, scale = image.convert("I"), 1 / 256
     elif image.mode in ("I", "F"):
@@ -174,7 +175,4 @@ def to_rgb(image: Image.Image) -> Image.Image:
             scale = 255 / high
     if image.mode in ("I", "F"):
         image = image.point(lambda value: value * scale).convert("L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
