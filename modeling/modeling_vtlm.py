@@ -154,7 +154,6 @@ class VTLMEncoder(nn.Module):
         last = max(config.num_hidden_layers - 1, 1)
         rates = [config.drop_path_rate * i / last for i in range(config.num_hidden_layers)]
         self.layer = nn.ModuleList(VTLMLayer(config, rate) for rate in rates)
-        self.gradient_checkpointing = False
 
     def forward(self, hidden_states, output_attentions=False, output_hidden_states=False) -> BaseModelOutput:
         all_hidden_states = (hidden_states,) if output_hidden_states else None

@@ -51,7 +51,7 @@ from datasets import ClassLabel, Dataset, Features, Image  # noqa: E402
 from train import build_config, build_model  # noqa: E402  (scripts/train.py: the same config and model)
 from transformers import HfArgumentParser, Trainer, TrainerCallback, get_scheduler, set_seed  # noqa: E402
 
-from modeling import CIFAR100_LABELS  # noqa: E402
+from modeling import CIFAR100_LABELS, build_image_processor  # noqa: E402
 from training.arguments import ModelArguments, VTLMTrainingArguments  # noqa: E402
 from training.augmentation import AugmentationArguments, augmentation_seed  # noqa: E402
 from training.data import DataArguments, load_image_datasets  # noqa: E402
@@ -395,7 +395,7 @@ def measure(model_args, augmentation_args, bench, workdir):
     data = load_synthetic_data(bench, image_size, bench.synthetic_data_dir or os.path.join(workdir, "synthetic"))
     config = build_config(model_args, data)
     args = training_arguments(bench, os.path.join(workdir, "trainer"))
-    augmentation = build_augmentation(augmentation_args, config, args)
+    augmentation = build_augmentation(augmentation_args, config, args, build_image_processor(config.image_size))
     train = data.tensors("train")
     images = train.pixel_values.to(args.device)  # (N, 3, H, W) uint8: the bare loop's whole dataset
     labels = train.labels.to(args.device)

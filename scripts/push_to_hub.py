@@ -20,8 +20,12 @@ def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True, help="The run folder that scripts/train.py wrote.")
     parser.add_argument("--repo_id", "--hub_model_id", dest="repo_id", required=True, help="`user/name` on the Hub.")
-    parser.add_argument("--private", action="store_true", help="Create the repository as private (if it is new).")
-    parser.add_argument("--revision", default=None, help="Branch to commit to; created when missing. Default: main.")
+    parser.add_argument(
+        "--private", "--hub_private_repo", dest="private", action="store_true", help="Create the repo private (if new)."
+    )
+    parser.add_argument(
+        "--revision", "--hub_revision", dest="revision", default=None, help="Branch to commit to; made when missing."
+    )
     parser.add_argument("--commit_message", default=None, help="Default: 'Upload VTLM run <folder name>'.")
     parser.add_argument(
         "--hub_token",

@@ -20,7 +20,12 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
 
-from modeling import CIFAR100_MEAN, CIFAR100_STD, VTLMConfig, VTLMForImageClassification, build_image_processor
+from modeling import (
+    CIFAR100_LABELS,
+    VTLMConfig,
+    VTLMForImageClassification,
+    build_image_processor,
+)
 from training.arguments import ModelArguments, VTLMTrainingArguments, parse_config_overrides
 from training.augmentation import AugmentationArguments
 from training.data import DataArguments, load_image_datasets
@@ -48,14 +53,21 @@ def build_config(model_args, data=None):
     if data is not None:
         fields.update(id2label=data.id2label, label2id=data.label2id)
     if model_args.model_name_or_path:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **fields)
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **fields)
+        config.validate_architecture()  # from_pretrained sets the overrides after construction
+        return config
     return VTLMConfig.from_preset(model_args.model_preset, **fields)
 
 
 def build_model(model_args, config):
     if model_args.model_name_or_path:
+        saved = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        # A new label set gets a fresh classifier; any other shape change is an error, not a silent re-init.
         return AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, trust_remote_code=True, ignore_mismatched_sizes=True
+            model_args.model_name_or_path,
+            config=config,
+            trust_remote_code=True,
+            ignore_mismatched_sizes=saved.num_labels != config.num_labels,
         )
     return VTLMForImageClassification(config)
 
@@ -75,7 +87,17 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-def write_run_info(output_dir, arguments, config, training_args):
+def is_all_of_cifar100(data):
+    """Whether the splits are all of CIFAR-100: its 100 fine labels, 50,000 train + validation and 10,000 test."""
+    sizes = {split: len(dataset) for split, dataset in data.datasets.items()}
+    return (
+        data.label_names == list(CIFAR100_LABELS)
+        and sizes["train"] + sizes["validation"] == 50_000
+        and sizes["test"] == 10_000
+    )
+
+
+def write_run_info(output_dir, arguments, config, training_args, data):
     model_args, data_args, augmentation_args, _ = arguments
     run_info = {
         "git_commit": git_commit(),
@@ -85,12 +107,8 @@ def write_run_info(output_dir, arguments, config, training_args):
         "training_arguments": training_args.to_sanitized_dict(),
         "config": config.to_dict(),
         "hardware": {"device": device_name(training_args.device), "num_processes": training_args.world_size},
-        "smoke_run": bool(
-            data_args.dataset_name != DataArguments.dataset_name
-            or data_args.max_train_samples
-            or data_args.max_eval_samples
-            or training_args.max_steps > 0
-        ),
+        # A full run on all of CIFAR-100, from the Hub or a local copy: anything less must not claim its results.
+        "smoke_run": not is_all_of_cifar100(data) or training_args.max_steps > 0,
     }
     with open(os.path.join(output_dir, "run_info.json"), "w") as file:
         json.dump(run_info, file, indent=2, default=str)
@@ -140,8 +158,8 @@ def main(argv=None):
     model = build_model(model_args, config)
     logger.info(f"{config.model_type} with {model.num_parameters():,} parameters, {config.num_labels} labels")
 
-    augmentation = build_augmentation(augmentation_args, config, training_args)
-    image_processor = build_image_processor(image_size, CIFAR100_MEAN, CIFAR100_STD)
+    image_processor = build_image_processor(image_size)
+    augmentation = build_augmentation(augmentation_args, config, training_args, image_processor)
     trainer = build_trainer(model, training_args, data, augmentation, processing_class=image_processor)
 
     train_result = trainer.train(resume_from_checkpoint=resume_from)
@@ -153,10 +171,11 @@ def main(argv=None):
     trainer.save_metrics("test", trainer.evaluate(data.tensors("test"), metric_key_prefix="test"))
 
     if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, arguments, model.config, training_args)
+        write_run_info(training_args.output_dir, arguments, model.config, training_args, data)
         save_example_images(training_args.output_dir, *example_images(data))
-        write_model_card(training_args.output_dir)
-        if push_to_hub:
+        if not push_to_hub:
+            write_model_card(training_args.output_dir)
+        else:  # renders the card itself, with links to the repo
             publish_run(
                 training_args.output_dir,
                 repo_id=training_args.hub_model_id,

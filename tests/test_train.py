@@ -5,12 +5,15 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import TINY_CONFIG, write_hub_dataset
 from safetensors.torch import load_file
 
-from training.arguments import parse_config_overrides
+from modeling import CIFAR100_LABELS
+from training.arguments import ModelArguments, parse_config_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
@@ -177,6 +180,34 @@ def test_arguments_from_a_yaml_file(tmp_path):
     model_args, data_args, augmentation_args, training_args = train.parse_arguments([str(recipe)])
     assert model_args.model_preset == "vtlm-5m" and training_args.num_train_epochs == 3
     assert augmentation_args.mixup_alpha == 0.2 and data_args.dataset_name == "uoft-cs/cifar100"
+
+
+def test_only_all_of_cifar100_is_a_full_run():
+    """A local copy of CIFAR-100 counts as CIFAR-100; anything smaller, or with other labels, is a smoke run."""
+
+    def splits(train, validation, test, labels=CIFAR100_LABELS):
+        sizes = {"train": train, "validation": validation, "test": test}
+        return SimpleNamespace(datasets={k: range(v) for k, v in sizes.items()}, label_names=list(labels))
+
+    assert train.is_all_of_cifar100(splits(45_000, 5_000, 10_000))
+    assert train.is_all_of_cifar100(splits(40_000, 10_000, 10_000))  # another validation size is still all of it
+    assert not train.is_all_of_cifar100(splits(45_000, 5_000, 1_000))
+    assert not train.is_all_of_cifar100(splits(44_000, 5_000, 10_000))
+    assert not train.is_all_of_cifar100(splits(45_000, 5_000, 10_000, labels=[f"c{i}" for i in range(100)]))
+
+
+def test_continuing_from_a_saved_model_validates_overrides_and_keeps_its_weights(finished_run, tmp_path):
+    model_args = ModelArguments(model_name_or_path=str(finished_run), config_overrides="pooling=max")
+    with pytest.raises(ValueError, match="pooling"):
+        train.build_config(model_args)
+    # Another hidden size cannot reuse the weights: an error, never a silent re-initialisation.
+    model_args = ModelArguments(model_name_or_path=str(finished_run), config_overrides="hidden_size=64")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        train.build_model(model_args, train.build_config(model_args))
+    model_args = ModelArguments(model_name_or_path=str(finished_run))
+    model = train.build_model(model_args, train.build_config(model_args))
+    saved = load_file(finished_run / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
 
 
 def test_defaults_are_the_headline_recipe():

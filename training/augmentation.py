@@ -22,6 +22,7 @@ Its `RandomMixUpV2` draws lambda from a uniform range rather than Beta(alpha, al
 draw from the global RNG (they take no generator). The ops below are short, per sample, and take a generator.
 """
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -274,9 +275,15 @@ class BatchAugmentation:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float32 (B, 3, H, W), `(images / 255 - mean) / std`: the evaluation transform."""
-        mean = _to_device(torch.tensor(self.mean), images.device).view(1, 3, 1, 1)
-        std = _to_device(torch.tensor(self.std), images.device).view(1, 3, 1, 1)
+        mean, std = self._normalization(images.device)
         return (images.float() / 255 - mean) / std
+
+    @functools.cache  # noqa: B019  (one entry per device, for the life of the augmentation)
+    def _normalization(self, device):
+        """mean and std as (1, 3, 1, 1) tensors on `device`, made once rather than every batch."""
+        mean = _to_device(torch.tensor(self.mean), device).view(1, 3, 1, 1)
+        std = _to_device(torch.tensor(self.std), device).view(1, 3, 1, 1)
+        return mean, std
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,6 @@ import re
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from modeling import CIFAR100_MEAN, CIFAR100_STD
-
 from .augmentation import BatchAugmentation, augmentation_seed
 from .data import collate_batch
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
@@ -49,14 +47,15 @@ class VTLMTrainer(Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
 
-def build_augmentation(augmentation_args, config, args):
-    """The recipe's batch augmentation for `config`'s labels, normalised as `modeling.build_image_processor` does,
-    with the label smoothing of the training arguments in its soft targets."""
+def build_augmentation(augmentation_args, config, args, image_processor):
+    """The recipe's batch augmentation for `config`'s labels. It normalises with `image_processor`'s mean and std, so
+    training sees what the published processor gives at inference, and puts the training arguments' label smoothing
+    into its soft targets."""
     return BatchAugmentation(
         augmentation_args,
         num_labels=config.num_labels,
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
+        mean=image_processor.image_mean,
+        std=image_processor.image_std,
         label_smoothing=args.label_smoothing_factor,
     )
 
