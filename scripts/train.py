@@ -49,7 +49,10 @@ def parse_arguments(argv):
 def build_config(model_args, data=None):
     """The preset (or saved model's) config, with the recipe's regularisation, overrides and the dataset's labels."""
     fields = {"drop_path_rate": model_args.drop_path_rate, "hidden_dropout_prob": model_args.hidden_dropout_prob}
-    fields.update(parse_config_overrides(model_args.config_overrides))
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if twice := sorted(fields.keys() & overrides.keys()):
+        raise ValueError(f"--config_overrides: set {', '.join(twice)} with its own flag (--{twice[0]}), not here")
+    fields.update(overrides)
     if data is not None:
         fields.update(id2label=data.id2label, label2id=data.label2id)
     if model_args.model_name_or_path:

@@ -169,6 +169,11 @@ def test_config_overrides_are_typed_and_checked():
         parse_config_overrides("hidden_size")
 
 
+def test_recipe_fields_have_one_flag_only():
+    with pytest.raises(ValueError, match="set drop_path_rate with its own flag"):
+        train.build_config(ModelArguments(config_overrides="drop_path_rate=0.3"))
+
+
 def test_invalid_override_value_fails_before_training(cifar100_dir, tmp_path):
     with pytest.raises(ValueError, match="hidden_size"):
         train.main([f"--dataset_name={cifar100_dir}", "--config_overrides=hidden_size=30", f"--output_dir={tmp_path}"])
