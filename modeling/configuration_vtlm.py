@@ -29,8 +29,44 @@ PRESETS = {
     "vtlm-14m": {"hidden_size": 384, "num_hidden_layers": 8, "num_attention_heads": 12, "intermediate_size": 1536},
     # The seed's CIFAR-10 example.
     "vtlm-5m": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 1024},
+    # CCT-7/3x1 (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers") as its reference code
+    # defines it: one 3x3 conv tokenizer block (256 tokens), no CLS token, sequence pooling, CCT's block layout and
+    # init, its dropout rates. 3,783,269 parameters with 100 labels, as the reference's `cct_7_3x1_32_c100`.
+    "vtlm-cct-7-3x1": {
+        "hidden_size": 256,
+        "num_hidden_layers": 7,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+        "patch_embedding_type": "conv",
+        "num_conv_layers": 1,
+        "conv_kernel_size": 3,
+        "use_cls_token": False,
+        "pooling": "sequence",
+        "layer_norm_layout": "cct",
+        "qkv_bias": False,
+        "layer_norm_eps": 1e-5,
+        "position_initializer_range": 0.2,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.1,
+        "drop_path_rate": 0.1,
+    },
+    # The seed's transformer and block, fed by a two-block conv tokenizer (3 -> 64 -> 512 channels, 32 -> 16 -> 8
+    # pixels: the seed's 64 tokens) and read out by sequence pooling instead of a CLS token.
+    "vtlm-37m-conv": {
+        "hidden_size": 512,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
+        "patch_embedding_type": "conv",
+        "num_conv_layers": 2,
+        "conv_hidden_size": 64,
+        "use_cls_token": False,
+        "pooling": "sequence",
+    },
 }
-POOLINGS = ("cls", "mean")
+PATCH_EMBEDDING_TYPES = ("patchify", "conv")
+POOLINGS = ("cls", "mean", "sequence")
+LAYER_NORM_LAYOUTS = ("pre_norm", "cct")
 # Every saved config names all three Auto classes: `save_pretrained` alone writes only the saved class's entry.
 AUTO_MAP = {
     "AutoConfig": "configuration_vtlm.VTLMConfig",
@@ -47,20 +83,37 @@ class VTLMConfig(PreTrainedConfig):
 
     Args:
         image_size (`int`): side of the square input image, in pixels.
-        patch_size (`int`): side of a square patch; the patch embedding is a Conv2d with kernel = stride = patch_size.
         num_channels (`int`): input channels.
+        patch_embedding_type (`str`): how pixels become tokens. `"patchify"` (the seed): one Conv2d with
+            kernel = stride = `patch_size`, a token per patch. `"conv"`: CCT's convolutional tokenizer,
+            `num_conv_layers` blocks of (k x k conv with stride 1 and no bias, ReLU, 3x3 max-pool with stride 2), each
+            halving the image side (rounding up); a token per pixel of the last feature map.
+        patch_size (`int`): side of a square patch of the `"patchify"` embedding.
+        num_conv_layers (`int`): conv blocks of the `"conv"` tokenizer.
+        conv_kernel_size (`int`): side k of the tokenizer's convs; odd, so that padding k // 2 keeps the image side.
+        conv_hidden_size (`int`): output channels of every tokenizer block but the last, which outputs `hidden_size`.
+        use_cls_token (`bool`): whether a learned CLS token is put in front of the patch tokens (the seed: yes).
         hidden_size (`int`): width of the residual stream.
-        num_hidden_layers (`int`): number of pre-norm transformer blocks.
+        num_hidden_layers (`int`): number of transformer blocks.
         num_attention_heads (`int`): attention heads per block; must divide `hidden_size`.
         intermediate_size (`int`): hidden width of the MLP.
         hidden_act (`str`): MLP activation, any key of `transformers.activations.ACT2FN`.
         hidden_dropout_prob (`float`): dropout on the embeddings, the attention output and the MLP (the seed used 0.1).
         attention_probs_dropout_prob (`float`): dropout on the attention probabilities.
         drop_path_rate (`float`): stochastic depth rate of the last block, rising linearly from 0 in the first.
+        layer_norm_layout (`str`): where a block puts its LayerNorms. `"pre_norm"` (the seed, ViT): one before each
+            residual branch. `"cct"` (CCT's reference): one before attention, then the residual stream itself is
+            normalised and the MLP branch adds to the normalised stream.
         layer_norm_eps (`float`): epsilon of every LayerNorm.
         qkv_bias (`bool`): whether the fused query/key/value projection has a bias.
-        initializer_range (`float`): std of the truncated-normal init of weights, the CLS token and positions.
-        pooling (`str`): `"cls"` classifies from the CLS token (the seed), `"mean"` from the mean of patch tokens.
+        initializer_range (`float`): std of the truncated-normal init of weights and the CLS token (and of the
+            positions, unless `position_initializer_range` is set). The `"conv"` tokenizer's convs, which feed a
+            ReLU, get Kaiming-normal init instead, as in CCT.
+        position_initializer_range (`float`, *optional*): std of the truncated-normal init of the positions; `None`
+            uses `initializer_range` (the seed). CCT uses 0.2.
+        pooling (`str`): what the head classifies. `"cls"`: the CLS token (the seed). `"mean"`: the mean of the patch
+            tokens. `"sequence"`: CCT's sequence pooling, a softmax weighting over the patch tokens from a learned
+            Linear(hidden_size, 1), and their weighted sum.
     """
 
     model_type = "vtlm"
@@ -82,6 +135,14 @@ class VTLMConfig(PreTrainedConfig):
         qkv_bias=True,
         initializer_range=0.02,
         pooling="cls",
+        # CCT's ideas, appended so that positional arguments keep their meaning; the defaults are the seed.
+        patch_embedding_type="patchify",
+        num_conv_layers=1,
+        conv_kernel_size=3,
+        conv_hidden_size=64,
+        use_cls_token=True,
+        layer_norm_layout="pre_norm",
+        position_initializer_range=None,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -103,13 +164,20 @@ class VTLMConfig(PreTrainedConfig):
         self.qkv_bias = qkv_bias
         self.initializer_range = initializer_range
         self.pooling = pooling
+        self.patch_embedding_type = patch_embedding_type
+        self.num_conv_layers = num_conv_layers
+        self.conv_kernel_size = conv_kernel_size
+        self.conv_hidden_size = conv_hidden_size
+        self.use_cls_token = use_cls_token
+        self.layer_norm_layout = layer_norm_layout
+        self.position_initializer_range = position_initializer_range
         super().__init__(**kwargs)
         self.validate_architecture()
 
     def validate_architecture(self):
         """Raise a `ValueError` naming the first field whose value cannot build a model."""
-        sizes = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads")
-        for name in (*sizes, "intermediate_size"):
+        sizes = ("image_size", "num_channels", "patch_size", "num_conv_layers", "conv_kernel_size", "conv_hidden_size")
+        for name in (*sizes, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -117,23 +185,42 @@ class VTLMConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
-        for name in ("layer_norm_eps", "initializer_range"):
+        for name in ("layer_norm_eps", "initializer_range", "position_initializer_range"):
             value = getattr(self, name)
+            if name == "position_initializer_range" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name, choices in (
+            ("patch_embedding_type", PATCH_EMBEDDING_TYPES),
+            ("pooling", POOLINGS),
+            ("layer_norm_layout", LAYER_NORM_LAYOUTS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("use_cls_token", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
-        if self.image_size % self.patch_size:
+        if self.patch_embedding_type == "patchify" and self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if not isinstance(self.qkv_bias, bool):
-            raise ValueError(f"qkv_bias must be a bool, got {self.qkv_bias!r}")
+        if self.conv_kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size must be odd, to keep the image side, got {self.conv_kernel_size!r}")
+        if self.pooling == "cls" and not self.use_cls_token:
+            raise ValueError(f"use_cls_token is {self.use_cls_token!r}, but pooling 'cls' reads the CLS token")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act must be one of transformers' activations, got {self.hidden_act!r}")
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`from_pretrained(folder, **overrides)` sets the overrides after `__init__`: validate the result too."""
+        config = super().from_dict(config_dict, **kwargs)
+        (config[0] if isinstance(config, tuple) else config).validate_architecture()  # a tuple with unused kwargs
+        return config
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -144,7 +231,18 @@ class VTLMConfig(PreTrainedConfig):
 
     @property
     def num_patches(self):
-        return (self.image_size // self.patch_size) ** 2
+        """Tokens the patch embedding yields: one per patch, or one per pixel of the conv tokenizer's output."""
+        if self.patch_embedding_type == "patchify":
+            return (self.image_size // self.patch_size) ** 2
+        side = self.image_size
+        for _ in range(self.num_conv_layers):
+            side = (side - 1) // 2 + 1  # a 3x3 max-pool with stride 2 and padding 1: ceil(side / 2)
+        return side**2
+
+    @property
+    def sequence_length(self):
+        """Tokens the encoder sees: the patch tokens, and the CLS token in front when there is one."""
+        return self.num_patches + int(self.use_cls_token)
 
 
 __all__ = ["VTLMConfig"]

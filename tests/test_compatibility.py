@@ -1,18 +1,18 @@
 """The shipped code runs under the user's transformers: a saved folder gives identical logits under 4.57 and 5.x.
 
-transformers 4.57 (the last 4.x) is installed from PyPI into a folder of its own, once per machine, and put in front
-of this environment's packages in a subprocess that cannot import `modeling`.
+Each folder is loaded with `trust_remote_code=True` in a subprocess that cannot import `modeling`, under this
+environment's transformers and under 4.57 (the last 4.x), which is installed from PyPI into a folder of its own, once
+per machine, and put in front of this environment's packages.
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import run_without_modeling, save_tiny_model
+import transformers
+from conftest import TINY_CONFIG, run_without_modeling
 
-LEGACY_REQUIREMENTS = ["transformers==4.57.*", "huggingface_hub>=0.34,<1.0", "tokenizers>=0.22,<=0.23"]
+from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
 LOAD_AND_PREDICT = """
 import json, sys
@@ -26,35 +26,57 @@ model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_cod
 base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 with torch.no_grad():
     logits, pooled = model(pixels).logits, base(pixels).pooler_output
+    (tuple_logits,) = model(pixels, return_dict=False)
 top = pipeline("image-classification", model=folder, trust_remote_code=True)(Image.new("RGB", (40, 20)), top_k=2)
+try:  # an override that cannot build a model
+    AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True, num_attention_heads=5)
+    bad_override = None
+except ValueError as error:
+    bad_override = str(error)
 print("RESULT" + json.dumps({
-    "version": transformers.__version__, "logits": logits.tolist(), "pooled": pooled.tolist(), "top": top
+    "version": transformers.__version__, "logits": logits.tolist(), "pooled": pooled.tolist(),
+    "tuple_logits": tuple_logits.tolist(), "top": top, "bad_override": bad_override,
 }))
 """
 
 
-@pytest.fixture(scope="session")
-def legacy_transformers(pytestconfig):
-    """A folder holding transformers 4.57 and the hub client it needs, installed with pip on first use."""
-    target = pytestconfig.cache.mkdir("transformers-4.57")
-    if not (target / "transformers").is_dir():
-        install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
-        subprocess.run(install + LEGACY_REQUIREMENTS, check=True, capture_output=True, timeout=600)
-    return target
+# The seed's architecture, and CCT's ideas together: a conv tokenizer, no CLS token, sequence pooling, CCT's blocks.
+ARCHITECTURES = {
+    "seed": {},
+    "cct": {
+        "patch_embedding_type": "conv",
+        "num_conv_layers": 2,
+        "conv_hidden_size": 8,
+        "use_cls_token": False,
+        "pooling": "sequence",
+        "layer_norm_layout": "cct",
+        "qkv_bias": False,
+    },
+}
 
 
-def test_saved_folder_gives_identical_logits_under_transformers_4_57(tmp_path, legacy_transformers):
-    model = save_tiny_model(tmp_path / "model")
+@pytest.mark.slow  # pip-installs transformers 4.57 once per machine; subprocesses
+@pytest.mark.parametrize("transformers_version", ["4.57", "installed"])
+@pytest.mark.parametrize("overrides", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
+def test_saved_folder_gives_identical_logits(tmp_path, request, overrides, transformers_version):
+    torch.manual_seed(0)
+    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **overrides)).eval()
+    model.save_pretrained(tmp_path / "model")
+    build_image_processor().save_pretrained(tmp_path / "model")
     pixels = torch.randn(2, 3, 32, 32)
     torch.save(pixels, tmp_path / "pixels.pt")
 
+    legacy = request.getfixturevalue("legacy_transformers") if transformers_version == "4.57" else None
     run = run_without_modeling(
-        LOAD_AND_PREDICT, tmp_path / "model", tmp_path / "pixels.pt", cwd=tmp_path, python_path=legacy_transformers
+        LOAD_AND_PREDICT, tmp_path / "model", tmp_path / "pixels.pt", cwd=tmp_path, python_path=legacy
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.split("RESULT", 1)[1])
-    assert result["version"].startswith("4.57.")
+    expected_version = "4.57." if legacy else transformers.__version__
+    assert result["version"].startswith(expected_version)
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(result["logits"]), model(pixels).logits, atol=0, rtol=0)
         torch.testing.assert_close(torch.tensor(result["pooled"]), model.vtlm(pixels).pooler_output, atol=0, rtol=0)
+    assert result["tuple_logits"] == result["logits"]  # return_dict=False: the same logits, in a tuple
     assert all(prediction["label"] in model.config.label2id for prediction in result["top"])
+    assert "num_attention_heads (5)" in result["bad_override"]

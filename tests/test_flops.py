@@ -6,23 +6,38 @@ from conftest import TINY_CONFIG
 from modeling import VTLMConfig
 from training.flops import flops_per_image
 
+# A conv tokenizer of two blocks, 3 -> 8 -> 32 channels.
+TINY_CONV = {**TINY_CONFIG, "patch_embedding_type": "conv", "num_conv_layers": 2, "conv_hidden_size": 8}
+
 
 def hand_derived_flops(config):
     """FLOPs of one image, 2 per multiply-add, counting only matrix products (as `torch.utils.flop_counter` does).
 
-    T = patches + 1 (CLS) tokens of width H; per block: the fused qkv projection (T x H -> 3H), attention scores
-    (heads x T x T x head_dim = T^2 H MACs) and the weighted sum of values (the same again), the output projection
-    (H -> H), and the MLP (H -> I -> H); around the blocks, the patch convolution (each patch's C p^2 pixels -> H) and
-    the head on the pooled token (H -> labels).
+    Pixels become tokens of width H in one of two ways. Patchify: a convolution that maps each patch's C p^2 pixels
+    to H. The conv tokenizer: blocks of a k x k convolution at stride 1 (every pixel of the input side s, c_in k^2 ->
+    c_out) and a 3x3 max-pool at stride 2 (side ceil(s / 2); a comparison, not a product). T = tokens, plus 1 for the
+    CLS token. Per block: the fused qkv projection (T x H -> 3H), attention scores (heads x T x T x head_dim = T^2 H
+    MACs) and the weighted sum of values (the same again), the output projection (H -> H), and the MLP (H -> I -> H).
+    Pooling: the CLS token and the mean cost no product; sequence pooling scores each patch token (H -> 1) and sums
+    the tokens with those weights (another patches x H). The head maps the pooled token to the labels (H -> labels).
 
     Backward: each product that has weights costs 2x its forward (the input gradient and the weight gradient), and
-    attention's two products also 2x (a gradient for each operand). The patch convolution is the exception: the
-    pixels need no gradient, so only its weight gradient is computed, 1x. So training = forward + backward
-    = 3 x forward - patch convolution.
+    the products of two activations also 2x (a gradient for each operand). The first convolution is the exception:
+    the pixels need no gradient, so only its weight gradient is computed, 1x. So training = forward + backward
+    = 3 x forward - first convolution.
     """
-    patches = (config.image_size // config.patch_size) ** 2
-    tokens, hidden, intermediate = patches + 1, config.hidden_size, config.intermediate_size
-    patch_conv = 2 * patches * hidden * config.num_channels * config.patch_size**2
+    hidden, intermediate, side = config.hidden_size, config.intermediate_size, config.image_size
+    if config.patch_embedding_type == "patchify":
+        side //= config.patch_size
+        convs = [2 * side**2 * hidden * config.num_channels * config.patch_size**2]
+    else:
+        widths = [config.num_channels] + [config.conv_hidden_size] * (config.num_conv_layers - 1) + [hidden]
+        convs = []
+        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+            convs.append(2 * side**2 * width_out * width_in * config.conv_kernel_size**2)
+            side = (side + 1) // 2
+    patches = side**2
+    tokens = patches + (1 if config.use_cls_token else 0)
     block = (
         2 * tokens * hidden * 3 * hidden  # qkv
         + 2 * tokens * tokens * hidden  # q k^T over all heads
@@ -30,9 +45,10 @@ def hand_derived_flops(config):
         + 2 * tokens * hidden * hidden  # output projection
         + 2 * 2 * tokens * hidden * intermediate  # fc1 and fc2
     )
+    pooling = 2 * patches * hidden + 2 * patches * hidden if config.pooling == "sequence" else 0
     head = 2 * hidden * config.num_labels
-    forward = patch_conv + config.num_hidden_layers * block + head
-    backward = 2 * (forward - patch_conv) + patch_conv
+    forward = sum(convs) + config.num_hidden_layers * block + pooling + head
+    backward = 2 * (forward - convs[0]) + convs[0]
     return forward, backward
 
 
@@ -43,6 +59,12 @@ def hand_derived_flops(config):
         # Every term moves: another patch size (fewer tokens), more layers, odd widths, 10 labels, mean pooling.
         {**TINY_CONFIG, "patch_size": 8, "num_hidden_layers": 3, "intermediate_size": 53, "num_labels": 10},
         {**TINY_CONFIG, "image_size": 24, "num_channels": 1, "hidden_size": 48, "pooling": "mean"},
+        # No CLS token: one token fewer everywhere.
+        {**TINY_CONFIG, "use_cls_token": False, "pooling": "mean"},
+        # The conv tokenizer: two blocks, one block with a 5x5 kernel, a side that halves to odd sizes (30 -> 15 -> 8).
+        {**TINY_CONV, "use_cls_token": False, "pooling": "sequence", "layer_norm_layout": "cct"},
+        {**TINY_CONV, "num_conv_layers": 1, "conv_kernel_size": 5, "pooling": "cls"},
+        {**TINY_CONV, "image_size": 30, "conv_hidden_size": 5, "pooling": "sequence"},
     ],
 )
 def test_flop_counter_matches_the_hand_derived_formula(fields):
@@ -51,6 +73,9 @@ def test_flop_counter_matches_the_hand_derived_formula(fields):
     flops = flops_per_image(config)
     assert (flops.forward, flops.backward) == (forward, backward)
     assert flops.training == forward + backward
-    # The rule of thumb "training = 3 x forward" holds for every product but the patch convolution.
-    patch_conv = 2 * config.num_patches * config.hidden_size * config.num_channels * config.patch_size**2
-    assert flops.training == 3 * flops.forward - patch_conv
+
+
+def test_flops_do_not_depend_on_attention_implementation_and_leave_the_config_alone():
+    config = VTLMConfig(**TINY_CONFIG, attn_implementation="sdpa")
+    assert flops_per_image(config) == flops_per_image(VTLMConfig(**TINY_CONFIG, attn_implementation="eager"))
+    assert config._attn_implementation == "sdpa"

@@ -11,7 +11,21 @@ from conftest import TINY_CONFIG, run_without_modeling, save_tiny_model
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
-from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
+from modeling import CIFAR100_LABELS, PRESETS, VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
+
+# A conv tokenizer of two blocks, 3 -> 8 -> 32 channels and 32 -> 16 -> 8 pixels: 64 tokens, as patchify gives.
+TINY_CONV = {"patch_embedding_type": "conv", "num_conv_layers": 2, "conv_hidden_size": 8}
+# Tiny versions of every tokenizer, CLS token, pooling and block layout, with the sequence length each must give.
+VARIANTS = {
+    "seed": ({}, 65),
+    "mean": ({"pooling": "mean"}, 65),
+    "no-cls-mean": ({"use_cls_token": False, "pooling": "mean"}, 64),
+    "cls-sequence": ({"pooling": "sequence"}, 65),
+    "conv-cls": (TINY_CONV, 65),
+    "vtlm-37m-conv": ({**PRESETS["vtlm-37m-conv"], **TINY_CONFIG, "conv_hidden_size": 8}, 64),
+    "vtlm-cct-7-3x1": ({**PRESETS["vtlm-cct-7-3x1"], **TINY_CONFIG}, 256),  # one conv block: 32 -> 16 pixels
+}
+variants = pytest.mark.parametrize(("overrides", "sequence_length"), VARIANTS.values(), ids=VARIANTS.keys())
 
 
 def tiny_model(**overrides):
@@ -35,8 +49,16 @@ def saved_model(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    # 37,939,812 and 14,279,140 are the seed's own counts; 4,794,212 is the same layout at 256/6/8.
-    [("vtlm-37m", 37_939_812), ("vtlm-14m", 14_279_140), ("vtlm-5m", 4_794_212)],
+    # 37,939,812 and 14,279,140 are the seed's own counts; 4,794,212 is the same layout at 256/6/8. 3,783,269 is the
+    # count of `cct_7_3x1_32_c100` in CCT's reference code (SHI-Labs/Compact-Transformers). 38,210,853 is derived
+    # below.
+    [
+        ("vtlm-37m", 37_939_812),
+        ("vtlm-14m", 14_279_140),
+        ("vtlm-5m", 4_794_212),
+        ("vtlm-cct-7-3x1", 3_783_269),
+        ("vtlm-37m-conv", 38_210_853),
+    ],
 )
 def test_preset_parameter_counts(preset, expected):
     with torch.device("meta"):
@@ -52,6 +74,34 @@ def test_parameter_count_matches_layout_formula(tiny_config):
     block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
     expected = patch + tokens + layers * block + 2 * d + d * labels + labels
     assert VTLMForImageClassification(tiny_config).num_parameters() == expected
+
+
+def test_conv_preset_parameter_count_matches_layout_formula():
+    """vtlm-37m-conv: the seed's blocks, a two-block conv tokenizer, no CLS token, sequence pooling."""
+    d, layers, mlp, labels = 512, 12, 2048, 100
+    tokenizer = 3 * 64 * 3 * 3 + 64 * d * 3 * 3  # two 3x3 convs without bias: 3 -> 64 -> d channels
+    positions = 8 * 8 * d  # 32 -> 16 -> 8 pixels: 64 tokens and no CLS token
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+    sequence_pooling = d + 1
+    expected = tokenizer + positions + layers * block + 2 * d + sequence_pooling + d * labels + labels
+    with torch.device("meta"):
+        model = VTLMForImageClassification(VTLMConfig.from_preset("vtlm-37m-conv"))
+    assert model.num_parameters() == expected == 38_210_853
+
+
+def test_cct_preset_is_the_reference_architecture():
+    config = VTLMConfig.from_preset("vtlm-cct-7-3x1")
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (256, 7, 4)
+    assert (config.intermediate_size, config.num_patches, config.sequence_length) == (512, 256, 256)
+    model = VTLMForImageClassification(config)
+    (conv,) = model.vtlm.embeddings.patch_embeddings.convs
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
+        3, 256, (3, 3), (1, 1), (1, 1)
+    )  # fmt: skip
+    assert conv.bias is None and model.vtlm.embeddings.cls_token is None
+    layer = model.vtlm.encoder.layer[0]
+    assert layer.attention.qkv.bias is None and layer.norm1.eps == 1e-5
+    assert model.vtlm.sequence_pooling is not None
 
 
 # --- config ---
@@ -88,12 +138,52 @@ def test_from_preset_applies_overrides():
         ({"layer_norm_eps": 0}, "layer_norm_eps"),
         ({"hidden_act": "swishy"}, "hidden_act"),
         ({"qkv_bias": "yes"}, "qkv_bias"),
+        ({"pooling": "attention"}, "pooling"),
+        ({"patch_embedding_type": "hybrid"}, "patch_embedding_type"),
+        ({"num_conv_layers": 0}, "num_conv_layers"),
+        ({"conv_kernel_size": 4}, "conv_kernel_size"),
+        ({"conv_hidden_size": -8}, "conv_hidden_size"),
+        ({"use_cls_token": 0}, "use_cls_token"),
+        ({"use_cls_token": False}, "use_cls_token"),  # pooling "cls" needs the CLS token
+        ({"layer_norm_layout": "post_norm"}, "layer_norm_layout"),
+        ({"position_initializer_range": 0.0}, "position_initializer_range"),
     ],
 )
 def test_config_validation_names_field_and_value(overrides, field):
     with pytest.raises(ValueError, match=field) as error:
         VTLMConfig(**{**TINY_CONFIG, **overrides})
     assert repr(next(iter(overrides.values())))[:3] in str(error.value)
+
+
+def test_patch_size_need_not_divide_the_image_for_the_conv_tokenizer():
+    assert VTLMConfig(**TINY_CONFIG, **TINY_CONV, image_size=30).num_patches == 8 * 8  # 30 -> 15 -> 8
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"patch_size": 8, "use_cls_token": False, "pooling": "mean"}, TINY_CONV, {**TINY_CONV, "image_size": 30}],
+)
+def test_num_patches_and_sequence_length_count_the_tokens_the_model_makes(overrides):
+    config = VTLMConfig(**{**TINY_CONFIG, **overrides})
+    model = VTLMModel(config)
+    pixels = torch.zeros(1, 3, config.image_size, config.image_size)
+    side = model.embeddings.patch_embeddings(pixels).shape[-1]
+    assert config.num_patches == side**2
+    assert config.sequence_length == model(pixels).last_hidden_state.shape[1]
+
+
+def test_invalid_fields_are_caught_wherever_a_model_is_built(saved_model):
+    folder, _ = saved_model
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        AutoModelForImageClassification.from_pretrained(folder, num_attention_heads=5)
+    with pytest.raises(ValueError, match="hidden_size"):
+        AutoConfig.from_pretrained(folder, hidden_size=-1)
+    with pytest.raises(ValueError, match="pooling"):
+        AutoModel.from_pretrained(folder, pooling="max")
+    config = VTLMConfig(**TINY_CONFIG)
+    config.use_cls_token = False  # an edit after construction, which pooling "cls" cannot read
+    with pytest.raises(ValueError, match="use_cls_token"):
+        VTLMForImageClassification(config)
 
 
 def test_unknown_preset_lists_presets():
@@ -104,16 +194,17 @@ def test_unknown_preset_lists_presets():
 # --- forward, loss, gradients ---
 
 
-def test_output_shapes_with_and_without_labels():
-    model = tiny_model()
+@variants
+def test_output_shapes_with_and_without_labels(overrides, sequence_length):
+    model = tiny_model(**overrides).eval()  # attention dropout would rescale the probabilities
     outputs = model(pixels(), output_hidden_states=True, output_attentions=True)
     assert outputs.loss is None
     assert outputs.logits.shape == (3, 100)
     assert len(outputs.hidden_states) == 3  # embeddings + 2 blocks
-    assert outputs.hidden_states[0].shape == (3, 65, 32)
+    assert outputs.hidden_states[0].shape == (3, sequence_length, 32)
     assert len(outputs.attentions) == 2
-    assert outputs.attentions[0].shape == (3, 4, 65, 65)
-    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(3, 4, 65))
+    assert outputs.attentions[0].shape == (3, 4, sequence_length, sequence_length)
+    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(3, 4, sequence_length))
 
     outputs = model(pixels(), labels=torch.tensor([0, 5, 99]))
     assert outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
@@ -129,16 +220,39 @@ def test_soft_labels_give_the_same_loss_as_one_hot():
     torch.testing.assert_close(hard, soft)
 
 
-def test_base_model_pooling():
+@variants
+def test_base_model_pooling(overrides, sequence_length):
     torch.manual_seed(0)
-    model = VTLMModel(VTLMConfig(**TINY_CONFIG)).eval()
-    outputs = model(pixels())
-    assert outputs.last_hidden_state.shape == (3, 65, 32)
-    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])
+    config = VTLMConfig(**{**TINY_CONFIG, **overrides})
+    model = VTLMModel(config).eval()
+    tokens = model(pixels()).last_hidden_state  # (B, T, hidden)
+    assert tokens.shape == (3, sequence_length, 32)
+    patch_tokens = tokens[:, 1:] if config.use_cls_token else tokens  # (B, patches, hidden)
+    if config.pooling == "cls":
+        expected = tokens[:, 0]
+    elif config.pooling == "mean":
+        expected = patch_tokens.mean(1)
+    else:  # a softmax over the patch tokens of a learned score, then the weighted sum
+        score = model.sequence_pooling.score
+        weights = torch.softmax(patch_tokens @ score.weight[0] + score.bias, dim=1)  # (B, patches)
+        expected = torch.einsum("bt,bth->bh", weights, patch_tokens)
+    torch.testing.assert_close(model(pixels()).pooler_output, expected)
 
-    model.config.pooling = "mean"
-    outputs = model(pixels())
-    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 1:].mean(1))
+
+@pytest.mark.parametrize("layer_norm_layout", ["pre_norm", "cct"])
+def test_only_the_cct_layout_normalises_the_residual_stream(layer_norm_layout):
+    """With the MLP's output zeroed, a CCT block returns the normalised stream; a pre-norm block returns it as is."""
+    model = tiny_model(layer_norm_layout=layer_norm_layout, hidden_dropout_prob=0.0).eval()
+    layer = model.vtlm.encoder.layer[0]
+    torch.nn.init.zeros_(layer.mlp.fc2.weight)
+    torch.nn.init.zeros_(layer.mlp.fc2.bias)
+    hidden_states = 3 + 2 * torch.randn(2, 65, 32, generator=torch.Generator().manual_seed(0))
+    output, _ = layer(hidden_states)
+    after_attention = hidden_states + layer.attention(layer.norm1(hidden_states))[0]
+    if layer_norm_layout == "cct":
+        torch.testing.assert_close(output, torch.nn.functional.layer_norm(after_attention, (32,), eps=1e-6))
+    else:
+        torch.testing.assert_close(output, after_attention)
 
 
 def test_wrong_image_size_is_a_clear_error():
@@ -146,19 +260,20 @@ def test_wrong_image_size_is_a_clear_error():
         tiny_model()(torch.randn(1, 3, 64, 64))
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_every_parameter_gets_a_gradient(pooling):
-    model = tiny_model(pooling=pooling, drop_path_rate=0.1)
+@variants
+def test_every_parameter_gets_a_gradient(overrides, sequence_length):
+    model = tiny_model(**{**overrides, "drop_path_rate": 0.1})
     model.train()
     model(pixels(), labels=torch.tensor([1, 2, 3])).loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@variants
+def test_gradient_checkpointing_gives_the_same_gradients(overrides, sequence_length):
     grads = []
     for checkpointing in (False, True):
-        model = tiny_model(hidden_dropout_prob=0.0)
+        model = tiny_model(**{**overrides, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
         if checkpointing:
             model.activation_checkpointing_enable()
         model.train()
@@ -186,6 +301,16 @@ def test_init_follows_seed_and_vit():
     assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
 
 
+def test_conv_tokenizer_and_positions_follow_cct_init():
+    model = tiny_model(**TINY_CONV, position_initializer_range=0.2)
+    first, second = model.vtlm.embeddings.patch_embeddings.convs
+    for conv in (first, second):
+        fan_in = conv.in_channels * 3 * 3
+        assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15)  # Kaiming normal, for ReLU
+    assert model.vtlm.embeddings.position_embeddings.std().item() == pytest.approx(0.2, rel=0.05)
+    assert model.vtlm.embeddings.cls_token.std().item() == pytest.approx(0.02, rel=0.5)  # initializer_range
+
+
 def test_no_weight_decay_parameters():
     names = set(tiny_model().no_weight_decay_parameter_names())
     assert "vtlm.embeddings.cls_token" in names
@@ -196,26 +321,50 @@ def test_no_weight_decay_parameters():
     assert "vtlm.embeddings.patch_embeddings.weight" not in names
 
 
+def test_no_weight_decay_parameters_of_the_conv_tokenizer_and_sequence_pooling():
+    model = tiny_model(**VARIANTS["vtlm-37m-conv"][0])
+    names = set(model.no_weight_decay_parameter_names())
+    assert {"vtlm.embeddings.position_embeddings", "vtlm.sequence_pooling.score.bias"} <= names
+    # Matrices are decayed: the tokenizer's convs and the pooling score's (1, hidden) weight, like the classifier.
+    matrices = {"vtlm.embeddings.patch_embeddings.convs.0.weight", "vtlm.sequence_pooling.score.weight"}
+    assert matrices <= dict(model.named_parameters()).keys()
+    assert not matrices & names
+
+
 # --- attention backends, determinism ---
 
 
-def test_eager_and_sdpa_agree_and_attention_is_not_causal():
-    model = tiny_model().eval()
+@variants
+def test_eager_and_sdpa_agree_and_attention_is_not_causal(overrides, sequence_length):
+    model = tiny_model(**overrides).eval()
     model.set_attn_implementation("sdpa")
     sdpa = model(pixels()).logits
     model.set_attn_implementation("eager")
     eager = model(pixels()).logits
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=0)
 
-    # The CLS token attends to the last patch: changing only that patch changes the logits.
+    # The pooled token attends to the last patch: changing only that patch changes the logits.
     changed = pixels().clone()
     changed[:, :, -4:, -4:] += 1.0
     assert not torch.allclose(model(changed).logits, eager)
 
 
-def test_eval_is_deterministic():
-    model = tiny_model().eval()
+@variants
+def test_eval_is_deterministic(overrides, sequence_length):
+    model = tiny_model(**overrides).eval()
     torch.testing.assert_close(model(pixels()).logits, model(pixels()).logits, atol=0, rtol=0)
+
+
+def test_return_dict_false_gives_tuples():
+    model = tiny_model().eval()
+    outputs = model(pixels(), labels=torch.tensor([0, 5, 99]))
+    loss, logits = model(pixels(), labels=torch.tensor([0, 5, 99]), return_dict=False)
+    torch.testing.assert_close((loss, logits), (outputs.loss, outputs.logits))
+    model.config.return_dict = False
+    (logits,) = model(pixels())  # no labels: the None loss is left out
+    torch.testing.assert_close(logits, outputs.logits)
+    last_hidden_state, pooled = model.vtlm(pixels())
+    torch.testing.assert_close(pooled, model.vtlm(pixels(), return_dict=True).pooler_output)
 
 
 # --- saving and loading ---
@@ -236,13 +385,17 @@ def test_save_writes_full_auto_map_and_code(saved_model):
     assert config["model_type"] == "vtlm"
 
 
-def test_save_load_round_trip_gives_identical_logits(saved_model):
-    folder, model = saved_model
-    loaded = AutoModelForImageClassification.from_pretrained(folder).eval()
+@variants
+def test_save_load_round_trip_gives_identical_logits(overrides, sequence_length, tmp_path):
+    model = tiny_model(**overrides).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, VTLMForImageClassification)
-    assert isinstance(AutoConfig.from_pretrained(folder), VTLMConfig)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, VTLMConfig)
+    assert {name: getattr(config, name) for name in overrides} == overrides
     torch.testing.assert_close(loaded(pixels()).logits, model(pixels()).logits, atol=0, rtol=0)
-    base = AutoModel.from_pretrained(folder).eval()
+    base = AutoModel.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(base(pixels()).pooler_output, model.vtlm(pixels()).pooler_output, atol=0, rtol=0)
 
 

@@ -27,9 +27,10 @@ def flops_per_image(config) -> ImageFlops:
     """Count the forward and backward FLOPs of the image classifier for `config` (a `VTLMConfig`) on one image.
 
     The model is built on the meta device, so no weights are allocated and any size counts in about a second.
-    `FlopCounterMode` counts matrix multiplications, convolutions and attention, which are all but a few percent
-    of a ViT's work; norms, activations, softmax, dropout and the loss are not counted. The backward pass computes
-    no gradient for the input pixels, as in training.
+    `FlopCounterMode` counts matrix multiplications (sequence pooling's included), convolutions (the patchify
+    embedding or every conv of the conv tokenizer) and attention, which are all but a few percent of the work;
+    norms, activations, max-pooling, softmax, means, dropout and the loss are not counted. The backward pass
+    computes no gradient for the input pixels, as in training: the first convolution costs only its weight gradient.
     """
     # Eager attention is plain matmuls, which the counter sees on every device; a fused SDPA kernel may be missed.
     # `from_config` writes the implementation into the config it gets: give it a copy.
