@@ -43,14 +43,14 @@ DEFAULT_TOP_K = 5
 # Images per forward pass, which bounds the memory a long list of images takes.
 BATCH_SIZE = 64
 
-Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
-
 # Errors PIL raises for bytes it cannot decode: unknown format, truncated or corrupt data, bombs.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 class EndpointHandler:
     def __init__(self, path=""):
+        # Set here rather than at import: `training.data` imports `to_rgb` from this module.
+        Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)
         self.model.to(self.device).eval()
@@ -159,10 +159,15 @@ def decode_base64(text: str) -> bytes:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: 16-bit and float images are scaled; alpha is dropped, as the training
-    data and the `image-classification` pipeline drop it, so the endpoint sees what the model was trained on."""
+    """Any PIL image as the 8-bit RGB image the model was trained on; the one conversion that training
+    (`training.data`), `scripts/predict.py` and this handler share.
+
+    16-bit images are scaled by 255 / 65535 (PIL's own `convert("RGB")` clips them at 255, which turns most of them
+    white), 32-bit integer and float images by their range; alpha is dropped, as the `image-classification`
+    pipeline drops it.
+    """
     if image.mode.startswith("I;16"):
-        image, scale = image.convert("I"), 1 / 256
+        image, scale = image.convert("I"), 1 / 257
     elif image.mode in ("I", "F"):
         high = image.getextrema()[1]
         if image.mode == "F" and high <= 1:
@@ -170,7 +175,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         elif high <= 255:
             scale = 1
         elif high <= 65_535:
-            scale = 1 / 256  # 16-bit data in a 32-bit image
+            scale = 1 / 257  # 16-bit data in a 32-bit image
         else:
             scale = 255 / high
     if image.mode in ("I", "F"):

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Evaluate a trained VTLM (a local folder or a Hub id) on a split of an image-classification dataset.
+"""Evaluate a trained VTLM (a run folder or a Hub id) on a split of an image-classification dataset.
 
-    python scripts/evaluate_model.py runs/vtlm-37m-cifar100                  # CIFAR-100's test split
-    python scripts/evaluate_model.py Madras1/VTLM37m --split validation
+    python scripts/evaluate_model.py runs/vtlm-37m-cifar100                  # the run's own data, test split
+    python scripts/evaluate_model.py runs/vtlm-37m-cifar100 --split validation
+    python scripts/evaluate_model.py Madras1/VTLM37m --dataset_name uoft-cs/cifar100
     python scripts/evaluate_model.py MODEL --dataset_name uoft-cs/cifar10 --label_column_name label
 
-The dataset flags are the training script's. Prints and writes top-1, top-5 and superclass accuracy and images/s;
-evaluation runs through the same Trainer, metric and normalisation as the validation during training.
+A run folder that `scripts/train.py` wrote is evaluated on the data it was trained on, read from its
+`run_arguments.json`: no data flag needs retyping, and flags given replace the recorded ones. Scoring the validation
+split with another hold-out (another `--validation_split_size`, `--seed` or dataset) is refused: it would score
+images the model was trained on. Prints and writes top-1 (with its 95% interval), top-5 and superclass accuracy and
+images/s; evaluation runs through the same Trainer, metric and normalisation as the validation during training.
 (Not named `evaluate.py`: run from this folder, that name would hide the `evaluate` library the metric is built on.)
 """
 
@@ -15,28 +19,57 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, TrainingArguments
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
-from training.augmentation import AugmentationArguments, BatchAugmentation
-from training.data import DataArguments, collate_batch, load_image_datasets
-from training.metrics import build_compute_metrics, preprocess_logits_for_metrics
-from training.trainer import VTLMTrainer
+from training.build import build_evaluation_trainer
+from training.cli import run_cli
+from training.data import DataArguments, load_image_datasets
+from training.run_info import ARGUMENTS_FILE, dataset_display_name
 
 SPLITS = ("train", "validation", "test")
+# The data arguments that decide which images the validation split holds.
+HOLD_OUT_ARGUMENTS = ("dataset_name", "dataset_config_name", "label_column_name", "validation_split_size")
 
 
 @dataclass
 class EvaluationArguments:
     model_name_or_path: str = field(metadata={"help": "A VTLM run folder or Hub id."})
     split: str = field(default="test", metadata={"help": f"Which split to evaluate, one of {SPLITS}."})
-    output_dir: str = field(default="runs/evaluate", metadata={"help": "Where `<split>_results.json` is written."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where `<split>_results.json` goes; default runs/evaluate/<model>-<split>."}
+    )
     batch_size: int = field(default=1024, metadata={"help": "Images per evaluation batch."})
-    seed: int = field(default=42, metadata={"help": "Seed of the validation hold-out; training's --seed."})
+    seed: int | None = field(
+        default=None, metadata={"help": "Seed of the validation hold-out; default: the run's --seed, else 42."}
+    )
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
+
+
+def recorded_arguments(model_name_or_path):
+    """The run's `run_arguments.json`, or {} for a model that has none (a Hub id, a folder from elsewhere)."""
+    path = os.path.join(model_name_or_path, ARGUMENTS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as file:
+        return json.load(file)
+
+
+def check_hold_out(evaluation_args, data_args, seed, recorded):
+    """Refuse a validation split that is not the run's own: it would hold images the run trained on."""
+    if evaluation_args.split != "validation" or not recorded:
+        return
+    trained = {**recorded["data_arguments"], "seed": recorded["training_arguments"]["seed"]}
+    asked = {name: getattr(data_args, name) for name in HOLD_OUT_ARGUMENTS} | {"seed": seed}
+    if differing := [
+        f"--{name} {trained[name]} (now {value})" for name, value in asked.items() if value != trained[name]
+    ]:
+        raise ValueError(
+            f"{evaluation_args.model_name_or_path} was trained with {', '.join(differing)}: that validation split "
+            "would hold images the run trained on. Drop those flags to score the run's own validation split."
+        )
 
 
 def main(argv=None):
@@ -44,11 +77,22 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):  # the model may come first, without its flag
         argv = ["--model_name_or_path", argv[0], *argv[1:]]
+    model_flag = argv.index("--model_name_or_path") if "--model_name_or_path" in argv else None
+    recorded = recorded_arguments(argv[model_flag + 1]) if model_flag is not None and len(argv) > model_flag + 1 else {}
+    if recorded:  # the run's data flags become the defaults
+        parser.set_defaults(**recorded["data_arguments"])
     evaluation_args, data_args = parser.parse_args_into_dataclasses(argv)
+    seed = evaluation_args.seed
+    if seed is None:
+        seed = recorded["training_arguments"]["seed"] if recorded else 42
+    check_hold_out(evaluation_args, data_args, seed, recorded)
 
+    model_name = os.path.basename(os.path.normpath(evaluation_args.model_name_or_path))
+    split = evaluation_args.split
+    output_dir = evaluation_args.output_dir or os.path.join("runs", "evaluate", f"{model_name}-{split}")
     model = AutoModelForImageClassification.from_pretrained(evaluation_args.model_name_or_path, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(evaluation_args.model_name_or_path)
-    data = load_image_datasets(data_args, image_size=model.config.image_size, seed=evaluation_args.seed)
+    data = load_image_datasets(data_args, image_size=model.config.image_size, seed=seed)
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_labels != data.label_names:
         raise ValueError(
@@ -56,31 +100,18 @@ def main(argv=None):
             f"dataset's {len(data.label_names)} ({data_args.dataset_name}, column {data_args.label_column_name!r})"
         )
 
-    trainer = VTLMTrainer(
-        model=model,
-        args=TrainingArguments(
-            output_dir=evaluation_args.output_dir,
-            per_device_eval_batch_size=evaluation_args.batch_size,
-            report_to="none",
-            dataloader_pin_memory=torch.cuda.is_available(),
-        ),
-        data_collator=collate_batch,
-        compute_metrics=build_compute_metrics(data.fine_to_coarse),
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        augmentation=BatchAugmentation(
-            AugmentationArguments(), model.config.num_labels, processor.image_mean, processor.image_std
-        ),
-    )
-    split = evaluation_args.split
+    trainer = build_evaluation_trainer(model, processor, data, output_dir, batch_size=evaluation_args.batch_size)
     metrics = trainer.evaluate(data.tensors(split), metric_key_prefix=split)
+    metrics.pop("epoch", None)  # this Trainer never trained: its epoch means nothing
     trainer.log_metrics(split, metrics)
-    os.makedirs(evaluation_args.output_dir, exist_ok=True)
-    path = os.path.join(evaluation_args.output_dir, f"{split}_results.json")
+    report = {"model": evaluation_args.model_name_or_path, "dataset": dataset_display_name(data_args), "split": split}
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"{split}_results.json")
     with open(path, "w") as file:
-        json.dump({"model": evaluation_args.model_name_or_path, "dataset": data_args.dataset_name, **metrics}, file)
-    print(f"wrote {path}")
+        json.dump({**report, "seed": seed, **metrics}, file, indent=2)
+    print(f"{model_name}, {report['dataset']} {split} split: top-1 {metrics[f'{split}_accuracy']:.2%}; wrote {path}")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -13,6 +13,8 @@ import sys
 
 from PIL import Image, ImageOps
 
+from endpoint.handler import to_rgb
+
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -26,12 +28,13 @@ def parse_arguments(argv):
 
 
 def load_images(paths) -> tuple[list, list]:
-    """Decoded RGB images, and an error line for each path that is missing or is not a readable image."""
+    """Decoded RGB images, converted as in training (16-bit images are scaled, not clipped), and an error line for
+    each path that is missing or is not a readable image."""
     images, errors = [], []
     for path in paths:
         try:
             with Image.open(path) as image:
-                images.append(ImageOps.exif_transpose(image).convert("RGB"))
+                images.append(to_rgb(ImageOps.exif_transpose(image)))
         except FileNotFoundError:
             errors.append(f"{path}: no such file")
         except IsADirectoryError:

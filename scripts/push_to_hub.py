@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from training.cli import run_cli
 from training.hub import publish_run
 
 
@@ -50,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

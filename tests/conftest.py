@@ -1,9 +1,12 @@
 """Shared test set-up: offline Hub, a private HF cache, a tiny config, and datasets written in the Hub's schema."""
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 # Before transformers or datasets are imported: no network, and a private cache for remote code and datasets.
 _HF_HOME = tempfile.mkdtemp(prefix="vtlm-test-hf-home-")
@@ -19,9 +22,13 @@ import torch  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Image  # noqa: E402
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
+from training.data import LABEL_NAME_FIXES  # noqa: E402
+from training.model_card import save_example_images  # noqa: E402
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # The Hub's spelling of CIFAR-100's names, typo included, and its 20 superclasses.
-HUB_FINE_LABELS = [("cra" if label == "crab" else label) for label in CIFAR100_LABELS]
+HUB_SPELLINGS = {published: hub for hub, published in LABEL_NAME_FIXES.items()}
+HUB_FINE_LABELS = [HUB_SPELLINGS.get(label, label) for label in CIFAR100_LABELS]
 HUB_COARSE_LABELS = [
     "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
     "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
@@ -29,6 +36,25 @@ HUB_COARSE_LABELS = [
     "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
 ]  # fmt: skip
 TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+TINY_OVERRIDES = ",".join(f"{key}={value}" for key, value in TINY_CONFIG.items())
+# The CPU-sized flags of every training run in the tests: tiny model, small batches, no TensorBoard, no progress bar.
+TINY_RUN = [
+    f"--config_overrides={TINY_OVERRIDES}",
+    "--per_device_train_batch_size=32",
+    "--per_device_eval_batch_size=64",
+    "--dataloader_num_workers=0",
+    "--report_to=none",
+    "--logging_steps=5",
+    "--disable_tqdm=true",
+]
+
+
+def load_script(name):
+    """`scripts/<name>.py` as a module, to call its `main` in-process: scripts are not a package."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def class_images(labels, image_size=32, seed=0):
@@ -91,6 +117,94 @@ def save_tiny_model(folder, seed=0):
     model.save_pretrained(folder)
     build_image_processor().save_pretrained(folder)
     return model
+
+
+# Inputs of the fixture run, not expected outputs: the tests check the card renders whatever the run measured.
+RESULTS = {
+    "train_loss": 3.91,
+    "train_runtime": 5025.3,
+    "train_samples_per_second": 812.5,
+    "eval_loss": 2.104,
+    "eval_accuracy": 0.4237,
+    "eval_top5_accuracy": 0.7412,
+    "eval_superclass_accuracy": 0.5531,
+    "eval_samples_per_second": 2950.2,
+    "test_loss": 2.151,
+    "test_accuracy": 0.4119,
+    "test_top5_accuracy": 0.7301,
+    "test_superclass_accuracy": 0.5402,
+    "test_samples_per_second": 3012.7,
+    "eval_num_images": 5000,
+    "eval_accuracy_ci_low": 0.4100,
+    "eval_accuracy_ci_high": 0.4375,
+    "test_num_images": 10000,
+    "test_accuracy_ci_low": 0.4022,
+    "test_accuracy_ci_high": 0.4216,
+}
+EXAMPLE_CLASSES = (0, 1, 30)
+
+
+def make_run_folder(path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True):
+    """A run folder with the files of the run-folder contract, from a tiny model and made-up numbers."""
+    save_tiny_model(path)
+    (path / "all_results.json").write_text(json.dumps(results))
+    (path / "test_results.json").write_text(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}))
+    log_history = []
+    for epoch in (1, 2, 3):
+        log_history.append({"loss": 4.6 - epoch / 2, "learning_rate": 1e-3 / epoch, "epoch": epoch - 0.5, "step": 5})
+        log_history.append(
+            {
+                "eval_loss": 4 - epoch / 3,
+                "eval_accuracy": 0.1 * epoch,
+                "eval_top5_accuracy": 0.25 * epoch,
+                "epoch": epoch,
+            }
+        )
+    (path / "trainer_state.json").write_text(json.dumps({"log_history": log_history, "global_step": 30, "epoch": 3.0}))
+    run_info = {
+        "git_commit": "0123abc",
+        "model_arguments": {"model_preset": "vtlm-37m", "config_overrides": None},
+        "data_arguments": {"dataset_name": dataset_name, "max_train_samples": 64 if smoke_run else None},
+        "augmentation_arguments": {"mixup_alpha": 0.8, "random_crop_padding": 4},
+        "training_arguments": {
+            "learning_rate": 0.001,
+            "num_train_epochs": 3,
+            "weight_decay": 0.05,
+            "hub_token": "<HUB_TOKEN>",
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "accuracy",
+        },
+        "dataset": {
+            "name": "CIFAR-100" if dataset_name == "uoft-cs/cifar100" else os.path.basename(dataset_name),
+            "hub_id": dataset_name if "/" in dataset_name and not dataset_name.startswith("/") else None,
+            "is_cifar100": dataset_name == "uoft-cs/cifar100" and not smoke_run,
+            "num_classes": 100,
+            "label_names": list(CIFAR100_LABELS),
+            "images": {"train": 45_000, "validation": 5_000, "test": 10_000},
+            "train_images_per_class": {"min": 500, "max": 500},
+        },
+        "config": VTLMConfig(**TINY_CONFIG).to_dict(),
+        "hardware": {"device": "NVIDIA H100 80GB HBM3", "num_processes": 1},
+        "smoke_run": smoke_run,
+    }
+    (path / "run_info.json").write_text(json.dumps(run_info))
+    if examples:
+        save_example_images(path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES])
+    return path
+
+
+# transformers 4.57 (the last 4.x) and the hub client it needs, for the tests of what users on 4.x load.
+LEGACY_REQUIREMENTS = ["transformers==4.57.*", "huggingface_hub>=0.34,<1.0", "tokenizers>=0.22,<=0.23"]
+
+
+@pytest.fixture(scope="session")
+def legacy_transformers(pytestconfig):
+    """A folder holding transformers 4.57 and the hub client it needs, installed with pip on first use."""
+    target = pytestconfig.cache.mkdir("transformers-4.57")
+    if not (target / "transformers").is_dir():
+        install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
+        subprocess.run(install + LEGACY_REQUIREMENTS, check=True, capture_output=True, timeout=600)
+    return target
 
 
 @pytest.fixture

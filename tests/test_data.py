@@ -45,7 +45,7 @@ THREE_CLASSES = {"img": Image(), "label": ClassLabel(names=["a", "b", "c"])}
 
 def row_keys(dataset):
     """One key per row, its pixels' bytes: the tiny datasets' images are all different."""
-    return [pixels.numpy().tobytes() for pixels in dataset[:]["pixel_values"]]
+    return [pixels.numpy().tobytes() for pixels in dataset[:]["images"]]
 
 
 def load(dataset_name, **overrides):
@@ -60,14 +60,14 @@ def test_rows_are_decoded_uint8_images_with_labels(cifar100_dir):
         "test": 200,
     }
     row = data.datasets["train"][0]
-    assert set(row) == {"pixel_values", "labels"}
-    assert row["pixel_values"].dtype == torch.uint8 and row["pixel_values"].shape == (3, 32, 32)
+    assert set(row) == {"images", "labels"}
+    assert row["images"].dtype == torch.uint8 and row["images"].shape == (3, 32, 32)
     assert isinstance(row["labels"], int)
     # The test split keeps its order: compare with `datasets`' own decoding of the same rows.
     reference = load_dataset(cifar100_dir)["test"]
     for index in (0, 57, 199):
         expected = np.asarray(reference[index]["img"]).transpose(2, 0, 1)
-        np.testing.assert_array_equal(data.datasets["test"][index]["pixel_values"].numpy(), expected)
+        np.testing.assert_array_equal(data.datasets["test"][index]["images"].numpy(), expected)
         assert data.datasets["test"][index]["labels"] == reference[index]["fine_label"]
 
 
@@ -114,7 +114,7 @@ def test_a_validation_split_in_the_dataset_is_used_as_is(tmp_path):
     assert [len(data.datasets[split]) for split in ("train", "validation", "test")] == [200, 120, 100]
     reference = load_dataset(root)["validation"]
     np.testing.assert_array_equal(
-        data.datasets["validation"][5]["pixel_values"].numpy(), np.asarray(reference[5]["img"]).transpose(2, 0, 1)
+        data.datasets["validation"][5]["images"].numpy(), np.asarray(reference[5]["img"]).transpose(2, 0, 1)
     )
 
 
@@ -146,7 +146,7 @@ def test_any_image_mode_and_size_becomes_rgb_at_image_size(tmp_path):
     test = {"img": images, "label": [0, 1, 2, 0, 1, 2]}
     root = write_splits(tmp_path, {"train": three_class_columns(6), "test": test}, THREE_CLASSES)
     args = DataArguments(dataset_name=root, label_column_name="label", validation_split_size=3)
-    pixels = load_image_datasets(args, image_size=32).datasets["test"][:]["pixel_values"]  # test rows keep their order
+    pixels = load_image_datasets(args, image_size=32).datasets["test"][:]["images"]  # test rows keep their order
     assert pixels.dtype == torch.uint8 and pixels.shape == (6, 3, 32, 32)
     colours = [tuple(image[:, 0, 0].tolist()) for image in pixels]
     assert (pixels == pixels[:, :, :1, :1]).all()  # every image is one colour, resized or not
@@ -158,7 +158,7 @@ def test_any_image_mode_and_size_becomes_rgb_at_image_size(tmp_path):
         (1, 2, 3),  # resized from 64x48
         (255, 255, 255),  # CMYK white
     ]
-    assert load_image_datasets(args, image_size=16).datasets["test"][:]["pixel_values"].shape == (6, 3, 16, 16)
+    assert load_image_datasets(args, image_size=16).datasets["test"][:]["images"].shape == (6, 3, 16, 16)
 
 
 def test_corrupt_image_fails_naming_split_and_index(tmp_path):
@@ -212,7 +212,7 @@ def test_images_are_decoded_once_and_then_read_from_the_cache(tmp_path, monkeypa
     data = load(root, label_column_name="label", validation_split_size=10)
     assert len(opened) == 80
     expected = 255 - np.asarray(load_dataset(root)["test"][0]["img"]).transpose(2, 0, 1)
-    np.testing.assert_array_equal(data.datasets["test"][0]["pixel_values"].numpy(), expected)
+    np.testing.assert_array_equal(data.datasets["test"][0]["images"].numpy(), expected)
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,8 @@ def test_missing_test_split_is_an_error(tmp_path):
     ("overrides", "message"),
     [
         ({"corrupt_images": "ignore"}, "corrupt_images must be one of"),
-        ({"validation_split_size": 0}, "validation_split_size must be a positive integer"),
+        ({"validation_split_size": 0}, r"validation_split_size must be a fraction in \(0, 1\) or a positive integer"),
+        ({"validation_split_size": 2.5}, r"validation_split_size must be a fraction in \(0, 1\) or a positive integer"),
         ({"max_train_samples": 0}, "max_train_samples must be a positive integer"),
         ({"max_eval_samples": -5}, "max_eval_samples must be a positive integer"),
         ({"image_column_name": ""}, "image_column_name must be a non-empty string"),
@@ -353,31 +354,29 @@ def test_local_folder_without_data_is_a_clear_error(tmp_path):
         load(str(tmp_path))
 
 
-def test_collate_batch_stacks_uint8_images_and_int64_labels(cifar100_dir):
-    data = load(cifar100_dir, validation_split_size=100)
-    loader = torch.utils.data.DataLoader(data.datasets["validation"], batch_size=16, collate_fn=collate_batch)
-    batch = next(iter(loader))
-    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (16, 3, 32, 32)
-    assert batch["labels"].dtype == torch.int64 and batch["labels"].shape == (16,)
-    rows = [data.datasets["validation"][index] for index in range(16)]
-    assert torch.equal(batch["pixel_values"], torch.stack([row["pixel_values"] for row in rows]))
-    assert batch["labels"].tolist() == [row["labels"] for row in rows]
-    # The default collate gives the same tensors.
-    default = next(iter(torch.utils.data.DataLoader(data.datasets["validation"], batch_size=16)))
-    assert torch.equal(default["pixel_values"], batch["pixel_values"]) and default["pixel_values"].dtype == torch.uint8
-
-
 def test_tensors_hold_a_split_in_memory_row_for_row(cifar100_dir):
     data = load(cifar100_dir, validation_split_size=100)
     held = data.tensors("validation")
     assert len(held) == len(data.datasets["validation"]) == 100
-    assert held.pixel_values.dtype == torch.uint8 and held.pixel_values.shape == (100, 3, 32, 32)
+    assert held.images.dtype == torch.uint8 and held.images.shape == (100, 3, 32, 32)
     for index in (0, 57, 99):
         row = data.datasets["validation"][index]
-        torch.testing.assert_close(held[index]["pixel_values"], row["pixel_values"], atol=0, rtol=0)
+        torch.testing.assert_close(held[index]["images"], row["images"], atol=0, rtol=0)
         assert int(held[index]["labels"]) == int(row["labels"])
-    batch = collate_batch([held[i] for i in range(8)])
-    assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["labels"].dtype == torch.int64
+
+
+def test_data_loader_gathers_whole_batches_of_uint8_images_and_int64_labels(cifar100_dir):
+    """`__getitems__` gathers a batch in one index op; it is exactly the rows the sampler asked for."""
+    held = load(cifar100_dir, validation_split_size=100).tensors("validation")
+    sampler = torch.utils.data.RandomSampler(held, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(held, batch_size=16, sampler=sampler, collate_fn=collate_batch)
+    indices = list(torch.utils.data.BatchSampler(sampler, 16, drop_last=False))[0]
+    sampler.generator.manual_seed(0)
+    batch = next(iter(loader))
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (16, 3, 32, 32)
+    assert batch["labels"].dtype == torch.int64 and batch["labels"].shape == (16,)
+    assert torch.equal(batch["images"], torch.stack([held[index]["images"] for index in indices]))
+    assert batch["labels"].tolist() == [int(held[index]["labels"]) for index in indices]
 
 
 def test_tensor_dataset_rejects_what_is_not_uint8_images():

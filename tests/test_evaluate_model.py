@@ -1,19 +1,16 @@
 """scripts/evaluate_model.py on a tiny saved model and a generated dataset in the Hub's schema."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model, write_hub_dataset
+from conftest import TINY_RUN, load_script, save_tiny_model, write_hub_dataset
 
 from modeling import CIFAR100_MEAN, CIFAR100_STD
 from training.data import DataArguments, load_image_datasets
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import evaluate_model  # noqa: E402
+evaluate_model = load_script("evaluate_model")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,7 @@ def test_evaluate_matches_a_direct_forward_pass(saved_model, cifar100_dir, tmp_p
     test = data.datasets["test"][:]
     mean, std = torch.tensor(CIFAR100_MEAN).view(3, 1, 1), torch.tensor(CIFAR100_STD).view(3, 1, 1)
     with torch.no_grad():
-        logits = model((test["pixel_values"].float() / 255 - mean) / std).logits
+        logits = model((test["images"].float() / 255 - mean) / std).logits
     labels = np.asarray(test["labels"])
     top5 = logits.topk(5).indices.numpy()
     coarse = np.asarray(data.fine_to_coarse)
@@ -64,3 +61,38 @@ def test_labels_that_differ_from_the_model_are_an_error(saved_model, tmp_path):
 def test_unknown_split_is_an_error(saved_model):
     with pytest.raises(ValueError, match="--split must be one of"):
         evaluate_model.main([str(saved_model[0]), "--split=dev"])
+
+
+@pytest.fixture(scope="module")
+def trained_run(cifar100_dir, tmp_path_factory):
+    """A finished one-epoch run of scripts/train.py, with a hold-out of 100 and seed 7."""
+    output_dir = tmp_path_factory.mktemp("trained-run")
+    argv = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--seed=7", "--num_train_epochs=1"]
+    load_script("train").main(argv + TINY_RUN + [f"--output_dir={output_dir}"])
+    return output_dir
+
+
+def test_a_run_folder_is_scored_on_its_own_data_with_no_flags(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    metrics = evaluate_model.main([str(trained_run)])
+    trained = json.loads((trained_run / "test_results.json").read_text())
+    assert metrics["test_accuracy"] == trained["test_accuracy"] and metrics["test_num_images"] == 200
+    written = json.loads(
+        (tmp_path / "runs" / "evaluate" / f"{trained_run.name}-test" / "test_results.json").read_text()
+    )
+    assert (written["model"], written["split"], written["seed"]) == (str(trained_run), "test", 7)
+    assert "epoch" not in written and "test_accuracy_ci_low" in written
+    assert "test split: top-1" in capsys.readouterr().out
+
+    validation = evaluate_model.main([str(trained_run), "--split=validation"])
+    assert validation["validation_num_images"] == 100  # the run's own hold-out, seed 7, no flag retyped
+    assert (
+        validation["validation_accuracy"]
+        == json.loads((trained_run / "eval_results.json").read_text())["eval_accuracy"]
+    )
+
+
+@pytest.mark.parametrize("flags", [["--validation_split_size=150"], ["--seed=8"]])
+def test_a_validation_split_that_overlaps_training_images_is_refused(trained_run, flags):
+    with pytest.raises(ValueError, match="would hold images the run trained on"):
+        evaluate_model.main([str(trained_run), "--split=validation", *flags])

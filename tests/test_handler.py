@@ -19,6 +19,7 @@ from conftest import class_images, save_tiny_model
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test reads the answers of one handler subprocess
 MiB = 1024 * 1024
 
 DRIVER = r'''
@@ -97,7 +98,7 @@ run("parameters_not_an_object", {"inputs": image, "parameters": [5]})
 
 gray = image.convert("L")
 run("gray_8bit", {"inputs": gray})
-sixteen = Image.fromarray(np.asarray(gray).astype(np.uint16) * 256)  # the same picture, in 16 bits
+sixteen = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)  # the same picture, in 16 bits (255 -> 65535)
 assert sixteen.mode.startswith("I;16"), sixteen.mode
 run("gray_16bit_png", {"inputs": encoded(sixteen)})
 run("gray_16bit_pil", {"inputs": sixteen})

@@ -1,5 +1,6 @@
 """The accuracy metric: values against numpy, the Trainer hooks, offline loading, and packaging."""
 
+import math
 import os
 
 import evaluate
@@ -14,6 +15,7 @@ from training.metrics import (
     build_compute_metrics,
     load_accuracy_metric,
     preprocess_logits_for_metrics,
+    wilson_interval,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +91,8 @@ def test_compute_metrics_reads_an_eval_prediction():
     top5 = preprocess_logits_for_metrics(torch.from_numpy(logits), None).numpy()
     prediction = EvalPrediction(predictions=top5, label_ids=labels)
     expected = {**numpy_metrics(logits, labels, fine_to_coarse), "num_images": 64}
+    low, high = wilson_interval(int(np.sum(top5[:, 0] == labels)), 64)
+    expected.update(accuracy_ci_low=low, accuracy_ci_high=high)
     assert build_compute_metrics(fine_to_coarse.tolist())(prediction) == pytest.approx(expected, abs=1e-12)
     del expected["superclass_accuracy"]
     assert build_compute_metrics()(prediction) == pytest.approx(expected, abs=1e-12)
@@ -134,3 +138,60 @@ def test_metric_file_is_a_module_of_a_package_that_pyproject_ships():
     shipped = configuration["tool"]["setuptools"]["packages"]  # `packages.find`, resolved to package names
     package = os.path.relpath(os.path.dirname(ACCURACY_METRIC_PATH), REPO_ROOT).replace(os.sep, ".")
     assert package in shipped
+
+
+# Wilson score intervals at 95% published by Newcombe (1998), "Two-sided confidence intervals for the single
+# proportion", Statistics in Medicine 17:857-872, Table I, method 3, to four decimals.
+NEWCOMBE_1998_WILSON = [
+    (81, 263, 0.2553, 0.3662),
+    (15, 148, 0.0624, 0.1605),
+    (0, 20, 0.0, 0.1611),
+    (1, 29, 0.0061, 0.1718),
+    (29, 29, 0.8830, 1.0),
+]
+Z_975 = 1.959963984540054  # the standard normal's 97.5% quantile, from tables
+
+
+@pytest.mark.parametrize("correct, total, lower, upper", NEWCOMBE_1998_WILSON)
+def test_wilson_interval_matches_published_values(correct, total, lower, upper):
+    assert wilson_interval(correct, total) == pytest.approx((lower, upper), abs=5e-5)
+
+
+def test_wilson_interval_closed_forms():
+    # p = 1/2: the centre (p + z^2/2n) / (1 + z^2/n) is exactly 1/2, and the half-width is
+    # z / (1 + z^2/n) * sqrt(1/4n + z^2/4n^2) = z / (2 sqrt(n + z^2)).
+    for total in (10, 10_000):
+        half_width = Z_975 / (2 * math.sqrt(total + Z_975**2))
+        assert wilson_interval(total // 2, total) == pytest.approx((0.5 - half_width, 0.5 + half_width), abs=1e-12)
+    # 10,000 test images at 50%: about +-0.98 accuracy points.
+    lower, upper = wilson_interval(5_000, 10_000)
+    assert 100 * (upper - lower) / 2 == pytest.approx(0.98, abs=0.005)
+    # p = 0: the lower end is 0 and the upper end is 2 z^2/2n / (1 + z^2/n) = z^2 / (n + z^2).
+    assert wilson_interval(0, 10) == pytest.approx((0.0, Z_975**2 / (10 + Z_975**2)), abs=1e-12)
+    # A 99% interval uses the 99.5% quantile, 2.5758293035489: at p = 1/2 the same closed form.
+    z_995 = 2.5758293035489
+    half_width = z_995 / (2 * math.sqrt(100 + z_995**2))
+    assert wilson_interval(50, 100, confidence=0.99) == pytest.approx((0.5 - half_width, 0.5 + half_width), abs=1e-9)
+
+
+@pytest.mark.parametrize("correct, total", [(0, 1), (1, 1), (3, 7), (70, 100), (9_123, 10_000), (10_000, 10_000)])
+def test_wilson_interval_properties(correct, total):
+    lower, upper = wilson_interval(correct, total)
+    assert 0.0 <= lower <= correct / total <= upper <= 1.0
+    assert lower < upper
+    # Swapping successes and failures mirrors the interval about 1/2.
+    mirrored_lower, mirrored_upper = wilson_interval(total - correct, total)
+    assert (mirrored_lower, mirrored_upper) == pytest.approx((1 - upper, 1 - lower), abs=1e-12)
+    # Ten times the trials at the same proportion: a narrower interval; a higher confidence: a wider one.
+    more_lower, more_upper = wilson_interval(10 * correct, 10 * total)
+    assert more_upper - more_lower < upper - lower
+    wide_lower, wide_upper = wilson_interval(correct, total, confidence=0.99)
+    assert wide_lower <= lower and upper <= wide_upper and wide_upper - wide_lower > upper - lower
+
+
+@pytest.mark.parametrize(
+    "correct, total, confidence", [(0, 0, 0.95), (-1, 10, 0.95), (11, 10, 0.95), (5, 10, 0.0), (5, 10, 1.0)]
+)
+def test_wilson_interval_rejects_bad_inputs(correct, total, confidence):
+    with pytest.raises(ValueError):
+        wilson_interval(correct, total, confidence)

@@ -1,6 +1,6 @@
 """The model card rendered from a run folder, and the FLOPs counter it uses.
 
-`make_run_folder` builds a folder as scripts/train.py leaves it; test_publish.py uses it too.
+`make_run_folder` (conftest) builds a folder as scripts/train.py leaves it.
 """
 
 import json
@@ -9,71 +9,13 @@ import shutil
 import sys
 
 import pytest
-from conftest import TINY_CONFIG, class_images, save_tiny_model
+from conftest import EXAMPLE_CLASSES, RESULTS, TINY_CONFIG, make_run_folder
 from huggingface_hub import ModelCard, metadata_load
 from PIL import Image
 
-from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
+from modeling import CIFAR100_LABELS, VTLMForImageClassification
 from training.flops import flops_per_image
 from training.model_card import CURVES_FILE, NOT_MEASURED, save_example_images, write_model_card
-
-# Inputs of the fixture run, not expected outputs: the tests check the card renders whatever the run measured.
-RESULTS = {
-    "train_loss": 3.91,
-    "train_runtime": 5025.3,
-    "train_samples_per_second": 812.5,
-    "eval_loss": 2.104,
-    "eval_accuracy": 0.4237,
-    "eval_top5_accuracy": 0.7412,
-    "eval_superclass_accuracy": 0.5531,
-    "eval_samples_per_second": 2950.2,
-    "test_loss": 2.151,
-    "test_accuracy": 0.4119,
-    "test_top5_accuracy": 0.7301,
-    "test_superclass_accuracy": 0.5402,
-    "test_samples_per_second": 3012.7,
-}
-EXAMPLE_CLASSES = (0, 1, 30)
-
-
-def make_run_folder(path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True):
-    """A run folder with the files of the run-folder contract, from a tiny model and made-up numbers."""
-    save_tiny_model(path)
-    (path / "all_results.json").write_text(json.dumps(results))
-    (path / "test_results.json").write_text(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}))
-    log_history = []
-    for epoch in (1, 2, 3):
-        log_history.append({"loss": 4.6 - epoch / 2, "learning_rate": 1e-3 / epoch, "epoch": epoch - 0.5, "step": 5})
-        log_history.append(
-            {
-                "eval_loss": 4 - epoch / 3,
-                "eval_accuracy": 0.1 * epoch,
-                "eval_top5_accuracy": 0.25 * epoch,
-                "epoch": epoch,
-            }
-        )
-    (path / "trainer_state.json").write_text(json.dumps({"log_history": log_history, "global_step": 30, "epoch": 3.0}))
-    run_info = {
-        "git_commit": "0123abc",
-        "model_arguments": {"model_preset": "vtlm-37m", "config_overrides": None},
-        "data_arguments": {"dataset_name": dataset_name, "max_train_samples": 64 if smoke_run else None},
-        "augmentation_arguments": {"mixup_alpha": 0.8, "random_crop_padding": 4},
-        "training_arguments": {
-            "learning_rate": 0.001,
-            "num_train_epochs": 3,
-            "weight_decay": 0.05,
-            "hub_token": "<HUB_TOKEN>",
-            "load_best_model_at_end": True,
-            "metric_for_best_model": "accuracy",
-        },
-        "config": VTLMConfig(**TINY_CONFIG).to_dict(),
-        "hardware": {"device": "NVIDIA H100 80GB HBM3", "num_processes": 1},
-        "smoke_run": smoke_run,
-    }
-    (path / "run_info.json").write_text(json.dumps(run_info))
-    if examples:
-        save_example_images(path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES])
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -107,36 +49,6 @@ def table_row(text, first_cells):
     return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 
-# FLOPs
-
-
-def analytic_flops(config):
-    """Matmul FLOPs of a pre-norm ViT written out by hand: 2 per multiply-add."""
-    hidden, tokens, patches = config.hidden_size, config.num_patches + 1, config.num_patches
-    patch_embedding = patches * config.patch_size**2 * config.num_channels * hidden
-    per_layer = tokens * (4 * hidden * hidden + 2 * hidden * config.intermediate_size) + 2 * tokens * tokens * hidden
-    forward = 2 * (patch_embedding + config.num_hidden_layers * per_layer + hidden * config.num_labels)
-    backward = 2 * forward - 2 * patch_embedding  # no gradient for the input pixels
-    return forward, backward
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [{}, {"patch_size": 8, "pooling": "mean", "qkv_bias": False, "num_labels": 10, "num_hidden_layers": 3}],
-)
-def test_flops_per_image_matches_the_formula(overrides):
-    config = VTLMConfig(**{**TINY_CONFIG, **overrides})
-    flops = flops_per_image(config)
-    assert (flops.forward, flops.backward) == analytic_flops(config)
-    assert flops.training == flops.forward + flops.backward
-
-
-def test_flops_do_not_depend_on_attention_implementation_and_leave_the_config_alone():
-    config = VTLMConfig(**TINY_CONFIG, attn_implementation="sdpa")
-    assert flops_per_image(config) == flops_per_image(VTLMConfig(**TINY_CONFIG, attn_implementation="eager"))
-    assert config._attn_implementation == "sdpa"
-
-
 # The card
 
 
@@ -167,6 +79,9 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
     assert f"({flops.training:,})" in table_row(body, "training FLOPs per image (forward + backward)")[1]
     assert f"({flops.forward:,})" in table_row(body, "inference FLOPs per image (forward)")[1]
     assert table_row(body, "hidden_size")[1] == str(TINY_CONFIG["hidden_size"])
+    assert table_row(body, "patch_embedding_type")[1] == model.config.patch_embedding_type
+    assert table_row(body, "pooling")[1] == model.config.pooling
+    assert table_row(body, "tokens per image")[1] == str(model.config.num_patches + 1)  # 64 patches and the CLS token
 
     run_info = json.loads((run_dir / "run_info.json").read_text())
     recipe = section(body, "Training recipe")
@@ -179,11 +94,15 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
 
     results = section(body, "Results")
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        assert table_row(results, f"this run | {split}")[2:] == [
+        row = table_row(results, f"this run | {split}")
+        assert [row[3], row[5], row[6]] == [
             f"{100 * RESULTS[f'{prefix}_{metric}']:.2f}%"
             for metric in ("accuracy", "top5_accuracy", "superclass_accuracy")
         ]
-    assert table_row(results, "[Madras1/VTLM37m](https://huggingface.co/Madras1/VTLM37m) (seed model)")[2] == "54.84%"
+        low, high = RESULTS[f"{prefix}_accuracy_ci_low"], RESULTS[f"{prefix}_accuracy_ci_high"]
+        assert row[4] == f"{100 * low:.2f}–{100 * high:.2f}%" and row[2] == str(RESULTS[f"{prefix}_num_images"])
+    assert table_row(results, "[Madras1/VTLM37m](https://huggingface.co/Madras1/VTLM37m) (seed model)")[3] == "54.84%"
+    assert "100 classes of CIFAR-100" in results
     assert "selected on the test set" in results
 
     hardware = section(body, "Hardware and speed")
@@ -239,8 +158,8 @@ def test_values_the_run_did_not_produce_render_as_not_measured(run_dir):
     body = card_body(write_model_card(run_dir))
 
     results = section(body, "Results")
-    assert table_row(results, "this run | validation")[2:] == ["31.25%", NOT_MEASURED, NOT_MEASURED]
-    assert table_row(results, "this run | test")[2:] == [NOT_MEASURED, "68.75%", NOT_MEASURED]
+    assert table_row(results, "this run | validation")[2:] == [NOT_MEASURED, "31.25%"] + [NOT_MEASURED] * 3
+    assert table_row(results, "this run | test")[2:] == [NOT_MEASURED] * 3 + ["68.75%", NOT_MEASURED]
     # Every percentage on the card is one the run measured, or the seed model's.
     assert set(re.findall(r"\d+\.\d+%", results)) == {"31.25%", "68.75%", "54.84%"}
     hardware = section(body, "Hardware and speed")
@@ -250,22 +169,51 @@ def test_values_the_run_did_not_produce_render_as_not_measured(run_dir):
     assert [(r.dataset_split, r.metric_value) for r in card.data.eval_results] == [("train", 0.3125)]
 
 
-def test_a_smoke_run_says_so_and_claims_no_cifar100_results(run_dir):
-    edit_json(run_dir / "run_info.json", smoke_run=True, data_arguments={"dataset_name": "/tmp/generated-images"})
+def test_a_smoke_run_says_so_and_claims_no_results(run_dir, tmp_path):
+    make_run_folder(run_dir, smoke_run=True, dataset_name="generated-images")
+    edit_json(run_dir / "run_info.json", training_arguments={"max_steps": 12, "num_train_epochs": 3})
     readme = write_model_card(run_dir, repo_id="someone/vtlm-smoke")
     metadata = metadata_load(readme)
     assert "model-index" not in metadata and "model_name" not in metadata
-    assert "datasets" not in metadata  # it did not train on uoft-cs/cifar100
+    assert "datasets" not in metadata  # a local folder, not a Hub dataset
     body = card_body(readme)
-    assert "**Smoke run: these are not CIFAR-100 results.**" in body.split("## Model")[0]
-    assert "`/tmp/generated-images`" in body.split("## Model")[0]
-    assert table_row(section(body, "Results"), "this run (smoke run, not CIFAR-100) | test")[2] == "41.19%"
+    top = body.split("## Model")[0]
+    assert "**Smoke run: these are not results.**" in top and "how well this model classifies generated-images" in top
+    assert "`max_steps=12`" in top and "`max_train_samples=64`" in top
+    assert table_row(section(body, "Results"), "this run (smoke run) | test")[3] == "41.19%"
+    assert "seed model" not in body  # the seed comparison is for CIFAR-100 only
 
     # A smoke run on part of CIFAR-100 did train on it, and still claims no results.
-    edit_json(run_dir / "run_info.json", data_arguments={"dataset_name": "uoft-cs/cifar100", "max_train_samples": 64})
+    make_run_folder(run_dir, smoke_run=True)
     readme = write_model_card(run_dir)
     assert metadata_load(readme)["datasets"] == ["uoft-cs/cifar100"] and "model-index" not in metadata_load(readme)
     assert "`max_train_samples=64`" in card_body(readme).split("## Model")[0]
+
+
+def test_a_complete_run_on_another_dataset_is_a_real_run_on_that_dataset(run_dir):
+    make_run_folder(run_dir, dataset_name="someone/flowers-32px")
+    edit_json(
+        run_dir / "run_info.json",
+        dataset={
+            "name": "someone/flowers-32px",
+            "hub_id": "someone/flowers-32px",
+            "is_cifar100": False,
+            "num_classes": 100,
+            "images": {"train": 900, "validation": 100, "test": 200},
+            "train_images_per_class": {"min": 9, "max": 11},
+        },
+    )
+    readme = write_model_card(run_dir, repo_id="someone/vtlm-flowers")
+    metadata = metadata_load(readme)
+    assert metadata["datasets"] == ["someone/flowers-32px"]
+    card = ModelCard.load(readme)
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {
+        ("someone/flowers-32px", "someone/flowers-32px")
+    }
+    body = card_body(readme)
+    assert "CIFAR" not in body.replace("CIFAR-sized", "") and "seed model" not in body
+    assert "[someone/flowers-32px](https://huggingface.co/datasets/someone/flowers-32px)" in body
+    assert "(9 to 11 images per class)" in body
 
 
 def test_a_run_without_run_info_or_its_smoke_flag_is_not_presented_as_a_full_run(run_dir):
@@ -274,7 +222,7 @@ def test_a_run_without_run_info_or_its_smoke_flag_is_not_presented_as_a_full_run
     (run_dir / "run_info.json").write_text(json.dumps(run_info))
     readme = write_model_card(run_dir)
     assert "model-index" not in metadata_load(readme)
-    assert "does not say whether this is a full CIFAR-100 run" in card_body(readme).split("## Model")[0]
+    assert "does not say whether this is a complete run" in card_body(readme).split("## Model")[0]
 
     (run_dir / "run_info.json").unlink()
     readme = write_model_card(run_dir)

@@ -1,22 +1,16 @@
 """scripts/predict.py: top-k labels for image files, through the image-classification pipeline."""
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import class_images, save_tiny_model
+from conftest import REPO_ROOT, class_images, load_script, save_tiny_model
 from PIL import Image
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_predict():
-    spec = importlib.util.spec_from_file_location("predict", REPO_ROOT / "scripts" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("predict")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +44,7 @@ def parse_table(text):
     return rows
 
 
+@pytest.mark.slow  # a script in a fresh interpreter
 def test_predict_prints_the_pipelines_top_k_for_every_image(model_dir, image_files, tmp_path):
     from transformers import pipeline
 
@@ -104,3 +99,26 @@ def test_predict_in_process_returns_zero_and_honours_top_k(model_dir, image_file
     rows = parse_table(capsys.readouterr().out)
     assert [(row[0], row[1]) for row in rows] == [(str(image_files[1]), 1), (str(image_files[1]), 2)]
     assert rows[0][3] >= rows[1][3]
+
+
+def test_a_16_bit_image_is_classified_as_its_8_bit_version_on_every_path(model_dir, tmp_path, capsys):
+    """Training data, predict.py and the endpoint handler read a 16-bit PNG as its 8-bit version (PIL's own
+    convert("RGB") would clip most of it to white)."""
+    from endpoint.handler import load_image
+    from training.data import _decode_image
+
+    gradient = np.tile(np.arange(256, dtype=np.uint8), (32, 1))
+    paths = {"8-bit": tmp_path / "gradient-8.png", "16-bit": tmp_path / "gradient-16.png"}
+    Image.fromarray(gradient).save(paths["8-bit"])
+    Image.fromarray(gradient.astype(np.uint16) * 257).save(paths["16-bit"])
+    assert Image.open(paths["16-bit"]).mode.startswith("I;16")
+
+    decoded = {name: _decode_image({"bytes": path.read_bytes(), "path": None}, 32) for name, path in paths.items()}
+    np.testing.assert_array_equal(decoded["16-bit"], decoded["8-bit"])
+    served = {name: np.asarray(load_image(path.read_bytes())) for name, path in paths.items()}
+    np.testing.assert_array_equal(served["16-bit"], served["8-bit"])
+    assert served["16-bit"].mean() == pytest.approx(gradient.mean(), abs=1)  # not clipped to white
+
+    assert load_predict().main([str(model_dir), str(paths["8-bit"]), str(paths["16-bit"]), "--top_k", "3"]) == 0
+    rows = parse_table(capsys.readouterr().out)
+    assert [row[2:] for row in rows[:3]] == [row[2:] for row in rows[3:]]

@@ -1,6 +1,5 @@
 """Publishing a run folder, against a fake Hub that records every uploaded byte (no network)."""
 
-import importlib.util
 import logging
 import pickle
 import secrets
@@ -9,10 +8,11 @@ from pathlib import Path
 
 import huggingface_hub.hf_api
 import pytest
+from conftest import RESULTS, load_script, make_run_folder
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl
 from PIL import Image
-from test_model_card import RESULTS, make_run_folder
 
+import training.hub
 from training.hub import publish_run
 from training.model_card import save_example_images
 
@@ -49,6 +49,9 @@ class FakeHub:
         hub = self
         # With hf_xet, upload_folder streams through /preupload; without it, it calls create_commit.
         monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+        # The tests run offline (conftest); this Hub answers.
+        monkeypatch.setattr(training.hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: None)
 
         def create_repo(api, repo_id, *, private=False, exist_ok=False, repo_type=None, **kwargs):
             hub.repos.setdefault(repo_id, {"private": private})
@@ -88,7 +91,12 @@ class FakeHub:
             oid = f"{len(hub.commits):040x}"
             return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, "", oid)
 
+        def whoami(api, token=None, **kwargs):
+            assert token or api.token or huggingface_hub.get_token(), "publish_run checks for a token first"
+            return {"name": "someone"}
+
         for name, function in (
+            ("whoami", whoami),
             ("create_repo", create_repo),
             ("create_branch", create_branch),
             ("list_repo_files", list_repo_files),
@@ -232,13 +240,6 @@ def test_publish_needs_a_saved_model_and_a_full_repo_id(hub, run_dir, token):
     assert hub.commits == [] and hub.repos == {}
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("token_from", ["flag", "environment"])
 def test_push_to_hub_cli(hub, run_dir, token, token_from, monkeypatch, caplog, capfd):
     caplog.set_level(logging.DEBUG)
@@ -256,3 +257,23 @@ def test_push_to_hub_cli(hub, run_dir, token, token_from, monkeypatch, caplog, c
     output = capfd.readouterr()
     assert "https://huggingface.co/someone/vtlm-cli/commit/" in output.out
     assert token not in caplog.text and token not in output.out + output.err
+
+
+@pytest.mark.parametrize("problem", ["no token", "offline", "unreachable"])
+def test_publish_fails_fast_and_changes_nothing_without_token_or_network(hub, run_dir, token, problem, monkeypatch):
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    if problem == "no token":
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setattr(training.hub, "get_token", lambda: None)
+        expected, message, token = ValueError, "no Hub token: set HF_TOKEN", None
+    elif problem == "offline":
+        monkeypatch.setattr(training.hub.constants, "HF_HUB_OFFLINE", True)
+        expected, message = ConnectionError, "HF_HUB_OFFLINE is set"
+    else:
+        reason = "the Hub at https://huggingface.co cannot be reached (huggingface.co:443: timed out)"
+        monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: reason)
+        expected, message = ConnectionError, "cannot publish: the Hub at .* cannot be reached"
+    with pytest.raises(expected, match=message):
+        publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert hub.commits == [] and hub.repos == {}

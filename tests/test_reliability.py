@@ -2,21 +2,18 @@
 
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import TINY_RUN, load_script, save_tiny_model
 from PIL import Image
 from safetensors.torch import load_file
-from test_train import TINY_RUN
 from transformers import TrainerControl, TrainerState, pipeline
 
 from training.trainer import StopOnNonFiniteLoss
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import train  # noqa: E402
+train = load_script("train")
 
 
 @pytest.mark.parametrize("key", ["loss", "eval_loss"])

@@ -7,16 +7,22 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
+from conftest import REPO_ROOT, TINY_RUN
 from safetensors.torch import load_file
-from test_train import TINY_RUN, TRAIN
 
 from training.trainer import last_complete_checkpoint
 
 
 def train_command(dataset, output_dir):
     return (
-        [sys.executable, TRAIN, f"--dataset_name={dataset}", "--validation_split_size=100"]
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "train.py"),
+            f"--dataset_name={dataset}",
+            "--validation_split_size=100",
+        ]
         + TINY_RUN
         + [
             "--num_train_epochs=2",
@@ -52,6 +58,7 @@ def kill_after_first_checkpoint(command, output_dir):
     process.wait()
 
 
+@pytest.mark.slow  # a script in a fresh interpreter
 def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, tmp_path):
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
     run(train_command(cifar100_dir, clean))
@@ -85,3 +92,22 @@ def test_half_written_checkpoint_is_skipped(tmp_path):
     (tmp_path / "checkpoint-8" / "trainer_state.json").unlink()  # killed before it was written
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
+    """`check_previous_run` compares the arguments that define the run, and only those, with the checkpoint's."""
+    from training.run_info import ARGUMENTS_FILE, RunMismatchError, check_previous_run
+
+    saved = {"training_arguments": {"learning_rate": 1e-3, "logging_steps": 50}, "num_processes": 1}
+    checkpoint = tmp_path / "checkpoint-8"
+    checkpoint.mkdir()
+    (checkpoint / ARGUMENTS_FILE).write_text(json.dumps(saved))
+    same_run = {"training_arguments": {"learning_rate": 1e-3, "logging_steps": 10}, "num_processes": 1}
+    assert check_previous_run(str(tmp_path), same_run, str(checkpoint)) is False  # resumable, not finished
+    for other, difference in (
+        ({"training_arguments": {"learning_rate": 5e-4, "logging_steps": 50}, "num_processes": 1}, "--learning_rate"),
+        ({"training_arguments": {"learning_rate": 1e-3, "logging_steps": 50}, "num_processes": 2}, "--num_processes"),
+    ):
+        with pytest.raises(RunMismatchError, match=f"the checkpoint {checkpoint} made with other arguments") as error:
+            check_previous_run(str(tmp_path), other, str(checkpoint))
+        assert difference in str(error.value)

@@ -9,28 +9,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, write_hub_dataset
+from conftest import REPO_ROOT, TINY_OVERRIDES, TINY_RUN, load_script, write_hub_dataset
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from modeling import CIFAR100_LABELS
-from training.arguments import ModelArguments, parse_config_overrides
+from training.arguments import ModelArguments
+from training.build import build_config, build_model, parse_arguments
+from training.run_info import is_all_of_cifar100
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO, "scripts", "train.py")
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import train  # noqa: E402
-
-TINY_OVERRIDES = ",".join(f"{key}={value}" for key, value in TINY_CONFIG.items())
-# The CPU-sized flags of every run here: tiny model, small batches, no worker processes, no TensorBoard.
-TINY_RUN = [
-    f"--config_overrides={TINY_OVERRIDES}",
-    "--per_device_train_batch_size=32",
-    "--per_device_eval_batch_size=64",
-    "--dataloader_num_workers=0",
-    "--report_to=none",
-    "--logging_steps=5",
-    "--disable_tqdm=true",
-]
+TRAIN = str(REPO_ROOT / "scripts" / "train.py")
+train = load_script("train")
 
 
 def read_json(path):
@@ -38,16 +27,60 @@ def read_json(path):
         return json.load(file)
 
 
+def finished_run_argv(dataset, output_dir):
+    return (
+        [f"--dataset_name={dataset}", "--validation_split_size=100", "--num_train_epochs=2"]
+        + TINY_RUN
+        + [f"--output_dir={output_dir}", "--hub_token=hf_DoNotLeakThisTokenAnywhere123"]
+    )
+
+
 @pytest.fixture(scope="module")
 def finished_run(cifar100_dir, tmp_path_factory):
     """Two epochs of the default recipe on a 400-image CIFAR-100-schema dataset."""
     output_dir = tmp_path_factory.mktemp("run")
-    train.main(
-        [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=2"]
-        + TINY_RUN
-        + [f"--output_dir={output_dir}", "--hub_token=hf_DoNotLeakThisTokenAnywhere123"]
-    )
+    train.main(finished_run_argv(cifar100_dir, output_dir))
     return output_dir
+
+
+def snapshot(folder):
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_finished_run_rerun_with_the_same_arguments_changes_nothing(finished_run, cifar100_dir, caplog):
+    before = snapshot(finished_run)
+    with caplog.at_level("INFO"):
+        train.main(finished_run_argv(cifar100_dir, finished_run) + ["--logging_steps=3"])  # logging is not the run
+    assert "already holds this run, finished: nothing to do" in caplog.text
+    assert snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    "flags, difference",
+    [
+        (["--learning_rate=5e-4"], "--learning_rate 0.001 -> 0.0005"),
+        ([f"--config_overrides={TINY_OVERRIDES},pooling=mean"], "--config_overrides"),
+    ],
+)
+def test_a_rerun_with_other_arguments_is_refused_before_any_work(finished_run, cifar100_dir, flags, difference):
+    before = snapshot(finished_run)
+    with pytest.raises(ValueError, match="holds a finished run made with other arguments") as error:
+        train.main(finished_run_argv(cifar100_dir, finished_run) + flags)
+    assert difference in str(error.value) and str(finished_run) in str(error.value)
+    assert "--output_dir, or --overwrite_output_dir" in str(error.value)
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_output_dir_starts_afresh(cifar100_dir, tmp_path):
+    argv = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--max_steps=2", "--eval_strategy=steps"]
+    argv += ["--eval_steps=1", "--save_strategy=steps", "--save_steps=1", *TINY_RUN, f"--output_dir={tmp_path}"]
+    train.main(argv + ["--learning_rate=1e-3"])
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    train.main(argv + ["--learning_rate=2e-3", "--overwrite_output_dir", "--max_steps=1", "--save_steps=1"])
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert read_json(tmp_path / "run_info.json")["training_arguments"]["learning_rate"] == 2e-3
+    assert read_json(tmp_path / "trainer_state.json")["global_step"] == 1
+    assert read_json(tmp_path / "run_info.json")["smoke_run"] is True  # cut short by --max_steps
 
 
 def test_run_leaves_a_loadable_model_folder(finished_run):
@@ -83,7 +116,7 @@ def test_run_info_records_config_arguments_and_commit(finished_run):
     assert info["training_arguments"]["learning_rate"] == 1e-3
     assert info["augmentation_arguments"]["mixup_alpha"] == 0.8
     assert info["data_arguments"]["validation_split_size"] == 100
-    assert info["smoke_run"] is True
+    assert info["smoke_run"] is False  # two whole epochs on all of its dataset: a real run, if a small one
     assert info["git_commit"] is None or len(info["git_commit"]) >= 40
 
 
@@ -123,13 +156,47 @@ def test_training_learns_a_learnable_task(tmp_path):
     assert results["eval_accuracy"] > 0.6 and results["test_accuracy"] > 0.6  # chance is 0.1
     assert "test_superclass_accuracy" not in results
     assert read_json(tmp_path / "run" / "config.json")["id2label"]["9"] == "truck"
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "to tell its\n10 classes apart" in card and "The model knows only the 10 classes of cifar10" in card
 
 
+def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_dataset(tmp_path):
+    names = [f"shape_{index:02d}" for index in range(100)]
+    data = write_hub_dataset(tmp_path / "shapes-100", {"train": 400, "test": 200}, names, coarse=False)
+    train.main(
+        [
+            f"--dataset_name={data}",
+            "--validation_split_size=100",
+            "--num_train_epochs=1",
+            *TINY_RUN,
+            f"--output_dir={tmp_path / 'run'}",
+        ]
+    )
+    readme = tmp_path / "run" / "README.md"
+    card = ModelCard.load(readme)
+    assert {(result.dataset_type, result.dataset_name) for result in card.data.eval_results} == {
+        ("shapes-100", "shapes-100")
+    }
+    assert {result.dataset_split for result in card.data.eval_results} == {"train", "test"}
+    text = readme.read_text()
+    assert "CIFAR" not in text and "Smoke run" not in text and "seed model" not in text
+    assert str(tmp_path) not in text and str(tmp_path) not in (tmp_path / "run" / "run_info.json").read_text()
+    assert "(4 images per class)" in text
+
+
+@pytest.mark.slow  # a script in a fresh interpreter
 def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path):
     """Real 2-process DDP (gloo): one output_dir, loss not scaled by world size, every validation image seen once."""
     output_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes=2",
+        "--num_machines=1",
+    ]
     launch += ["--mixed_precision=no", "--dynamo_backend=no", TRAIN]
     args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
     run = subprocess.run(
@@ -153,25 +220,25 @@ def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path):
 
 
 def test_config_overrides_are_typed_and_checked():
-    assert parse_config_overrides("hidden_size=64, qkv_bias=false,drop_path_rate=0.2,pooling=mean") == {
-        "hidden_size": 64,
-        "qkv_bias": False,
-        "drop_path_rate": 0.2,
-        "pooling": "mean",
-    }
-    with pytest.raises(ValueError, match="unknown config field 'hidden_dim'"):
-        parse_config_overrides("hidden_dim=64")
-    with pytest.raises(ValueError, match="hidden_size must be a int, got 'big'"):
-        parse_config_overrides("hidden_size=big")
-    with pytest.raises(ValueError, match="qkv_bias must be a bool"):
-        parse_config_overrides("qkv_bias=maybe")
-    with pytest.raises(ValueError, match="expected key=value"):
-        parse_config_overrides("hidden_size")
+    def overridden(text):
+        return build_config(ModelArguments(model_preset="vtlm-5m", config_overrides=text))
+
+    config = overridden("hidden_size=64, qkv_bias=false,num_attention_heads=4,pooling=mean")
+    assert (config.hidden_size, config.qkv_bias, config.num_attention_heads, config.pooling) == (64, False, 4, "mean")
+    assert config.num_hidden_layers == 6  # the preset's, where no override says otherwise
+    with pytest.raises(ValueError, match="--config_overrides 'hidden_dim=64': key hidden_dim isn't in"):
+        overridden("hidden_dim=64")
+    with pytest.raises(ValueError, match="--config_overrides 'hidden_size=big'"):
+        overridden("hidden_size=big")
+    with pytest.raises(ValueError, match="qkv_bias=maybe.*can't derive true or false"):
+        overridden("qkv_bias=maybe")
+    with pytest.raises(ValueError, match="expected key=value,key=value, got 'hidden_size'"):
+        overridden("hidden_size")
 
 
 def test_recipe_fields_have_one_flag_only():
     with pytest.raises(ValueError, match="set drop_path_rate with its own flag"):
-        train.build_config(ModelArguments(config_overrides="drop_path_rate=0.3"))
+        build_config(ModelArguments(config_overrides="drop_path_rate=0.3"))
 
 
 def test_invalid_override_value_fails_before_training(cifar100_dir, tmp_path):
@@ -182,7 +249,7 @@ def test_invalid_override_value_fails_before_training(cifar100_dir, tmp_path):
 def test_arguments_from_a_yaml_file(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_preset: vtlm-5m\nnum_train_epochs: 3\nmixup_alpha: 0.2\noutput_dir: somewhere\n")
-    model_args, data_args, augmentation_args, training_args = train.parse_arguments([str(recipe)])
+    model_args, data_args, augmentation_args, training_args = parse_arguments([str(recipe)])
     assert model_args.model_preset == "vtlm-5m" and training_args.num_train_epochs == 3
     assert augmentation_args.mixup_alpha == 0.2 and data_args.dataset_name == "uoft-cs/cifar100"
 
@@ -194,31 +261,32 @@ def test_only_all_of_cifar100_is_a_full_run():
         sizes = {"train": train, "validation": validation, "test": test}
         return SimpleNamespace(datasets={k: range(v) for k, v in sizes.items()}, label_names=list(labels))
 
-    assert train.is_all_of_cifar100(splits(45_000, 5_000, 10_000))
-    assert train.is_all_of_cifar100(splits(40_000, 10_000, 10_000))  # another validation size is still all of it
-    assert not train.is_all_of_cifar100(splits(45_000, 5_000, 1_000))
-    assert not train.is_all_of_cifar100(splits(44_000, 5_000, 10_000))
-    assert not train.is_all_of_cifar100(splits(45_000, 5_000, 10_000, labels=[f"c{i}" for i in range(100)]))
+    assert is_all_of_cifar100(splits(45_000, 5_000, 10_000))
+    assert is_all_of_cifar100(splits(40_000, 10_000, 10_000))  # another validation size is still all of it
+    assert not is_all_of_cifar100(splits(45_000, 5_000, 1_000))
+    assert not is_all_of_cifar100(splits(44_000, 5_000, 10_000))
+    assert not is_all_of_cifar100(splits(45_000, 5_000, 10_000, labels=[f"c{i}" for i in range(100)]))
 
 
 def test_continuing_from_a_saved_model_validates_overrides_and_keeps_its_weights(finished_run, tmp_path):
+    labels = list(CIFAR100_LABELS)
     model_args = ModelArguments(model_name_or_path=str(finished_run), config_overrides="pooling=max")
     with pytest.raises(ValueError, match="pooling"):
-        train.build_config(model_args)
+        build_config(model_args)
     # Another hidden size cannot reuse the weights: an error, never a silent re-initialisation.
     model_args = ModelArguments(model_name_or_path=str(finished_run), config_overrides="hidden_size=64")
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
-        train.build_model(model_args, train.build_config(model_args))
+        build_model(model_args, build_config(model_args), labels)
     model_args = ModelArguments(model_name_or_path=str(finished_run))
-    model = train.build_model(model_args, train.build_config(model_args))
+    model = build_model(model_args, build_config(model_args), labels)
     saved = load_file(finished_run / "model.safetensors")
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
 
 
 def test_defaults_are_the_headline_recipe():
-    model_args, data_args, augmentation_args, training_args = train.parse_arguments([])
+    model_args, data_args, augmentation_args, training_args = parse_arguments([])
     assert model_args.model_preset == "vtlm-37m" and training_args.num_train_epochs == 100
     assert training_args.output_dir == "runs/vtlm-37m-cifar100"
-    assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 5000
+    assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 0.1
     assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "accuracy"
     assert training_args.fp16 is False  # no CUDA here: fp32 on a CPU

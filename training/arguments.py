@@ -1,12 +1,11 @@
 """Model and training arguments of `scripts/train.py`, with VTLM's recipe as the defaults."""
 
-import importlib.util
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
-from modeling import PRESETS, VTLMConfig
+from modeling import PRESETS
 
 
 @dataclass
@@ -35,41 +34,6 @@ class ModelArguments:
             raise ValueError(f"--model_preset must be one of {sorted(PRESETS)}, got {self.model_preset!r}")
 
 
-def parse_config_overrides(text):
-    """Parse `"key=value,key=value"` into config fields, typed like the field's default; unknown keys are errors."""
-    defaults = VTLMConfig().to_dict()
-    overrides = {}
-    for pair in filter(None, (part.strip() for part in (text or "").split(","))):
-        key, separator, value = pair.partition("=")
-        key, value = key.strip(), value.strip()
-        if not separator or not key:
-            raise ValueError(f"--config_overrides: expected key=value, got {pair!r}")
-        if key not in defaults:
-            known = sorted(k for k, v in defaults.items() if isinstance(v, (bool, int, float, str)))
-            raise ValueError(f"--config_overrides: unknown config field {key!r}; known fields: {known}")
-        kind = type(defaults[key])
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                overrides[key] = value.lower() == "true"
-            elif kind is float:
-                overrides[key] = float(value)
-            else:
-                overrides[key] = kind(value)
-        except ValueError:
-            raise ValueError(f"--config_overrides: {key} must be a {kind.__name__}, got {value!r}") from None
-    return overrides
-
-
-def _default_report_to():
-    return "tensorboard" if importable("tensorboard") or importable("tensorboardX") else "none"
-
-
-def importable(name):
-    return importlib.util.find_spec(name) is not None
-
-
 @dataclass
 class VTLMTrainingArguments(TrainingArguments):
     """`TrainingArguments` with VTLM's recipe as the defaults; every Trainer flag still works.
@@ -80,6 +44,13 @@ class VTLMTrainingArguments(TrainingArguments):
     """
 
     output_dir: str = field(default="runs/vtlm-37m-cifar100", metadata={"help": "Where checkpoints and results go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the checkpoints and results already in output_dir and start afresh. Without it, a rerun "
+            "resumes the run there, and only when it was made with the same arguments."
+        },
+    )
     num_train_epochs: float = field(default=100.0, metadata={"help": "Total training epochs."})
     per_device_train_batch_size: int = field(default=512, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=1024, metadata={"help": "Batch size per device for evaluation."})
@@ -100,7 +71,11 @@ class VTLMTrainingArguments(TrainingArguments):
     )
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Validation metric to select."})
     greater_is_better: bool | None = field(default=True, metadata={"help": "Higher accuracy is better."})
-    logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
+    logging_steps: float = field(
+        default=0.005,
+        metadata={"help": "Log the training loss every N steps, or every that fraction of all steps when below 1 "
+                  "(0.005: 200 points on any run's curve, at least one every step of a short run)."},
+    )  # fmt: skip
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Log non-finite losses as they are, so a diverging run is stopped."}
     )
@@ -114,10 +89,18 @@ class VTLMTrainingArguments(TrainingArguments):
     )
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every parameter is used."})
     report_to: None | str | list[str] = field(
-        default_factory=_default_report_to, metadata={"help": "Loggers; TensorBoard when it is installed."}
+        default="tensorboard", metadata={"help": "Loggers: TensorBoard (installed with the package), or 'none'."}
     )
 
     def __post_init__(self):
+        # Checked here, before any data is decoded; the Trainer would find some of these only when it starts.
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.num_train_epochs > 0 and self.max_steps <= 0:
+            raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
         on_cuda = torch.cuda.is_available() and not self.use_cpu
         self.fp16 = self.fp16 and not self.bf16 and on_cuda

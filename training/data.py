@@ -1,7 +1,8 @@
 """Image classification data: load a dataset in the Hub's CIFAR schema, decode it once, split it, and batch it.
 
-Images are decoded once into uint8 arrays that `datasets` caches on disk. Normalisation and augmentation happen later,
-on whole batches on the device, so `pixel_values` stay uint8 here.
+Images are decoded once into uint8 arrays that `datasets` caches on disk, in a column called `images`. Normalisation
+and augmentation happen later, on whole batches on the device; only then do they become the model's float
+`pixel_values`.
 """
 
 import inspect
@@ -19,14 +20,15 @@ import torch
 from datasets import Array3D, ClassLabel, DatasetDict, Features, Image, Value, load_dataset
 from datasets.fingerprint import Hasher
 from PIL import Image as PILImage
+from torch.utils.data import default_convert
+
+from endpoint.handler import to_rgb
 
 logger = logging.getLogger(__name__)
 
 CORRUPT_IMAGE_POLICIES = ("fail", "skip")
 # The Hub's CIFAR-100 spells label 26 "cra"; checkpoints publish the real word.
 LABEL_NAME_FIXES = {"cra": "crab"}
-# PIL's convert("RGB") clips 16-bit greyscale at 255, which turns most such images white: they are rescaled instead.
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 # Long enough for a slow but working connection, short enough that a machine with no route fails within seconds.
 HUB_CHECK_TIMEOUT_S = 3.0
 
@@ -43,6 +45,13 @@ class DataArguments:
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration, if any."})
+    dataset_display_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the model card and its model-index call the dataset. Default: the Hub id, or the local "
+            "folder's name (a path of the training machine is never published)."
+        },
+    )
     image_column_name: str = field(default="img", metadata={"help": "The column holding the images."})
     label_column_name: str = field(
         default="fine_label", metadata={"help": "The ClassLabel column to predict (`label` for uoft-cs/cifar10)."}
@@ -51,11 +60,12 @@ class DataArguments:
         default="coarse_label",
         metadata={"help": "The superclass column, for superclass accuracy; ignored when the dataset lacks it."},
     )
-    validation_split_size: int = field(
-        default=5000,
+    validation_split_size: float = field(
+        default=0.1,
         metadata={
-            "help": "Images held out of train, stratified by label, when the dataset has no validation split. "
-            "The split depends only on the seed."
+            "help": "Images held out of train, stratified by label, when the dataset has no validation split: a "
+            "fraction of train (below 1; 0.1 is 5,000 of CIFAR-100's 50,000) or a number of images. The split "
+            "depends only on the seed."
         },
     )
     max_train_samples: int | None = field(
@@ -83,9 +93,12 @@ class DataArguments:
         for name in ("dataset_name", "image_column_name", "label_column_name"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        for name in ("validation_split_size", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+        size = self.validation_split_size
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not (0 < size < 1 or size == int(size) > 0):
+            raise ValueError(f"validation_split_size must be a fraction in (0, 1) or a positive integer, got {size!r}")
+        for name in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
             value = getattr(self, name)
-            if value is None and name != "validation_split_size":
+            if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -97,7 +110,7 @@ class ImageDatasets:
 
     Args:
         datasets (`DatasetDict`): "train", "validation" and "test", each row
-            `{"pixel_values": uint8 tensor (3, image_size, image_size), "labels": int}`.
+            `{"images": uint8 tensor (3, image_size, image_size), "labels": int}`.
         label_names (`list[str]`): class names in label order, as they should be published.
         fine_to_coarse (`list[int]` or `None`): the superclass of each label, or `None` without a superclass column.
     """
@@ -114,34 +127,56 @@ class ImageDatasets:
     def label2id(self):
         return {name: index for index, name in enumerate(self.label_names)}
 
+    def class_counts(self, split):
+        """How many images of each label `split` holds, in label order."""
+        labels = np.array([int(label) for label in self.datasets[split]["labels"][:]])
+        return np.bincount(labels, minlength=len(self.label_names)).tolist()
+
+    def examples(self, split="test", count=4):
+        """The first image of each of the first `count` classes of `split`, as (H, W, 3) uint8 arrays, and the
+        classes' names: the model card's widget examples."""
+        first = {}
+        for index, label in enumerate(int(label) for label in self.datasets[split]["labels"][:]):
+            if len(first) == count:
+                break
+            first.setdefault(label, index)
+        images = [self.datasets[split][index]["images"].permute(1, 2, 0).numpy() for index in first.values()]
+        return images, [self.label_names[label] for label in first]
+
     def tensors(self, split):
         """`split` read once into memory as an `ImageTensorDataset`: what the Trainer trains and evaluates on."""
         columns = self.datasets[split][:]
-        return ImageTensorDataset(columns["pixel_values"], torch.as_tensor(columns["labels"], dtype=torch.int64))
+        return ImageTensorDataset(columns["images"], torch.as_tensor(columns["labels"], dtype=torch.int64))
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):
     """A split held as one uint8 tensor (N, 3, H, W) and its labels (N,).
 
-    A row is two tensor views, so a batch of 512 is gathered in about a millisecond in the main process, where
-    `datasets`' per-row formatting takes tens of milliseconds a batch (enough to starve a GPU, or to need worker
-    processes). CIFAR-100's train split is 138 MB this way.
+    The DataLoader gathers a whole batch with one index op (`__getitems__`), about a millisecond for 512 images in
+    the main process, where `datasets`' per-row formatting takes tens of milliseconds a batch (enough to starve a
+    GPU, or to need worker processes). CIFAR-100's train split is 138 MB this way.
     """
 
-    def __init__(self, pixel_values, labels):
-        if pixel_values.dtype != torch.uint8 or pixel_values.ndim != 4 or len(pixel_values) != len(labels):
+    def __init__(self, images, labels):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(
-                f"expected uint8 images (N, C, H, W) and N labels, got {pixel_values.dtype} "
-                f"{tuple(pixel_values.shape)} and {len(labels)} labels"
+                f"expected uint8 images (N, C, H, W) and N labels, got {images.dtype} "
+                f"{tuple(images.shape)} and {len(labels)} labels"
             )
-        self.pixel_values = pixel_values
+        self.images = images
         self.labels = labels
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, index):
-        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+        return {"images": self.images[index], "labels": self.labels[index]}
+
+    def __getitems__(self, indices):
+        """A batch, `{"images": uint8 (B, 3, H, W), "labels": int64 (B,)}`: what torch's DataLoader asks for when it
+        batches, in place of one `__getitem__` per row."""
+        indices = torch.as_tensor(indices)
+        return {"images": self.images[indices], "labels": self.labels[indices]}
 
 
 def load_image_datasets(data_args, image_size=32, seed=42):
@@ -168,16 +203,13 @@ def load_image_datasets(data_args, image_size=32, seed=42):
         if limit is not None and limit < len(splits[split]):
             splits[split] = splits[split].select(range(limit))
     splits = DatasetDict({split: splits[split] for split in limits})
-    # The torch formatter would widen uint8 pixels to int64 (8x the memory): pin pixel_values' dtype, labels stay ints.
-    splits.set_format("torch", columns=["pixel_values"], dtype=torch.uint8, output_all_columns=True)
+    # The torch formatter would widen uint8 pixels to int64 (8x the memory): pin the images' dtype, labels stay ints.
+    splits.set_format("torch", columns=["images"], dtype=torch.uint8, output_all_columns=True)
     return ImageDatasets(datasets=splits, label_names=label_names, fine_to_coarse=fine_to_coarse)
 
 
-def collate_batch(examples):
-    """The Trainer's `data_collator`: `{"pixel_values": uint8 (B, 3, H, W), "labels": int64 (B,)}`."""
-    pixel_values = torch.stack([torch.as_tensor(example["pixel_values"], dtype=torch.uint8) for example in examples])
-    labels = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.int64)
-    return {"pixel_values": pixel_values, "labels": labels}
+# The Trainer's `data_collator`: `ImageTensorDataset.__getitems__` already returns the batch, which passes through.
+collate_batch = default_convert
 
 
 def _load_raw_splits(data_args):
@@ -204,7 +236,13 @@ def _load_raw_splits(data_args):
 
 
 def _check_hub_reachable(name):
-    """Open a TCP connection to the Hub (or its proxy) rather than wait out `load_dataset`'s retries (~25 s)."""
+    """Fail within seconds when the Hub cannot be reached, rather than wait out `load_dataset`'s retries (~25 s)."""
+    if reason := hub_unreachable_reason():
+        raise ConnectionError(_unavailable_message(name, reason))
+
+
+def hub_unreachable_reason():
+    """Why the Hub (or the proxy to it) cannot be reached, from one TCP connection; None when it can."""
     endpoint = urllib.parse.urlsplit(datasets.config.HF_ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(endpoint.scheme)
@@ -214,8 +252,8 @@ def _check_hub_reachable(name):
     try:
         socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
     except OSError as error:
-        reason = f"the Hub at {datasets.config.HF_ENDPOINT} cannot be reached ({host}:{port}: {error})"
-        raise ConnectionError(_unavailable_message(name, reason)) from error
+        return f"the Hub at {datasets.config.HF_ENDPOINT} cannot be reached ({host}:{port}: {error})"
+    return None
 
 
 def _unavailable_message(name, reason):
@@ -295,7 +333,7 @@ def _decode_split(dataset, split, data_args, label_names, image_size):
         )
     features = Features(
         {
-            "pixel_values": Array3D(shape=(3, image_size, image_size), dtype="uint8"),
+            "images": Array3D(shape=(3, image_size, image_size), dtype="uint8"),
             "labels": ClassLabel(names=label_names),
             "source_index": Value("int64"),  # the row's index in the split as loaded, to name skipped images
         }
@@ -305,7 +343,7 @@ def _decode_split(dataset, split, data_args, label_names, image_size):
     fn_kwargs = {"split": split, "image_size": image_size, "skip_corrupt": data_args.corrupt_images == "skip"}
     # `datasets` fingerprints a module-level function by its name, not its code: hash the decoder's source as well,
     # so that editing it decodes again instead of reusing stale cached arrays.
-    decoder_source = inspect.getsource(_decode_batch) + inspect.getsource(_decode_image)
+    decoder_source = "".join(inspect.getsource(function) for function in (_decode_batch, _decode_image, to_rgb))
     decoded = encoded.map(
         _decode_batch,
         batched=True,
@@ -331,7 +369,11 @@ def _decode_split(dataset, split, data_args, label_names, image_size):
 
 
 def _hold_out(train, validation_split_size, seed):
-    """Split `validation_split_size` images off `train`, stratified by label: (train, validation), disjoint."""
+    """Split `validation_split_size` images (or that fraction of them) off `train`, stratified by label:
+    (train, validation), disjoint."""
+    if validation_split_size < 1:
+        validation_split_size = round(validation_split_size * len(train))
+    validation_split_size = int(validation_split_size)
     if validation_split_size >= len(train):
         raise ValueError(
             f"--validation_split_size ({validation_split_size}) must be smaller than the train split "
@@ -347,10 +389,10 @@ def _hold_out(train, validation_split_size, seed):
 
 
 def _decode_batch(images, labels, indices, split, image_size, skip_corrupt):
-    batch = {"pixel_values": [], "labels": [], "source_index": []}
+    batch = {"images": [], "labels": [], "source_index": []}
     for image, label, index in zip(images, labels, indices, strict=True):
         try:
-            pixel_values = _decode_image(image, image_size)
+            pixels = _decode_image(image, image_size)
         except Exception as error:  # PIL raises many types on bad bytes; all mean "cannot be decoded"
             if skip_corrupt:
                 continue
@@ -358,7 +400,7 @@ def _decode_batch(images, labels, indices, split, image_size, skip_corrupt):
                 f"image {index} of split {split!r} cannot be decoded ({type(error).__name__}: {error}). "
                 "Pass `--corrupt_images skip` to drop such images."
             ) from error
-        batch["pixel_values"].append(pixel_values)
+        batch["images"].append(pixels)
         batch["labels"].append(label)
         batch["source_index"].append(index)
     return batch
@@ -370,11 +412,8 @@ def _decode_image(image, image_size):
         raise ValueError("the row has no image")
     with PILImage.open(io.BytesIO(image["bytes"]) if image["bytes"] is not None else image["path"]) as opened:
         opened.load()
-        picture = opened
-        if picture.mode in SIXTEEN_BIT_MODES:
-            picture = PILImage.fromarray((np.asarray(picture, dtype=np.uint32) // 257).astype(np.uint8))
-        # Dropping alpha and resizing bilinearly as the published ViTImageProcessor does, so inference sees the same.
-        picture = picture.convert("RGB")
+        # Converted as the endpoint converts, and resized bilinearly as the published ViTImageProcessor resizes.
+        picture = to_rgb(opened)
         if picture.size != (image_size, image_size):
             picture = picture.resize((image_size, image_size), PILImage.Resampling.BILINEAR)
         return np.asarray(picture).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)

@@ -9,9 +9,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, HfApi, get_token
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 
+from training.data import hub_unreachable_reason
 from training.model_card import is_generated_card, write_model_card
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ def publish_run(
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
+    api = HfApi(token=token)
+    check_hub_access(api)  # before the folder is touched: a failed publish changes nothing
 
     readme = output_dir / "README.md"
     if readme.is_file() and not is_generated_card(readme):
@@ -76,7 +80,6 @@ def publish_run(
     files = select_upload_files(output_dir)
     _refuse_files_with_token(output_dir, files, token or get_token())
 
-    api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
@@ -93,6 +96,20 @@ def publish_run(
     )
     logger.info("Published %s", commit.commit_url)
     return commit
+
+
+def check_hub_access(api):
+    """Raise within seconds, naming the cause, unless `api` has a token that the Hub accepts."""
+    if not (api.token or get_token()):
+        raise ValueError("no Hub token: set HF_TOKEN, run `hf auth login`, or pass --hub_token")
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError("HF_HUB_OFFLINE is set: unset it to publish")
+    if reason := hub_unreachable_reason():
+        raise ConnectionError(f"cannot publish: {reason}")
+    try:
+        api.whoami()
+    except HfHubHTTPError as error:
+        raise ValueError(f"the Hub refused the token ({error}): check it has write access") from None
 
 
 def check_repo_id(repo_id):

@@ -1,6 +1,8 @@
 """The Trainer's metric hooks, built on the `classification_accuracy.py` evaluate module beside this file."""
 
+import math
 import os
+from statistics import NormalDist
 
 import evaluate
 
@@ -22,8 +24,8 @@ def preprocess_logits_for_metrics(logits, labels):
 
 
 def build_compute_metrics(fine_to_coarse=None):
-    """The Trainer's `compute_metrics`: `EvalPrediction` of top-k indices -> accuracy, top-5, superclass accuracy, and
-    the number of images scored.
+    """The Trainer's `compute_metrics`: `EvalPrediction` of top-k indices -> accuracy with its 95% Wilson interval
+    (`accuracy_ci_low`, `accuracy_ci_high`), top-5, superclass accuracy, and the number of images scored.
 
     Pair it with `preprocess_logits_for_metrics`, which makes `predictions` the top-k indices, best first.
     """
@@ -36,6 +38,28 @@ def build_compute_metrics(fine_to_coarse=None):
             fine_to_coarse=fine_to_coarse,
         )
         # How many images were scored; under DDP, each image of the split exactly once.
-        return {**results, "num_images": len(eval_prediction.label_ids)}
+        num_images = len(eval_prediction.label_ids)
+        low, high = wilson_interval(round(results["accuracy"] * num_images), num_images)
+        return {**results, "accuracy_ci_low": low, "accuracy_ci_high": high, "num_images": num_images}
 
     return compute_metrics
+
+
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion: `correct` successes out of `total` trials.
+
+    Unlike the normal approximation (p +- z * sqrt(p(1 - p) / n)), it stays inside [0, 1] and keeps close to its
+    nominal coverage near 0 and 1 and for small `total`. Written out here because scipy and statsmodels are not
+    dependencies; the normal quantile comes from the standard library.
+    """
+    if total <= 0 or not 0 <= correct <= total:
+        raise ValueError(f"need 0 <= correct <= total and total > 0, got correct={correct}, total={total}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    proportion = correct / total
+    shrink = 1 + z**2 / total
+    centre = (proportion + z**2 / (2 * total)) / shrink
+    half_width = z / shrink * math.sqrt(proportion * (1 - proportion) / total + z**2 / (4 * total**2))
+    # At 0 or `total` correct one end is exactly 0 or 1; clamp the rounding error there (~1e-17).
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)

@@ -1,0 +1,67 @@
+"""A new user's mistakes end with a short message and a non-zero exit, before any work, and with no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, TINY_RUN
+
+pytestmark = pytest.mark.slow  # each test starts the scripts in a fresh interpreter
+
+
+def run_script(name, *args, env=None, cwd=None):
+    command = [sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def assert_short_error(process, message):
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr, process.stderr[-2000:]
+    assert message in process.stderr, process.stderr[-2000:]
+
+
+def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
+    process = run_script("train", "--mixup_alhpa", "0.2", f"--output_dir={tmp_path / 'run'}")
+    assert_short_error(process, "error: unknown flag(s): --mixup_alhpa (did you mean --mixup_alpha?)")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--per_device_train_batch_size=0"], "error: --per_device_train_batch_size must be at least 1, got 0"),
+        (["--config_overrides=hidden_size=30"], "hidden_size (30) must be divisible by num_attention_heads"),
+        (["--dataset_name=./no-such-folder"], "--dataset_name './no-such-folder' looks like a local path"),
+        (["--validation_split_size=1.5"], "validation_split_size must be a fraction in (0, 1) or a positive integer"),
+    ],
+)
+def test_bad_values_fail_before_any_work(cifar100_dir, tmp_path, flags, message):
+    output_dir = tmp_path / "run"
+    process = run_script("train", f"--dataset_name={cifar100_dir}", *TINY_RUN, f"--output_dir={output_dir}", *flags)
+    assert_short_error(process, message)
+    assert not output_dir.exists()  # nothing was started, nothing is left behind
+
+
+def test_an_unreachable_hub_is_said_in_one_message(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    process = run_script("train", *TINY_RUN, f"--output_dir={tmp_path / 'run'}", env=env)
+    assert_short_error(process, "could not load dataset 'uoft-cs/cifar100': the Hub at http://127.0.0.1:9 cannot")
+
+
+def test_publishing_without_a_token_fails_before_touching_the_folder(tmp_path):
+    from conftest import make_run_folder
+
+    run_dir = make_run_folder(tmp_path / "run")
+    before = sorted(path.name for path in run_dir.iterdir())
+    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    process = run_script("push_to_hub", "--output_dir", run_dir, "--repo_id", "someone/vtlm", env=env)
+    assert_short_error(process, "error: no Hub token: set HF_TOKEN")
+    assert sorted(path.name for path in run_dir.iterdir()) == before  # no handler.py copied, no card rewritten
+
+
+def test_help_lists_the_recipe_flags():
+    process = run_script("train", "--help")
+    assert process.returncode == 0
+    for flag in ("--model_preset", "--randaugment_prob", "--validation_split_size", "--overwrite_output_dir"):
+        assert flag in process.stdout

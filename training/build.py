@@ -1,0 +1,130 @@
+"""Everything a script needs to build a run: its arguments, config, model, augmentation and Trainer.
+
+`scripts/train.py`, `scripts/evaluate_model.py`, `scripts/benchmark.py` and the tests all build through these
+functions, so a run is put together one way only.
+"""
+
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, TrainingArguments
+
+from modeling import VTLMConfig, VTLMForImageClassification
+
+from .arguments import ModelArguments, VTLMTrainingArguments
+from .augmentation import AugmentationArguments, BatchAugmentation, PixelNormalizer
+from .cli import suggest_flags
+from .data import DataArguments, collate_batch
+from .metrics import build_compute_metrics, preprocess_logits_for_metrics
+from .trainer import StopOnNonFiniteLoss, VTLMTrainer
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments)
+# Fields of the config that the recipe sets with flags of their own (`ModelArguments`), not --config_overrides.
+RECIPE_CONFIG_FIELDS = ("drop_path_rate", "hidden_dropout_prob")
+
+
+def parse_arguments(argv):
+    """`ARGUMENT_CLASSES` from command-line flags, or from a single `.json` or `.yaml` file."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    try:
+        return parser.parse_args_into_dataclasses(argv)
+    except ValueError as error:
+        if "not used by the HfArgumentParser" in str(error):
+            raise suggest_flags(error, parser) from None
+        raise
+
+
+def build_config(model_args):
+    """The preset's (or the saved model's) config with the recipe's regularisation and `--config_overrides`.
+
+    The labels are the dataset's, set by `build_model`: everything else is known before the data is loaded, so a
+    bad override fails before any image is decoded.
+    """
+    recipe = {name: getattr(model_args, name) for name in RECIPE_CONFIG_FIELDS}
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **recipe)
+    else:
+        config = VTLMConfig.from_preset(model_args.model_preset, **recipe)
+    if model_args.config_overrides:
+        pairs = model_args.config_overrides.replace(" ", "").split(",")
+        if any(pair.count("=") != 1 for pair in pairs):
+            raise ValueError(f"--config_overrides: expected key=value,key=value, got {model_args.config_overrides!r}")
+        overridden = {pair.partition("=")[0] for pair in pairs}
+        if twice := sorted(overridden & set(RECIPE_CONFIG_FIELDS)):
+            raise ValueError(f"--config_overrides: set {', '.join(twice)} with its own flag (--{twice[0]}), not here")
+        try:
+            config.update_from_string(",".join(pairs))
+        except ValueError as error:
+            raise ValueError(f"--config_overrides {model_args.config_overrides!r}: {error}") from None
+    config.validate_architecture()  # update_from_string sets fields after construction
+    return config
+
+
+def build_model(model_args, config, label_names):
+    """The model to train, predicting `label_names`: a fresh one for a preset, or the saved one.
+
+    A saved model keeps every weight; only a new label set gets a fresh classifier. Any other shape change (from
+    `--config_overrides`) is an error, never a silent re-initialisation.
+    """
+    new_labels = [config.id2label[index] for index in range(config.num_labels)] != list(label_names)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: index for index, name in enumerate(label_names)}
+    if not model_args.model_name_or_path:
+        return VTLMForImageClassification(config)
+    return AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path, config=config, trust_remote_code=True, ignore_mismatched_sizes=new_labels
+    )
+
+
+def build_augmentation(augmentation_args, config, training_args, image_processor):
+    """The recipe's batch augmentation for `config`'s labels. It normalises with `image_processor`'s mean and std, so
+    training sees what the published processor gives at inference, and puts the training arguments' label smoothing
+    into its soft targets."""
+    return BatchAugmentation(
+        augmentation_args,
+        num_labels=config.num_labels,
+        mean=image_processor.image_mean,
+        std=image_processor.image_std,
+        label_smoothing=training_args.label_smoothing_factor,
+    )
+
+
+def build_trainer(model, training_args, data, augmentation, callbacks=(), processing_class=None):
+    """The `VTLMTrainer` of a training run: train on the train split, select on the validation split, both held in
+    memory as uint8 tensors (`ImageDatasets.tensors`)."""
+    return VTLMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.tensors("train"),
+        eval_dataset=data.tensors("validation"),
+        data_collator=collate_batch,
+        compute_metrics=build_compute_metrics(data.fine_to_coarse),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        processing_class=processing_class,
+        augmentation=augmentation,
+        normalizer=augmentation.normalize,
+        callbacks=[StopOnNonFiniteLoss(), *callbacks],
+    )
+
+
+def build_evaluation_trainer(model, image_processor, data, output_dir, batch_size):
+    """A `VTLMTrainer` that only evaluates: the same batches, normalisation and metric as validation in training."""
+    training_args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_eval_batch_size=batch_size,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    return VTLMTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collate_batch,
+        compute_metrics=build_compute_metrics(data.fine_to_coarse),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        normalizer=PixelNormalizer(image_processor.image_mean, image_processor.image_std),
+    )
