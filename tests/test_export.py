@@ -1,0 +1,319 @@
+"""training/export.py, scripts/export.py and scripts/benchmark_inference.py: a VTLM run exported to the built-in ViT
+(loaded without custom code, under transformers 5.x and 4.57) and to ONNX, with the same logits as the source."""
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, class_images, load_script, run_without_modeling
+from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTForImageClassification, pipeline
+
+import training.export
+from modeling import PRESETS, VTLMConfig, VTLMForImageClassification, build_image_processor
+from training.cli import run_cli
+from training.export import ONNX_FILE, PREPROCESSOR_FILE, ExportError, export_model, source_reference, to_vit
+
+requires_onnx = pytest.mark.skipif(
+    not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
+    reason="ONNX export needs onnx, onnxscript and onnxruntime (the [export] extra)",
+)
+# The seed layout, and one with every field the ViT maps set away from the seed's value.
+VIT_CONFIGS = {
+    "seed": {},
+    "variant": {"qkv_bias": False, "layer_norm_eps": 1e-5, "hidden_act": "gelu_new", "image_size": 24, "patch_size": 6},
+}
+LOAD_WITHOUT_CUSTOM_CODE = """
+import json, sys
+import torch, transformers
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+for folder, pixels_file in zip(sys.argv[1::2], sys.argv[2::2]):
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(torch.load(pixels_file)).logits
+    top = pipeline("image-classification", model=folder)(Image.new("RGB", (40, 20)), top_k=2)
+    print("RESULT" + json.dumps({
+        "version": transformers.__version__, "class": type(model).__name__, "logits": logits.tolist(), "top": top
+    }))
+"""
+
+
+def save_random_run(folder, config):
+    """A run folder whose every parameter is distinct: a mapping that swapped two LayerNorms or q and k would show."""
+    torch.manual_seed(0)
+    model = VTLMForImageClassification(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    build_image_processor(config.image_size).save_pretrained(folder)
+    return model
+
+
+def processed_images(folder, num_images=6):
+    """`class_images` of as many classes, normalised by the image processor saved in `folder`."""
+    processor = AutoImageProcessor.from_pretrained(folder)
+    return processor(list(class_images(list(range(num_images)))), return_tensors="pt")["pixel_values"]
+
+
+def logits_of(model, pixel_values):
+    with torch.no_grad():
+        return model(pixel_values).logits
+
+
+@pytest.fixture(scope="module")
+def vit_exports(tmp_path_factory):
+    """{name: (source model, run folder, ViT folder, measured differences)} for each of `VIT_CONFIGS`."""
+    exports = {}
+    for name, overrides in VIT_CONFIGS.items():
+        root = tmp_path_factory.mktemp(f"export-{name}")
+        model = save_random_run(root / "run", VTLMConfig(**TINY_CONFIG, **overrides))
+        exports[name] = model, root / "run", root / "vit", export_model(root / "run", root / "vit", ("vit",))
+    return exports
+
+
+@pytest.mark.parametrize("name", list(VIT_CONFIGS))
+def test_vit_export_loads_without_custom_code_and_gives_the_same_logits(vit_exports, name):
+    model, run, folder, differences = vit_exports[name]
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        PREPROCESSOR_FILE,
+    ]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "vit" and "auto_map" not in config
+    assert (folder / PREPROCESSOR_FILE).read_bytes() == (run / PREPROCESSOR_FILE).read_bytes()
+
+    vit = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert type(vit) is ViTForImageClassification
+    pixel_values = processed_images(folder)
+    expected = logits_of(model, pixel_values)
+    assert (logits_of(vit, pixel_values) - expected).abs().max() <= 1e-5
+    assert differences["vit"] <= 1e-5
+
+    predictions = pipeline("image-classification", model=str(folder))(list(class_images(list(range(6)))), top_k=1)
+    assert [p[0]["label"] for p in predictions] == [model.config.id2label[i] for i in expected.argmax(-1).tolist()]
+
+
+def test_vit_export_card_names_its_source_and_the_measured_difference(vit_exports):
+    _, run, folder, differences = vit_exports["seed"]
+    card = (folder / "README.md").read_text()
+    assert "`run` (a local folder)" in card
+    assert str(run.parent) not in card  # never the training machine's path
+    assert f"| `model.safetensors` | {differences['vit']:.3g} |" in card
+    assert "pipeline_tag: image-classification" in card and "library_name: transformers" in card
+
+
+def test_vit_export_gives_the_same_logits_under_transformers_4_57(vit_exports, legacy_transformers, tmp_path):
+    folders, expected = [], []
+    for name, (model, _, folder, _) in vit_exports.items():
+        pixel_values = processed_images(folder)
+        torch.save(pixel_values, tmp_path / f"{name}.pt")
+        folders += [folder, tmp_path / f"{name}.pt"]
+        expected.append(logits_of(model, pixel_values))
+    run = run_without_modeling(LOAD_WITHOUT_CUSTOM_CODE, *folders, cwd=tmp_path, python_path=legacy_transformers)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(line[len("RESULT") :]) for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(results) == len(expected)
+    for result, logits, (model, *_) in zip(results, expected, vit_exports.values(), strict=True):
+        assert result["version"].startswith("4.57.") and result["class"] == "ViTForImageClassification"
+        assert (torch.tensor(result["logits"]) - logits).abs().max() <= 1e-5
+        assert all(prediction["label"] in model.config.label2id for prediction in result["top"])
+
+
+def assert_onnx_matches(onnx_path, model, pixel_values):
+    """ONNX Runtime on the CPU: the graph's names, a dynamic batch, logits within 1e-4 and the same top-1."""
+    session = training.export.onnx_session(onnx_path)
+    assert [node.name for node in session.get_inputs()] == ["pixel_values"]
+    assert [node.name for node in session.get_outputs()] == ["logits"]
+    expected = logits_of(model, pixel_values)
+    for batch in (pixel_values[:1], pixel_values):  # batch 1 and 6 through one graph, exported at batch 2
+        logits = training.export.onnx_logits(session, batch)
+        assert (logits - expected[: len(batch)]).abs().max() <= 1e-4
+        assert torch.equal(logits.argmax(-1), expected[: len(batch)].argmax(-1))
+
+
+@requires_onnx
+def test_vit_and_onnx_export_replaces_the_folder_and_puts_the_onnx_file_inside(tmp_path):
+    model = save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "stale.txt").write_text("from an earlier export")
+    exit_code = run_cli(
+        load_script("export").main,
+        [
+            str(tmp_path / "run"),
+            "--format",
+            "vit,onnx",
+            "--output_dir",
+            str(tmp_path / "vit"),
+            "--overwrite_output_dir",
+        ],
+    )
+    assert exit_code == 0
+    assert not (tmp_path / "vit" / "stale.txt").exists()
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path / "vit")) is ViTForImageClassification
+    assert_onnx_matches(tmp_path / "vit" / ONNX_FILE, model, processed_images(tmp_path / "vit"))
+
+
+@requires_onnx
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_exports_to_onnx(preset, tmp_path):
+    model = save_random_run(tmp_path / "run", VTLMConfig.from_preset(preset, **TINY_CONFIG))
+    differences = export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
+    assert differences["onnx"] <= 1e-4
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert config["model_type"] == "vtlm" and config["id2label"]["0"] == model.config.id2label[0]
+    assert_onnx_matches(tmp_path / "onnx" / ONNX_FILE, model, processed_images(tmp_path / "onnx"))
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"pooling": "mean"}, "pooling"),
+        ({"pooling": "sequence", "use_cls_token": False}, "use_cls_token"),
+        ({"patch_embedding_type": "conv"}, "patch_embedding_type"),
+        ({"layer_norm_layout": "cct"}, "layer_norm_layout"),
+    ],
+)
+def test_configs_the_vit_cannot_express_are_refused_before_anything_is_written(overrides, field, tmp_path, capsys):
+    save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG, **overrides))
+    assert run_cli(load_script("export").main, [str(tmp_path / "run"), "--output_dir", str(tmp_path / "vit")]) == 2
+    assert f"{field}=" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no output folder, no staging folder
+
+
+def test_the_cli_refuses_with_a_message_and_no_traceback(tmp_path):
+    save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG, pooling="mean"))
+    completed = subprocess.run(
+        [sys.executable, REPO_ROOT / "scripts" / "export.py", tmp_path / "run", "--output_dir", tmp_path / "vit"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1].startswith("error: transformers' built-in ViT cannot express")
+    assert "Traceback" not in completed.stderr and not (tmp_path / "vit").exists()
+
+
+def test_a_field_added_later_is_refused_unless_it_holds_the_seeds_value():
+    class LaterConfig(VTLMConfig):
+        def __init__(self, new_idea=0, **kwargs):
+            self.new_idea = new_idea
+            super().__init__(**kwargs)
+
+    with pytest.raises(ExportError, match=r"new_idea=1 \(exportable only at the seed's 0\)"):
+        to_vit(VTLMForImageClassification(LaterConfig(new_idea=1, **TINY_CONFIG)))
+    model = VTLMForImageClassification(LaterConfig(**TINY_CONFIG)).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    assert torch.equal(logits_of(to_vit(model), pixel_values), logits_of(model, pixel_values))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["runs/no/such", "--output_dir", "out"], "runs/no/such is neither a folder nor a Hub id"),
+        (["run", "--format", "vit,tflite", "--output_dir", "out"], "formats must be one or more of"),
+        (["run", "--output_dir", "run"], "pass --overwrite_output_dir"),
+        (["pickled", "--output_dir", "out"], "model.safetensors"),
+    ],
+)
+def test_cli_errors_end_with_a_message_and_exit_status_2(arguments, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
+    model = save_random_run(tmp_path / "pickled", VTLMConfig(**TINY_CONFIG))
+    (tmp_path / "pickled" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")  # a pickle: never loaded
+    before = sorted(path.name for path in tmp_path.iterdir())
+
+    assert run_cli(load_script("export").main, arguments) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_an_export_that_computes_something_else_is_refused(tmp_path, monkeypatch):
+    save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
+    swap = {"layernorm_before": "layernorm_after", "layernorm_after": "layernorm_before"}
+    renames = [
+        (pattern, re.sub("layernorm_(before|after)", lambda m: swap[m[0]], target))
+        for pattern, target in training.export.VIT_RENAMES
+    ]
+    monkeypatch.setattr(training.export, "VIT_RENAMES", tuple(renames))  # the two norms of each block swapped
+    with pytest.raises(ExportError, match="differs from its source by"):
+        export_model(tmp_path / "run", tmp_path / "vit", ("vit",))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+@requires_onnx
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, monkeypatch):
+    save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
+
+    def fail(model, path):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half a graph")
+        raise RuntimeError("the exporter crashed")
+
+    monkeypatch.setattr(training.export, "export_onnx", fail)
+    with pytest.raises(RuntimeError, match="the exporter crashed"):
+        export_model(tmp_path / "run", tmp_path / "out", ("vit", "onnx"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_source_reference_is_a_hub_link_or_a_folder_name_never_a_local_path(tmp_path):
+    (tmp_path / "my-run" / "checkpoint-880").mkdir(parents=True)
+    assert source_reference("you/vtlm-37m") == "[`you/vtlm-37m`](https://huggingface.co/you/vtlm-37m)"
+    assert source_reference(tmp_path / "my-run") == "`my-run` (a local folder)"
+    assert source_reference(tmp_path / "my-run" / "checkpoint-880") == "`my-run/checkpoint-880` (a local folder)"
+
+
+@requires_onnx
+def test_inference_benchmark_table_and_json(tmp_path, capsys):
+    benchmark = load_script("benchmark_inference")
+    results = benchmark.main(
+        ["--model_presets", "vtlm-37m", "vtlm-cct-7-3x1", "--config_overrides", TINY_OVERRIDES]
+        + ["--batch_sizes", "1", "3", "--repeats", "3", "--min_time", "0.01"]
+        + ["--output_json", str(tmp_path / "bench.json")]
+    )
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results))
+    assert {"cpu_model", "torch_num_threads", "torch", "onnxruntime"} <= set(results["machine"])
+    seed, cct = results["models"]
+    assert [row["batch_size"] for row in seed["rows"]] == [1, 3]
+    assert set(seed["rows"][0]["images_per_s"]) == {"pytorch", "vit", "onnxruntime"}
+    assert set(cct["rows"][0]["images_per_s"]) == {"pytorch", "onnxruntime"}  # the ViT cannot express CCT
+    for row in seed["rows"] + cct["rows"]:
+        for name, times in row["seconds_per_batch"].items():
+            assert len(times) == 3
+            assert row["images_per_s"][name] == pytest.approx(row["batch_size"] / statistics.median(times))
+        assert max(row["max_logit_difference_from_pytorch"].values()) <= 1e-4
+
+    table = capsys.readouterr().out.splitlines()
+    rows = [line for line in table if line.startswith("| vtlm-")]
+    assert len(rows) == 4 and all(line.count("|") == len(benchmark.RUNTIMES) + 4 for line in rows)
+    assert sum("not expressible" in line for line in rows) == 2
+    assert results["machine"]["cpu_model"] in table[0]
+
+
+def test_a_hub_id_is_exported_and_linked_from_the_card(tmp_path):
+    """A Hub repo, as the offline Hub cache holds one after a download (refs/main -> snapshots/<commit>/...)."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--you--vtlm-export-test"
+    commit = "0" * 40
+    model = save_random_run(repo / "snapshots" / commit, VTLMConfig(**TINY_CONFIG))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+    differences = export_model("you/vtlm-export-test", tmp_path / "vit", ("vit",))
+    assert differences["vit"] <= 1e-5
+    pixel_values = processed_images(tmp_path / "vit")
+    vit = AutoModelForImageClassification.from_pretrained(tmp_path / "vit")
+    assert (logits_of(vit, pixel_values) - logits_of(model, pixel_values)).abs().max() <= 1e-5
+    card = (tmp_path / "vit" / "README.md").read_text()
+    assert "[`you/vtlm-export-test`](https://huggingface.co/you/vtlm-export-test)" in card

@@ -1,0 +1,351 @@
+"""Export a trained VTLM to transformers' built-in ViT (no custom code) and to ONNX, checking each against the source.
+
+The seed architecture is exactly `ViTForImageClassification`: the same patch convolution, CLS token, learned
+positions, pre-norm blocks, GELU MLP, final LayerNorm and head on the CLS token. Only the names differ, and the
+fused qkv projection, which the ViT keeps as three. A config the ViT cannot express is refused before anything is
+written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is asked for.
+"""
+
+import inspect
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+    ViTConfig,
+    ViTForImageClassification,
+)
+from transformers.utils import cached_file
+
+FORMATS = ("vit", "onnx")
+ONNX_FILE = "onnx/model.onnx"  # where optimum and transformers.js look
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# VTLM config fields that ViTConfig has under the same name and meaning, whatever their value.
+VIT_FIELDS = (
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "layer_norm_eps",
+    "qkv_bias",
+    "initializer_range",
+)
+# Fields that change training or initialisation only: an exported model, which serves inference, needs none.
+TRAINING_ONLY_FIELDS = ("drop_path_rate", "position_initializer_range")
+# VTLM parameter names -> the built-in ViT's module names in transformers 5.x. `save_pretrained` then writes the
+# keys each release reads (4.x's `vit.encoder.layer.N.attention.attention.query` ...). The fused qkv is split apart.
+VIT_RENAMES = (
+    (r"vtlm\.embeddings\.patch_embeddings\.(weight|bias)", r"vit.embeddings.patch_embeddings.projection.\1"),
+    (r"vtlm\.embeddings\.(cls_token|position_embeddings)", r"vit.embeddings.\1"),
+    (r"vtlm\.encoder\.layer\.(\d+)\.norm1\.(weight|bias)", r"vit.layers.\1.layernorm_before.\2"),
+    (r"vtlm\.encoder\.layer\.(\d+)\.attention\.proj\.(weight|bias)", r"vit.layers.\1.attention.o_proj.\2"),
+    (r"vtlm\.encoder\.layer\.(\d+)\.norm2\.(weight|bias)", r"vit.layers.\1.layernorm_after.\2"),
+    (r"vtlm\.encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"vit.layers.\1.mlp.\2.\3"),
+    (r"vtlm\.layernorm\.(weight|bias)", r"vit.layernorm.\1"),
+    (r"classifier\.(weight|bias)", r"classifier.\1"),
+)
+FUSED_QKV = re.compile(r"vtlm\.encoder\.layer\.(\d+)\.attention\.qkv\.(weight|bias)")
+# The largest logit difference from the source that an export may have (fp32). The ViT runs the same kernels. ONNX
+# Runtime fuses and reorders the arithmetic, which grows with depth and activation size (up to 3e-5 was seen on a
+# 12-layer model); a wrong weight mapping is off by far more.
+MAX_LOGIT_DIFFERENCE = {"vit": 1e-5, "onnx": 1e-3}
+CHECK_BATCH_SIZE = 16  # random images (seeded) on which each export is compared with its source
+# How the model card names each format, its file, and how to run it (`MODEL`: the folder or its Hub id).
+CARD_FORMATS = {
+    "vit": (
+        "transformers' `ViTForImageClassification`",
+        "model.safetensors",
+        """```python
+from transformers import pipeline
+
+classify = pipeline("image-classification", model="MODEL")  # built-in classes: no trust_remote_code
+classify("cat.png", top_k=5)
+```
+""",
+    ),
+    "onnx": (
+        "ONNX, run by ONNX Runtime on the CPU",
+        ONNX_FILE,
+        f"""```python
+import onnxruntime
+from PIL import Image
+from transformers import AutoImageProcessor
+
+processor = AutoImageProcessor.from_pretrained("MODEL")
+session = onnxruntime.InferenceSession("MODEL/{ONNX_FILE}")
+pixel_values = processor(Image.open("cat.png"), return_tensors="np")["pixel_values"]
+logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]  # (batch, num_labels)
+```
+""",
+    ),
+}
+
+
+class ExportError(ValueError):
+    """The source cannot be exported as asked. Nothing is written: the check comes first, or the folder is dropped."""
+
+
+def seed_defaults(config_class) -> dict:
+    """Every architecture field of a VTLM config class, and of the VTLM classes it derives from, with its default:
+    the seed model's value. The fields of transformers' `PreTrainedConfig` (labels, output flags) are not among them.
+    """
+    defaults = {}
+    for cls in config_class.__mro__[: config_class.__mro__.index(PreTrainedConfig)]:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        fields = {p.name: p.default for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"}
+        defaults = {**fields, **defaults}  # a subclass's default wins
+    return defaults
+
+
+def check_vit_exportable(config):
+    """Raise an `ExportError` naming every field whose value the built-in ViT cannot express.
+
+    The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
+    seed's value, until it is mapped here.
+    """
+    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS)
+    refused = [
+        f"{name}={getattr(config, name)!r} (exportable only at the seed's {default!r})"
+        for name, default in seed_defaults(type(config)).items()
+        if name not in expressible and _plain(getattr(config, name)) != _plain(default)
+    ]
+    if refused:
+        raise ExportError(
+            f"transformers' built-in ViT cannot express {', '.join(refused)}; --format onnx exports any VTLM model"
+        )
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value  # config.json turns tuples into lists
+
+
+def vit_config(config) -> ViTConfig:
+    return ViTConfig(
+        **{name: getattr(config, name) for name in VIT_FIELDS}, id2label=config.id2label, label2id=config.label2id
+    )
+
+
+def vit_state_dict(state_dict) -> dict:
+    """The VTLM state dict under the built-in ViT's parameter names, with every fused qkv split into q, k and v."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        fused = FUSED_QKV.fullmatch(name)
+        if fused:  # rows are (3, heads, head_dim) flattened: query, then key, then value, each in ViT's head order
+            layer, kind = fused.groups()
+            for projection, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3), strict=True):
+                converted[f"vit.layers.{layer}.attention.{projection}.{kind}"] = part
+            continue
+        for pattern, replacement in VIT_RENAMES:
+            if re.fullmatch(pattern, name):
+                converted[re.sub(pattern, replacement, name)] = tensor
+                break
+        else:
+            raise ExportError(f"the VTLM parameter {name} has no counterpart in the built-in ViT")
+    return converted
+
+
+def to_vit(model) -> ViTForImageClassification:
+    """The built-in `ViTForImageClassification` computing what the VTLM classifier `model` computes."""
+    check_vit_exportable(model.config)
+    vit = ViTForImageClassification(vit_config(model.config))
+    vit.load_state_dict(vit_state_dict(model.state_dict()), strict=True)  # strict: no ViT weight left at its init
+    return vit.to(model.dtype).eval()
+
+
+class LogitsOnly(nn.Module):
+    """An image classifier whose output is the logits tensor alone, so the ONNX graph's output is a plain tensor."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def export_onnx(model, path):
+    """Write `model` (a VTLM or ViT classifier) to the ONNX file `path`: input `pixel_values` with a dynamic batch
+    dimension, output `logits`, weights inside the file."""
+    config = model.config
+    example = torch.zeros(2, config.num_channels, config.image_size, config.image_size)  # batch 2: not specialised
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        LogitsOnly(model).eval(),
+        (example,),
+        str(path),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def onnx_session(path, num_threads=None):
+    """An ONNX Runtime session on the CPU, with `num_threads` intra-op threads (default: ONNX Runtime's choice)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, pixel_values: torch.Tensor) -> torch.Tensor:
+    (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
+    return torch.from_numpy(logits)
+
+
+def load_vtlm_config(model_name_or_path):
+    """The config of a VTLM run folder, checkpoint-N folder or Hub id; an `ExportError` for anything else."""
+    if not Path(model_name_or_path).is_dir():
+        try:
+            validate_repo_id(str(model_name_or_path))
+        except HFValidationError as error:
+            raise ExportError(f"{model_name_or_path} is neither a folder nor a Hub id") from error
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True)
+    if config.model_type != "vtlm":
+        raise ExportError(f"{model_name_or_path} is a {config.model_type!r} model, not a VTLM model")
+    return config
+
+
+def source_reference(model_name_or_path) -> str:
+    """How an export's card names its source: a link to the Hub id, or the folder's name (after its run's, for a
+    checkpoint). Never a local absolute path: the card is published, where the training machine's paths mean nothing.
+    """
+    path = Path(model_name_or_path)
+    if not path.is_dir():
+        return f"[`{model_name_or_path}`](https://huggingface.co/{model_name_or_path})"
+    path = path.resolve()
+    name = f"{path.parent.name}/{path.name}" if path.name.startswith("checkpoint-") else path.name
+    return f"`{name}` (a local folder)"
+
+
+def check_images(config, batch_size=CHECK_BATCH_SIZE) -> torch.Tensor:
+    """Normalised-looking random images (seeded), shape (B, C, H, W), on which exports are compared."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, generator=generator)
+
+
+def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_output_dir=False) -> dict:
+    """Export a VTLM model into `output_dir` in each of `formats` and return the measured max logit differences.
+
+    `"vit"` writes a folder for the built-in `ViTForImageClassification` (config.json, model.safetensors); `"onnx"`
+    writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model (with its config.json,
+    minus the code map, for the labels). Both copy the source's `preprocessor_config.json` and write a model card.
+    The folder is built aside and moved into place complete: a refusal or a failure leaves nothing behind.
+    """
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"formats must be one or more of {FORMATS}, got {list(formats)}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite_output_dir:
+        raise ExportError(f"{output_dir} exists and is not empty; pass --overwrite_output_dir to replace it")
+    if "onnx" in formats:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as error:
+            raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error})") from error
+
+    config = load_vtlm_config(model_name_or_path)
+    if "vit" in formats:
+        check_vit_exportable(config)
+    preprocessor = cached_file(model_name_or_path, PREPROCESSOR_FILE)
+    model = AutoModelForImageClassification.from_pretrained(
+        model_name_or_path, config=config, trust_remote_code=True, use_safetensors=True, dtype=torch.float32
+    ).eval()
+    images = check_images(model.config)
+    with torch.no_grad():
+        expected = model(images).logits
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp's 0o700 would keep the finished folder from everyone else
+    try:
+        differences = {}
+        if "vit" in formats:
+            exported = to_vit(model)
+            with torch.no_grad():
+                differences["vit"] = _check(exported(images).logits, expected, "vit")
+            exported.save_pretrained(staging)
+        else:
+            exported = model
+            config_dict = {key: value for key, value in model.config.to_dict().items() if key != "auto_map"}
+            (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+        if "onnx" in formats:
+            export_onnx(exported, staging / ONNX_FILE)
+            differences["onnx"] = _check(onnx_logits(onnx_session(staging / ONNX_FILE), images), expected, "onnx")
+        shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
+        render_export_card(source_reference(model_name_or_path), differences, len(images)).save(staging / "README.md")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return differences
+
+
+def _check(logits, expected, name) -> float:
+    difference = (logits - expected).abs().max().item()
+    if not difference <= MAX_LOGIT_DIFFERENCE[name]:
+        raise ExportError(
+            f"the {name} export differs from its source by {difference:.3g} in the logits "
+            f"(at most {MAX_LOGIT_DIFFERENCE[name]:g} allowed); nothing was written"
+        )
+    return difference
+
+
+def render_export_card(source, differences, num_images) -> ModelCard:
+    """The exported folder's README.md: its source (`source_reference`), what it holds, and how exact each format
+    was measured to be (`differences`, by format)."""
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    if "onnx" in differences:
+        import onnxruntime
+
+        versions += f", onnxruntime {onnxruntime.__version__}"
+    table = "\n".join(
+        f"| {CARD_FORMATS[name][0]} | `{CARD_FORMATS[name][1]}` | {difference:.3g} |"
+        for name, difference in differences.items()
+    )
+    usage = "\n".join(CARD_FORMATS[name][2] for name in differences)
+    title = "transformers' built-in ViT" if "vit" in differences else "ONNX"
+    tags = ["image-classification", "vision", "vtlm", *differences]  # the formats' names: "vit", "onnx"
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification", tags=tags)
+    body = f"""
+# VTLM, exported to {title}
+
+An exact export of the VTLM model {source}: the same weights, computing the same function. Its accuracy is the
+source's; see the source's model card. The preprocessing (`{PREPROCESSOR_FILE}`) is the source's, copied.
+
+| format | file | max logit difference from the source |
+|---|---|---|
+{table}
+
+The differences were measured at export time, in fp32 on a CPU, on {num_images} random images, with {versions}.
+
+## Usage
+
+Replace `MODEL` with this folder or its Hub id.
+
+{usage}"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
