@@ -66,14 +66,15 @@ class BenchmarkArguments:
     summarize: list[str] | None = field(default=None, metadata={"help": "Print these JSON results' table; no run."})
 
     def __post_init__(self):
-        for name in ("batch_size", "eval_batch_size", "eval_batches", "steps", "untimed_steps", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if too_small := [
+            name for name in ("eval_batches", "steps", "untimed_steps", "repeats") if getattr(self, name) < 1
+        ]:
+            raise ValueError(f"--{too_small[0]} must be at least 1, got {getattr(self, too_small[0])}")
 
 
 class StepClock(TrainerCallback):
-    """Stamps step ends: CUDA events on a GPU, read after one synchronisation at the end so that the clock never
-    stalls the loop; wall time on a CPU, where every op has finished when it returns."""
+    """Stamps step ends: CUDA events on a GPU (read after one synchronisation at the end: the clock never stalls the
+    loop), wall time on a CPU."""
 
     def __init__(self, device):
         self.cuda = device.type == "cuda"
@@ -169,22 +170,12 @@ def time_input_pipeline(trainer, bench):
     args = trainer.args
     clock = StepClock(args.device)
     for step, batch in enumerate(trainer.get_train_dataloader()):
-        trainer.augmentation(
-            batch["images"], batch["labels"], augmentation_seed(args.seed, step, args.process_index, 0)
-        )
+        seed = augmentation_seed(args.seed, step, args.process_index, 0)
+        trainer.augmentation(batch["images"], batch["labels"], seed)
         clock.tick()
         if step + 1 == bench.untimed_steps + bench.steps:
             break
     return clock.step_times(bench.untimed_steps)
-
-
-def time_evaluation(trainer):
-    trainer.evaluate()  # untimed: eval-mode compilation and warm-up
-    clock = StepClock(trainer.args.device)
-    clock.tick()
-    trainer.evaluate()
-    clock.tick()
-    return clock.step_times(untimed_steps=1)[0]
 
 
 def known_peak_tflops(device_name, precision):
@@ -229,21 +220,28 @@ def run(model_args, augmentation_args, bench):
             samples["training"] += clock.step_times(bench.untimed_steps)
             samples["bare_loop"] += time_bare_loop(trainer, images, labels, bench)
             samples["input_pipeline"] += time_input_pipeline(trainer, bench)
-            samples["evaluation"].append(time_evaluation(trainer))
+            trainer.evaluate()  # untimed: eval-mode compilation and warm-up
+            clock = StepClock(args.device)
+            clock.tick()
+            trainer.evaluate()
+            clock.tick()
+            samples["evaluation"] += clock.step_times(untimed_steps=1)
             del trainer, model  # before the next repeat builds its own
 
-    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    precision, machine = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", machine_info(args.device)
     peak, peak_source = bench.peak_tflops, "--peak_tflops"
     if peak is None:
-        peak, peak_source = known_peak_tflops(machine_info(args.device)["device_name"], precision)
+        peak, peak_source = known_peak_tflops(machine["device_name"], precision)
     flops = flops_per_image(config)
     training = summary(samples["training"], bench.batch_size, flops.training, peak)
     eval_images = len(data.datasets["validation"])
     evaluation = summary(samples["evaluation"], eval_images, flops.forward, peak)
     steps_per_epoch = math.ceil(PROJECTION["train_images"] / bench.batch_size)
-    epoch_s = steps_per_epoch * training["median_s"] + PROJECTION["validation_images"] / evaluation["images_per_s"]
+    epoch_minutes = (
+        steps_per_epoch * training["median_s"] + PROJECTION["validation_images"] / evaluation["images_per_s"]
+    ) / 60
     results = {
-        "machine": machine_info(args.device),
+        "machine": machine,
         "settings": {
             "model": model_args.model_name_or_path or model_args.model_preset,
             "config_overrides": model_args.config_overrides,
@@ -261,8 +259,8 @@ def run(model_args, augmentation_args, bench):
         "evaluation": evaluation,
         "projection": {
             **PROJECTION,
-            "epoch_minutes": epoch_s / 60,
-            "total_minutes": PROJECTION["epochs"] * epoch_s / 60,
+            "epoch_minutes": epoch_minutes,
+            "total_minutes": PROJECTION["epochs"] * epoch_minutes,
         },
     }
     results["training_over_bare_step_time"] = training["median_s"] / results["bare_loop"]["median_s"]

@@ -74,6 +74,7 @@ import yaml
 from datasets import ClassLabel, Dataset, Features, Image
 
 from modeling import VTLMConfig, VTLMForImageClassification
+from training.cli import setup_logging
 from training.flops import flops_per_image
 from training.metrics import wilson_interval
 
@@ -552,7 +553,7 @@ def parse_arguments(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_arguments(argv)
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     arms = [parse_arm(text) for text in args.arm]
     if len({slug(arm.name) for arm in arms}) < len(arms):
         raise ValueError(f"arm names must differ (as folder names): {[arm.name for arm in arms]}")

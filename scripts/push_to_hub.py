@@ -10,10 +10,9 @@ pickles or checkpoints. The token comes from --hub_token, else HF_TOKEN, else `h
 """
 
 import argparse
-import logging
 import sys
 
-from training.cli import run_cli
+from training.cli import run_cli, setup_logging
 from training.hub import publish_run
 
 
@@ -29,6 +28,14 @@ def parse_arguments(argv):
     )
     parser.add_argument("--commit_message", default=None, help="Default: 'Upload VTLM run <folder name>'.")
     parser.add_argument(
+        "--vit_repo_id",
+        "--hub_vit_model_id",
+        dest="vit_repo_id",
+        default=None,
+        help="Also publish the run's exact export to transformers' built-in ViT (and ONNX) to this `user/name`, "
+        "for serving without custom code; the two cards link to each other.",
+    )
+    parser.add_argument(
         "--hub_token",
         default=None,
         help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a flag shows in the process list.",
@@ -38,7 +45,7 @@ def parse_arguments(argv):
 
 def main(argv=None):
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     commit = publish_run(
         args.output_dir,
         repo_id=args.repo_id,
@@ -46,6 +53,7 @@ def main(argv=None):
         private=args.private,
         revision=args.revision,
         commit_message=args.commit_message,
+        vit_repo_id=args.vit_repo_id,
     )
     print(commit.commit_url)
 

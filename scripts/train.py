@@ -18,6 +18,7 @@ from modeling import build_image_processor
 from training.build import build_augmentation, build_config, build_model, build_trainer, parse_arguments
 from training.cli import run_cli, setup_logging
 from training.data import load_image_datasets
+from training.export import check_vit_exportable
 from training.hub import check_repo_id, publish_run
 from training.model_card import save_example_images, write_model_card
 from training.run_info import (
@@ -44,6 +45,8 @@ def main(argv=None):
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     if push_to_hub:
         check_repo_id(training_args.hub_model_id)  # now, not after hours of training
+        if training_args.hub_vit_model_id:
+            check_repo_id(training_args.hub_vit_model_id)
 
     # The main process clears the folder first; the others then find what it left.
     with training_args.main_process_first(desc="checking the output folder"):
@@ -61,6 +64,8 @@ def main(argv=None):
         logger.info(f"resuming from {resume_from}")
 
     config = build_config(model_args)
+    if push_to_hub and training_args.hub_vit_model_id:
+        check_vit_exportable(config)  # now, not after hours of training
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)
     # Before the model is built: the Trainer seeds only in its __init__, after the weights are drawn.
@@ -105,6 +110,7 @@ def main(argv=None):
                 token=hub_token,
                 private=training_args.hub_private_repo,
                 revision=training_args.hub_revision,
+                vit_repo_id=training_args.hub_vit_model_id,
             )
 
 

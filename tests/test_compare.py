@@ -8,20 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, load_script
 from datasets import ClassLabel, Features, Image, load_dataset
 
 from modeling import VTLMConfig, VTLMForImageClassification
+from training.build import parse_arguments
 from training.data import DataArguments, load_image_datasets
 from training.flops import flops_per_image
 from training.metrics import wilson_interval
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-import compare  # noqa: E402
-import train  # noqa: E402
-
-TINY_OVERRIDES = ",".join(f"{key}={value}" for key, value in TINY_CONFIG.items())
+compare = load_script("compare")
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.isdir(compare.FASHION_MNIST_DIR),
     reason=f"Fashion-MNIST is not installed in {compare.FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist",
@@ -118,7 +114,7 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
     assert arm.recipe_flags[6:9] == ["--report_to", "none", "--mixup_alpha"]  # a list is one flag, its items after
     common = ["--num_train_epochs", "2", "--learning_rate", "0.002"]
     arguments = compare.train_arguments(arm, common, tmp_path / "data", tmp_path / "run", seed=7)
-    model_args, data_args, augmentation_args, training_args = train.parse_arguments(arguments)
+    model_args, data_args, augmentation_args, training_args = parse_arguments(arguments)
     assert training_args.learning_rate == 0.002  # --common replaces the recipe's value
     assert training_args.num_train_epochs == 3 and augmentation_args.mixup_alpha == 0.5  # the arm's replace both
     assert not augmentation_args.horizontal_flip  # from the recipe: nothing replaces it

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import class_images, write_hub_dataset
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
 import training.data
-from tests.conftest import class_images, write_hub_dataset
 from training.data import DataArguments, ImageTensorDataset, collate_batch, load_image_datasets
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -112,6 +112,20 @@ def test_vit_export_card_names_its_source_and_the_measured_difference(vit_export
     assert "pipeline_tag: image-classification" in card and "library_name: transformers" in card
 
 
+def test_the_endpoint_handler_serves_the_vit_export_as_the_custom_model(vit_exports):
+    """The handler needs only what `from_pretrained` gives: on the ViT export it answers as on the VTLM run."""
+    from PIL import Image
+
+    from endpoint.handler import EndpointHandler
+
+    _, run, folder, _ = vit_exports["seed"]
+    image = Image.fromarray(class_images([7], image_size=48)[0])
+    answers = [EndpointHandler(str(path))({"inputs": image, "parameters": {"top_k": 3}}) for path in (run, folder)]
+    assert type(EndpointHandler(str(folder)).model) is ViTForImageClassification
+    assert [row["label"] for row in answers[0]] == [row["label"] for row in answers[1]]
+    assert [row["score"] for row in answers[0]] == pytest.approx([row["score"] for row in answers[1]], abs=1e-6)
+
+
 def test_vit_export_gives_the_same_logits_under_transformers_4_57(vit_exports, legacy_transformers, tmp_path):
     folders, expected = [], []
     for name, (model, _, folder, _) in vit_exports.items():

@@ -245,3 +245,20 @@ def test_saving_examples_replaces_the_earlier_ones(run_dir):
     assert [widget["src"] for widget in metadata["widget"]] == ["examples/00-apple_tree_1.png"]
     with pytest.raises(ValueError, match="2 images but 1 labels"):
         save_example_images(run_dir, [Image.new("RGB", (32, 32))] * 2, ["apple"])
+
+
+def test_the_usage_section_shows_the_three_ways_in(run_dir):
+    usage = section(card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny")), "Usage")
+    assert 'from_pretrained("someone/vtlm-tiny", trust_remote_code=True)' in usage
+    assert "python scripts/export.py\nsomeone/vtlm-tiny --format vit,onnx" in usage  # exportable, not yet published
+
+    usage = section(
+        card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny", vit_repo_id="someone/v-vit")), "Usage"
+    )
+    assert 'pipeline("image-classification", model="someone/v-vit")  # no trust_remote_code' in usage
+    assert 'onnxruntime.InferenceSession(hf_hub_download("someone/v-vit", "onnx/model.onnx"))' in usage
+
+    edit_json(run_dir / "config.json", pooling="mean")
+    usage = section(card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny")), "Usage")
+    assert "Transformers' built-in ViT cannot express this model" in usage and "pooling='mean'" in usage
+    assert "--format onnx --output_dir DIR" in usage

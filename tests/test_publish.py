@@ -1,5 +1,6 @@
 """Publishing a run folder, against a fake Hub that records every uploaded byte (no network)."""
 
+import json
 import logging
 import pickle
 import secrets
@@ -277,3 +278,32 @@ def test_publish_fails_fast_and_changes_nothing_without_token_or_network(hub, ru
         publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
     assert hub.commits == [] and hub.repos == {}
+
+
+def test_the_vit_export_is_published_beside_the_custom_code_and_the_cards_link_each_other(hub, run_dir, token):
+    pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
+    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token, vit_repo_id="someone/vtlm-tiny-vit")
+
+    assert set(hub.repos) == {"someone/vtlm-tiny", "someone/vtlm-tiny-vit"}
+    main, vit = hub.files[("someone/vtlm-tiny", "main")], hub.files[("someone/vtlm-tiny-vit", "main")]
+    assert set(vit) == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} | {
+        "onnx/model.onnx",
+        "handler.py",
+        "requirements.txt",
+    }
+    assert json.loads(vit["config.json"])["model_type"] == "vit"  # the built-in class: no code file to run
+    assert "[`someone/vtlm-tiny`](https://huggingface.co/someone/vtlm-tiny)" in vit["README.md"].decode()
+    readme = main["README.md"].decode()
+    assert 'pipeline("image-classification", model="someone/vtlm-tiny-vit")  # no trust_remote_code' in readme
+    assert 'hf_hub_download("someone/vtlm-tiny-vit", "onnx/model.onnx")' in readme
+    assert not [path for files in (main, vit) for path, data in files.items() if token.encode() in data]
+
+
+def test_a_model_the_vit_cannot_express_is_refused_before_anything_is_published(hub, tmp_path, token):
+    run_dir = make_run_folder(tmp_path / "conv-run")
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "pooling": "mean"}))
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match="pooling='mean'"):
+        publish_run(run_dir, repo_id="someone/vtlm-mean", token=token, vit_repo_id="someone/vtlm-mean-vit")
+    assert hub.repos == {} and {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before

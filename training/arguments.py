@@ -44,6 +44,13 @@ class VTLMTrainingArguments(TrainingArguments):
     """
 
     output_dir: str = field(default="runs/vtlm-37m-cifar100", metadata={"help": "Where checkpoints and results go."})
+    hub_vit_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --push_to_hub: also publish the run's exact export to transformers' built-in ViT (and "
+            "ONNX) to this `user/name`, for serving without custom code."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={

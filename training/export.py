@@ -244,8 +244,10 @@ def check_images(config, batch_size=CHECK_BATCH_SIZE) -> torch.Tensor:
     return torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, generator=generator)
 
 
-def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_output_dir=False) -> dict:
+def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_output_dir=False, source=None) -> dict:
     """Export a VTLM model into `output_dir` in each of `formats` and return the measured max logit differences.
+
+    The card names the source as `source` (a Hub id or folder, default `model_name_or_path`) would be named.
 
     `"vit"` writes a folder for the built-in `ViTForImageClassification` (config.json, model.safetensors); `"onnx"`
     writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model (with its config.json,
@@ -296,7 +298,8 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
             export_onnx(exported, staging / ONNX_FILE)
             differences["onnx"] = _check(onnx_logits(onnx_session(staging / ONNX_FILE), images), expected, "onnx")
         shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
-        render_export_card(source_reference(model_name_or_path), differences, len(images)).save(staging / "README.md")
+        card = render_export_card(source_reference(source or model_name_or_path), differences, len(images))
+        card.save(staging / "README.md")
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)

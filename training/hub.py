@@ -5,15 +5,19 @@ What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and ch
 `checkpoint-*/` holds optimizer and RNG state that no user of the model needs.
 """
 
+import importlib.util
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
+from transformers import AutoConfig
 
 from training.data import hub_unreachable_reason
+from training.export import check_vit_exportable, export_model
 from training.model_card import is_generated_card, write_model_card
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ def publish_run(
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
+    vit_repo_id: str | None = None,
 ) -> CommitInfo:
     """Upload the run folder `output_dir` to the model repository `repo_id` (`namespace/name`).
 
@@ -58,12 +63,20 @@ def publish_run(
     repository keeps its visibility. `token` defaults to huggingface_hub's usual lookup (`HF_TOKEN`, then
     `hf auth login`). Publishing the same folder again uploads the same bytes, so the Hub skips it as unchanged.
     Refuses to upload (and raises `RuntimeError`) when any selected file contains the token.
+
+    With `vit_repo_id`, the run is also exported exactly to transformers' built-in ViT (and to ONNX, with the
+    `export` extra installed) and published there, for users and services that run no custom code; each card links
+    to the other. The custom-code repository stays the primary one.
     """
     check_repo_id(repo_id)
+    if vit_repo_id is not None:
+        check_repo_id(vit_repo_id)
     output_dir = Path(output_dir)
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
+    if vit_repo_id is not None:  # a config the built-in ViT cannot express is refused before anything changes
+        check_vit_exportable(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
     api = HfApi(token=token)
     check_hub_access(api)  # before the folder is touched: a failed publish changes nothing
 
@@ -71,7 +84,7 @@ def publish_run(
     if readme.is_file() and not is_generated_card(readme):
         logger.info("Keeping the hand-written %s", readme)
     else:
-        write_model_card(output_dir, repo_id=repo_id, revision=revision)
+        write_model_card(output_dir, repo_id=repo_id, revision=revision, vit_repo_id=vit_repo_id)
     for name in ENDPOINT_FILES:
         target = output_dir / name
         if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
@@ -95,6 +108,37 @@ def publish_run(
         delete_patterns=MIRRORED_PATTERNS,
     )
     logger.info("Published %s", commit.commit_url)
+    if vit_repo_id is not None:
+        publish_vit_export(api, output_dir, repo_id, vit_repo_id, token, private, revision)
+    return commit
+
+
+def publish_vit_export(api, output_dir, repo_id, vit_repo_id, token, private, revision):
+    """Export `output_dir` to the built-in ViT (and ONNX when its packages are installed) and upload it, with the
+    endpoint handler, to `vit_repo_id`; its card names `repo_id` as the source."""
+    formats = ("vit", "onnx") if importlib.util.find_spec("onnxruntime") else ("vit",)
+    if "onnx" not in formats:
+        logger.warning(
+            "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", vit_repo_id
+        )
+    with tempfile.TemporaryDirectory() as workdir:
+        export_dir = Path(workdir) / "vit"
+        export_model(output_dir, export_dir, formats, source=repo_id)
+        for name in ENDPOINT_FILES:
+            shutil.copyfile(ENDPOINT_DIR / name, export_dir / name)
+        files = sorted(path.relative_to(export_dir).as_posix() for path in export_dir.rglob("*") if path.is_file())
+        _refuse_files_with_token(export_dir, files, token or get_token())
+        api.create_repo(vit_repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and revision != "main":
+            api.create_branch(vit_repo_id, branch=revision, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=vit_repo_id,
+            folder_path=export_dir,
+            repo_type="model",
+            revision=revision,
+            commit_message=f"Exact export of {repo_id} to transformers' built-in ViT",
+        )
+    logger.info("Published the ViT export %s", commit.commit_url)
     return commit
 
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from PIL import Image
 
+from training.export import check_vit_exportable
 from training.flops import flops_per_image
 
 logger = logging.getLogger(__name__)
@@ -72,21 +73,22 @@ def is_generated_card(readme_path) -> bool:
     return GENERATED_MARKER in Path(readme_path).read_text(encoding="utf-8")
 
 
-def write_model_card(output_dir, repo_id=None, revision=None) -> Path:
+def write_model_card(output_dir, repo_id=None, revision=None, vit_repo_id=None) -> Path:
     """Render `README.md` and `training_curves.png` in the run folder `output_dir`; return the README's path.
 
     `repo_id` names the Hub repository in the usage examples and the widget's image links (relative links
-    without it); `revision` is the branch those links point at. Files are only rewritten when their content
-    changes, so rendering the same folder twice changes nothing.
+    without it); `revision` is the branch those links point at; `vit_repo_id` names the repository of its export to
+    the built-in ViT, if one is published. Files are only rewritten when their content changes, so rendering the
+    same folder twice changes nothing.
     """
     output_dir = Path(output_dir)
-    card = render_model_card(output_dir, repo_id=repo_id, revision=revision)
+    card = render_model_card(output_dir, repo_id=repo_id, revision=revision, vit_repo_id=vit_repo_id)
     readme = output_dir / "README.md"
     _write_if_changed(readme, str(card).encode("utf-8"))
     return readme
 
 
-def render_model_card(output_dir, repo_id=None, revision=None) -> ModelCard:
+def render_model_card(output_dir, repo_id=None, revision=None, vit_repo_id=None) -> ModelCard:
     """The card of the run folder `output_dir` (and its curves PNG, written there); see `write_model_card`."""
     from transformers import pipeline
 
@@ -128,6 +130,8 @@ def render_model_card(output_dir, repo_id=None, revision=None) -> ModelCard:
         template_path=str(CARD_TEMPLATE),
         model_name=model_name,
         model_id=repo_id or model_name,
+        vit_repo_id=vit_repo_id,
+        vit_refusal=_vit_refusal(config),
         smoke_run=smoke_reason is not None,
         smoke_reason=smoke_reason,
         dataset=dataset,
@@ -279,6 +283,15 @@ def _smoke_reason(run_info: dict) -> str | None:
         if (name.startswith("max_") and value not in (None, "None", -1)) or (name == "num_train_epochs" and value < 1)
     ]
     return f"`run_info.json` marks this run as cut short ({', '.join(details) or 'a smoke run'})."
+
+
+def _vit_refusal(config) -> str | None:
+    """Why transformers' built-in ViT cannot express this model, or None when it can (an exact export exists)."""
+    try:
+        check_vit_exportable(config)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def _dataset_link(dataset: dict) -> str:
