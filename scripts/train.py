@@ -9,6 +9,7 @@ The best epoch is selected on a validation split held out from train; the test s
 """
 
 import logging
+import os
 import sys
 
 import transformers
@@ -87,6 +88,9 @@ def main(argv=None):
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()  # the epoch selected on validation, with its code files and preprocessor_config.json
     trainer.save_metrics("train", train_result.metrics)
+    # The state is published: name the selected checkpoint without this machine's path to it.
+    if trainer.state.best_model_checkpoint:
+        trainer.state.best_model_checkpoint = os.path.basename(trainer.state.best_model_checkpoint)
     trainer.save_state()
     trainer.save_metrics("eval", trainer.evaluate())
     # The test split is seen once, by the selected model.

@@ -384,3 +384,12 @@ def test_tensor_dataset_rejects_what_is_not_uint8_images():
         ImageTensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="and 3 labels"):
         ImageTensorDataset(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+
+
+def test_a_name_that_is_neither_a_folder_nor_found_on_the_hub_says_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConnectionError, match="There is no folder .*my_images' either") as error:
+        load("my_images")  # a mistyped local folder, taken for a Hub id (offline here)
+    assert "hf download" not in str(error.value)  # not a `namespace/name` id: nothing to download
+    with pytest.raises(ConnectionError, match="hf download someone/images --repo-type dataset"):
+        load("someone/images")

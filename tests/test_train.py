@@ -180,7 +180,8 @@ def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_data
     assert {result.dataset_split for result in card.data.eval_results} == {"train", "test"}
     text = readme.read_text()
     assert "CIFAR" not in text and "Smoke run" not in text and "seed model" not in text
-    assert str(tmp_path) not in text and str(tmp_path) not in (tmp_path / "run" / "run_info.json").read_text()
+    for published in ("README.md", "run_info.json", "trainer_state.json"):
+        assert str(tmp_path) not in (tmp_path / "run" / published).read_text(), published
     assert "(4 images per class)" in text
 
 

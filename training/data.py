@@ -257,11 +257,16 @@ def hub_unreachable_reason():
 
 
 def _unavailable_message(name, reason):
-    return (
-        f"could not load dataset {name!r}: {reason}. To train on a local copy in the same schema, pass "
-        "`--dataset_name /path/to/copy`, a folder that `load_dataset` reads; make one where the Hub is reachable with "
-        f"`hf download {name} --repo-type dataset --local-dir /path/to/copy`."
-    )
+    message = f"could not load dataset {name!r}: {reason}."
+    if not os.path.exists(name):  # it was taken for a Hub id: say so, for a mistyped local folder
+        message += f" There is no folder {os.path.abspath(name)!r} either."
+    message += " To train on a local copy in the same schema, pass `--dataset_name /path/to/copy`, a folder that "
+    if name.count("/") == 1:  # a Hub id, `namespace/name`: it can be downloaded where the Hub is reachable
+        return message + (
+            "`load_dataset` reads; make one where the Hub is reachable with "
+            f"`hf download {name} --repo-type dataset --local-dir /path/to/copy`."
+        )
+    return message + "`load_dataset` reads."
 
 
 def _check_splits(raw, data_args):
