@@ -186,7 +186,8 @@ def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_data
 
 
 @pytest.mark.slow  # a script in a fresh interpreter
-def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path):
+@pytest.mark.parametrize("preset", ["vtlm-37m", "vtlm-cct-7-3x1"])  # the seed's layout, and a conv-tokenizer one
+def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path, preset):
     """Real 2-process DDP (gloo): one output_dir, loss not scaled by world size, every validation image seen once."""
     output_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -200,6 +201,7 @@ def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path):
     ]
     launch += ["--mixed_precision=no", "--dynamo_backend=no", TRAIN]
     args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
+    args += [f"--model_preset={preset}"]
     run = subprocess.run(
         launch + args + TINY_RUN + [f"--output_dir={output_dir}", "--logging_steps=1"],
         env=env,
