@@ -93,15 +93,13 @@ def publish_run(
     files = select_upload_files(output_dir)
     _refuse_files_with_token(output_dir, files, token or get_token())
 
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     logger.info("Uploading %d files from %s to %s (revision %s)", len(files), output_dir, repo_id, revision or "main")
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=output_dir,
-        repo_type="model",
-        revision=revision,
+    commit = _upload_folder(
+        api,
+        repo_id,
+        output_dir,
+        private,
+        revision,
         commit_message=commit_message or f"Upload VTLM run {output_dir.resolve().name}",
         allow_patterns=UPLOAD_PATTERNS,
         ignore_patterns=NEVER_UPLOAD,
@@ -128,14 +126,12 @@ def publish_vit_export(api, output_dir, repo_id, vit_repo_id, token, private, re
             shutil.copyfile(ENDPOINT_DIR / name, export_dir / name)
         files = sorted(path.relative_to(export_dir).as_posix() for path in export_dir.rglob("*") if path.is_file())
         _refuse_files_with_token(export_dir, files, token or get_token())
-        api.create_repo(vit_repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision is not None and revision != "main":
-            api.create_branch(vit_repo_id, branch=revision, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            repo_id=vit_repo_id,
-            folder_path=export_dir,
-            repo_type="model",
-            revision=revision,
+        commit = _upload_folder(
+            api,
+            vit_repo_id,
+            export_dir,
+            private,
+            revision,
             commit_message=f"Exact export of {repo_id} to transformers' built-in ViT",
         )
     logger.info("Published the ViT export %s", commit.commit_url)
@@ -170,6 +166,17 @@ def select_upload_files(output_dir) -> list[str]:
     output_dir = Path(output_dir)
     paths = sorted(path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file())
     return list(filter_repo_objects(paths, allow_patterns=UPLOAD_PATTERNS, ignore_patterns=NEVER_UPLOAD))
+
+
+def _upload_folder(api, repo_id, folder, private, revision, **upload_options) -> CommitInfo:
+    """Create the model repository `repo_id` (private if `private`, when new) and the branch `revision` when
+    missing, then upload `folder` there in one commit."""
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision, **upload_options
+    )
 
 
 def _refuse_files_with_token(output_dir: Path, files: list[str], token: str | None):
