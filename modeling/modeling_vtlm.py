@@ -219,7 +219,11 @@ class VTLMEncoder(nn.Module):
 
 
 class VTLMSequencePooling(nn.Module):
-    """CCT's sequence pooling: a learned score per token, softmax over the tokens, and the weighted sum of tokens."""
+    """CCT's sequence pooling: a learned score per token, softmax over the tokens, and the weighted sum of tokens.
+
+    The score's bias is CCT's own (its parameter count includes it) but changes nothing: the softmax ignores a shift
+    shared by every token, so its gradient is zero.
+    """
 
     def __init__(self, config: VTLMConfig):
         super().__init__()
