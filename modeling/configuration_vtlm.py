@@ -4,7 +4,6 @@ try:
     from transformers import PreTrainedConfig
 except ImportError:  # transformers 4.x spells it PretrainedConfig
     from transformers import PretrainedConfig as PreTrainedConfig
-from transformers.activations import ACT2FN
 
 # CIFAR-100's fine labels in the Hub's index order. The Hub spells index 26 "cra"; we publish "crab".
 CIFAR100_LABELS = (
@@ -212,6 +211,10 @@ class VTLMConfig(PreTrainedConfig):
             raise ValueError(f"conv_kernel_size must be odd, to keep the image side, got {self.conv_kernel_size!r}")
         if self.pooling == "cls" and not self.use_cls_token:
             raise ValueError(f"use_cls_token is {self.use_cls_token!r}, but pooling 'cls' reads the CLS token")
+        # Imported here: transformers.activations pulls in its kernel hub (about a second), which reading the
+        # presets (`scripts/train.py --help`) does not need.
+        from transformers.activations import ACT2FN
+
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act must be one of transformers' activations, got {self.hidden_act!r}")
 

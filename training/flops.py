@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification
 
-import modeling  # noqa: F401  (registers VTLM with the Auto classes)
+from modeling import VTLMForImageClassification  # noqa: F401  (loading it registers VTLM with the Auto classes)
 
 
 @dataclass(frozen=True)
