@@ -32,11 +32,11 @@ from datasets import ClassLabel, Dataset, Features, Image
 from transformers import HfArgumentParser, PrinterCallback, TrainerCallback, set_seed
 
 from modeling import CIFAR100_LABELS, build_image_processor
-from training.arguments import ModelArguments, VTLMTrainingArguments
+from training.arguments import DataArguments, ModelArguments, VTLMTrainingArguments
 from training.augmentation import AugmentationArguments, augmentation_seed
 from training.build import build_augmentation, build_config, build_model, build_trainer
 from training.cli import setup_logging
-from training.data import DataArguments, load_image_datasets
+from training.data import load_image_datasets
 from training.flops import flops_per_image
 from training.run_info import machine_info
 

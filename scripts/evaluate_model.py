@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
+from training.arguments import DataArguments
 from training.build import build_evaluation_trainer
 from training.cli import run_cli
-from training.data import DataArguments, load_image_datasets
+from training.data import load_image_datasets
 from training.run_info import ARGUMENTS_FILE, dataset_display_name
 
 SPLITS = ("train", "validation", "test")

@@ -12,30 +12,35 @@ import logging
 import os
 import sys
 
-import transformers
-from transformers import set_seed
-
-from modeling import build_image_processor
-from training.build import build_augmentation, build_config, build_model, build_trainer, parse_arguments
-from training.cli import run_cli, setup_logging
-from training.data import load_image_datasets
-from training.export import check_vit_exportable
-from training.hub import check_repo_id, publish_run
-from training.model_card import save_example_images, write_model_card
-from training.run_info import (
-    SaveRunArguments,
-    check_previous_run,
-    clear_previous_run,
-    run_arguments,
-    write_run_info,
-)
-from training.trainer import last_complete_checkpoint
+from training.arguments import parse_arguments
+from training.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    # Imported once the flags parse: `--help` and a mistyped flag answer without loading the model code, datasets and
+    # the Trainer, which take seconds.
+    import transformers
+    from transformers import set_seed
+
+    from modeling import build_image_processor
+    from training.build import build_augmentation, build_config, build_model, build_trainer
+    from training.cli import setup_logging
+    from training.data import load_image_datasets
+    from training.export import check_vit_exportable
+    from training.hub import check_repo_id, publish_run
+    from training.model_card import save_example_images, write_model_card
+    from training.run_info import (
+        SaveRunArguments,
+        check_previous_run,
+        clear_previous_run,
+        run_arguments,
+        write_run_info,
+    )
+    from training.trainer import last_complete_checkpoint
+
     model_args, data_args, augmentation_args, training_args = arguments
     if training_args.should_log:  # as the transformers examples do: the default log level "passive" means info here
         transformers.utils.logging.set_verbosity_info()

@@ -23,13 +23,14 @@ def assert_short_error(process, message):
 
 def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
     process = run_script("train", "--mixup_alhpa", "0.2", f"--output_dir={tmp_path / 'run'}")
-    assert_short_error(process, "error: unknown flag(s): --mixup_alhpa (did you mean --mixup_alpha?)")
+    assert_short_error(process, "error: unknown argument(s): --mixup_alhpa (did you mean --mixup_alpha?) 0.2")
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
         (["--per_device_train_batch_size=0"], "error: --per_device_train_batch_size must be at least 1, got 0"),
+        (["--learning_rate=abc"], "error: argument --learning_rate/--learning-rate: invalid float value: 'abc'"),
         (["--config_overrides=hidden_size=30"], "hidden_size (30) must be divisible by num_attention_heads"),
         (["--dataset_name=./no-such-folder"], "--dataset_name './no-such-folder' looks like a local path"),
         (["--validation_split_size=1.5"], "validation_split_size must be a fraction in (0, 1) or a positive integer"),
@@ -65,3 +66,22 @@ def test_help_lists_the_recipe_flags():
     assert process.returncode == 0
     for flag in ("--model_preset", "--randaugment_prob", "--validation_split_size", "--overwrite_output_dir"):
         assert flag in process.stdout
+    assert "vtlm-37m" in process.stdout and "vtlm-cct-7-3x1" in process.stdout  # the presets, from the config
+
+
+# What takes seconds to import (measured in docs/reliability.md); `--help` and a mistyped flag must not wait for it.
+HEAVY_MODULES = ["modeling.modeling_vtlm", "transformers.modeling_utils", "transformers.trainer", "datasets"]
+
+
+@pytest.mark.parametrize("flags", [["--help"], ["--mixup_alhpa", "0.2"], ["--learning_rate", "abc"]])
+def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load(flags):
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train.py', *{flags!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO_ROOT / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        f"    print('loaded:', [name for name in {HEAVY_MODULES!r} if name in sys.modules], 'exit:', exit.code)\n"
+    )
+    process = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert process.stdout.splitlines()[-1] == f"loaded: [] exit: {0 if flags == ['--help'] else 2}", process.stderr

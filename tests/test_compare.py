@@ -12,8 +12,8 @@ from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, load_script
 from datasets import ClassLabel, Features, Image, load_dataset
 
 from modeling import VTLMConfig, VTLMForImageClassification
-from training.build import parse_arguments
-from training.data import DataArguments, load_image_datasets
+from training.arguments import DataArguments, parse_arguments
+from training.data import load_image_datasets
 from training.flops import flops_per_image
 from training.metrics import wilson_interval
 

@@ -15,7 +15,8 @@ from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
 import training.data
-from training.data import DataArguments, ImageTensorDataset, collate_batch, load_image_datasets
+from training.arguments import DataArguments
+from training.data import ImageTensorDataset, collate_batch, load_image_datasets
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

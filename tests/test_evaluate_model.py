@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_RUN, load_script, save_tiny_model, write_hub_dataset
 
 from modeling import CIFAR100_MEAN, CIFAR100_STD
-from training.data import DataArguments, load_image_datasets
+from training.arguments import DataArguments
+from training.data import load_image_datasets
 
 evaluate_model = load_script("evaluate_model")
 

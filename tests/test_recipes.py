@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from modeling import PRESETS
-from training.build import parse_arguments
+from training.arguments import parse_arguments
 
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 

@@ -14,8 +14,8 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from modeling import CIFAR100_LABELS
-from training.arguments import ModelArguments
-from training.build import build_config, build_model, parse_arguments
+from training.arguments import ModelArguments, parse_arguments
+from training.build import build_config, build_model
 from training.run_info import is_all_of_cifar100
 
 TRAIN = str(REPO_ROOT / "scripts" / "train.py")

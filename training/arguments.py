@@ -1,11 +1,20 @@
-"""Model and training arguments of `scripts/train.py`, with VTLM's recipe as the defaults."""
+"""The arguments of `scripts/train.py`, with VTLM's recipe as the defaults, and their parser.
 
+This module imports only transformers' `TrainingArguments` and the config, so `--help` and a bad flag answer
+before the model code, `datasets` or the Trainer load. `AugmentationArguments` lives with the ops it validates.
+"""
+
+import argparse
+import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from modeling import PRESETS
+
+from .augmentation import AugmentationArguments
+from .cli import suggest_flags
 
 
 @dataclass
@@ -32,6 +41,80 @@ class ModelArguments:
     def __post_init__(self):
         if self.model_preset not in PRESETS:
             raise ValueError(f"--model_preset must be one of {sorted(PRESETS)}, got {self.model_preset!r}")
+
+
+CORRUPT_IMAGE_POLICIES = ("fail", "skip")
+
+
+@dataclass
+class DataArguments:
+    """Which data to train and evaluate on. Names follow transformers' `run_image_classification.py`."""
+
+    dataset_name: str = field(
+        default="uoft-cs/cifar100",
+        metadata={
+            "help": "A Hub dataset id, or a local folder in the same schema (e.g. one made with `hf download "
+            "uoft-cs/cifar100 --repo-type dataset --local-dir DIR`). Both are read by the same `load_dataset` call."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration, if any."})
+    dataset_display_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the model card and its model-index call the dataset. Default: the Hub id, or the local "
+            "folder's name (a path of the training machine is never published)."
+        },
+    )
+    image_column_name: str = field(default="img", metadata={"help": "The column holding the images."})
+    label_column_name: str = field(
+        default="fine_label", metadata={"help": "The ClassLabel column to predict (`label` for uoft-cs/cifar10)."}
+    )
+    coarse_label_column_name: str | None = field(
+        default="coarse_label",
+        metadata={"help": "The superclass column, for superclass accuracy; ignored when the dataset lacks it."},
+    )
+    validation_split_size: float = field(
+        default=0.1,
+        metadata={
+            "help": "Images held out of train, stratified by label, when the dataset has no validation split: a "
+            "fraction of train (below 1; 0.1 is 5,000 of CIFAR-100's 50,000) or a number of images. The split "
+            "depends only on the seed."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many training images (after the validation hold-out)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many images in each of validation and test."}
+    )
+    corrupt_images: str = field(
+        default="fail",
+        metadata={
+            "help": "What to do with an image that cannot be decoded: `fail` raises, naming its split and index; "
+            "`skip` drops it with a warning.",
+            "choices": CORRUPT_IMAGE_POLICIES,
+        },
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes that decode images (once; the result is cached)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` keeps downloads and its cache."})
+
+    def __post_init__(self):
+        if self.corrupt_images not in CORRUPT_IMAGE_POLICIES:
+            raise ValueError(f"corrupt_images must be one of {CORRUPT_IMAGE_POLICIES}, got {self.corrupt_images!r}")
+        for name in ("dataset_name", "image_column_name", "label_column_name"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        size = self.validation_split_size
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not (0 < size < 1 or size == int(size) > 0):
+            raise ValueError(f"validation_split_size must be a fraction in (0, 1) or a positive integer, got {size!r}")
+        for name in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -113,3 +196,25 @@ class VTLMTrainingArguments(TrainingArguments):
         self.fp16 = self.fp16 and not self.bf16 and on_cuda
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
         super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments)
+
+
+def parse_arguments(argv):
+    """`ARGUMENT_CLASSES` from command-line flags, or from a single `.json` or `.yaml` file."""
+    # A bad value raises here, to end as one line (`training.cli.run_cli`), not argparse's 130-line usage.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    # Unknown flags first: HfArgumentParser finds them only after building every dataclass, and building
+    # TrainingArguments loads transformers' integrations (seconds).
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise ValueError(f"{error}; see --help") from None
+    if unknown:
+        raise suggest_flags(unknown, parser)
+    return parser.parse_args_into_dataclasses(argv)

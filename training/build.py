@@ -1,41 +1,22 @@
-"""Everything a script needs to build a run: its arguments, config, model, augmentation and Trainer.
+"""Everything a script needs to build a run from its arguments (`training.arguments`): config, model, augmentation
+and Trainer.
 
 `scripts/train.py`, `scripts/evaluate_model.py`, `scripts/benchmark.py` and the tests all build through these
 functions, so a run is put together one way only.
 """
 
-import os
-
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, TrainingArguments
+from transformers import AutoConfig, AutoModelForImageClassification, TrainingArguments
 
 from modeling import VTLMConfig, VTLMForImageClassification
 
-from .arguments import ModelArguments, VTLMTrainingArguments
-from .augmentation import AugmentationArguments, BatchAugmentation, PixelNormalizer
-from .cli import suggest_flags
-from .data import DataArguments, collate_batch
+from .augmentation import BatchAugmentation, PixelNormalizer
+from .data import collate_batch
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments)
 # Fields of the config that the recipe sets with flags of their own (`ModelArguments`), not --config_overrides.
 RECIPE_CONFIG_FIELDS = ("drop_path_rate", "hidden_dropout_prob")
-
-
-def parse_arguments(argv):
-    """`ARGUMENT_CLASSES` from command-line flags, or from a single `.json` or `.yaml` file."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    try:
-        return parser.parse_args_into_dataclasses(argv)
-    except ValueError as error:
-        if "not used by the HfArgumentParser" in str(error):
-            raise suggest_flags(error, parser) from None
-        raise
 
 
 def build_config(model_args):

@@ -4,10 +4,8 @@ mistakes."""
 import difflib
 import logging
 import os
-import re
 import sys
 
-import datasets
 import transformers
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -15,6 +13,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup_logging(level=logging.INFO):
     """Log at `level` (a `logging` level) from every library a run uses, in one format, each line once."""
+    import datasets  # here, not above: `run_cli` and `suggest_flags` answer `--help` before datasets loads (a second)
+
     logging.basicConfig(format=LOG_FORMAT, level=level)
     logging.getLogger().setLevel(level)
     datasets.utils.logging.set_verbosity(level)
@@ -47,12 +47,12 @@ def run_cli(main, argv=None):
     return 0
 
 
-def suggest_flags(error, parser):
-    """HfArgumentParser's error for unknown flags, with the closest known flag for each."""
-    unknown = re.findall(r"--?[\w-]+", str(error).split(":", 1)[-1])
+def suggest_flags(unknown, parser):
+    """The error for the arguments `parser` does not know (`unknown`, from `parse_known_args`), with the closest known
+    flag for each."""
     known = [option for action in parser._actions for option in action.option_strings]
     hints = []
-    for flag in unknown:
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
-    return ValueError(f"unknown flag(s): {', '.join(hints)}; see --help")
+    for argument in unknown:
+        close = difflib.get_close_matches(argument, known, n=1, cutoff=0.6) if argument.startswith("-") else []
+        hints.append(f"{argument} (did you mean {close[0]}?)" if close else argument)
+    return ValueError(f"unknown argument(s): {' '.join(hints)}; see --help")

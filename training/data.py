@@ -12,7 +12,7 @@ import os
 import socket
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -26,82 +26,10 @@ from endpoint.handler import to_rgb
 
 logger = logging.getLogger(__name__)
 
-CORRUPT_IMAGE_POLICIES = ("fail", "skip")
 # The Hub's CIFAR-100 spells label 26 "cra"; checkpoints publish the real word.
 LABEL_NAME_FIXES = {"cra": "crab"}
 # Long enough for a slow but working connection, short enough that a machine with no route fails within seconds.
 HUB_CHECK_TIMEOUT_S = 3.0
-
-
-@dataclass
-class DataArguments:
-    """Which data to train and evaluate on. Names follow transformers' `run_image_classification.py`."""
-
-    dataset_name: str = field(
-        default="uoft-cs/cifar100",
-        metadata={
-            "help": "A Hub dataset id, or a local folder in the same schema (e.g. one made with `hf download "
-            "uoft-cs/cifar100 --repo-type dataset --local-dir DIR`). Both are read by the same `load_dataset` call."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration, if any."})
-    dataset_display_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "What the model card and its model-index call the dataset. Default: the Hub id, or the local "
-            "folder's name (a path of the training machine is never published)."
-        },
-    )
-    image_column_name: str = field(default="img", metadata={"help": "The column holding the images."})
-    label_column_name: str = field(
-        default="fine_label", metadata={"help": "The ClassLabel column to predict (`label` for uoft-cs/cifar10)."}
-    )
-    coarse_label_column_name: str | None = field(
-        default="coarse_label",
-        metadata={"help": "The superclass column, for superclass accuracy; ignored when the dataset lacks it."},
-    )
-    validation_split_size: float = field(
-        default=0.1,
-        metadata={
-            "help": "Images held out of train, stratified by label, when the dataset has no validation split: a "
-            "fraction of train (below 1; 0.1 is 5,000 of CIFAR-100's 50,000) or a number of images. The split "
-            "depends only on the seed."
-        },
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only this many training images (after the validation hold-out)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only this many images in each of validation and test."}
-    )
-    corrupt_images: str = field(
-        default="fail",
-        metadata={
-            "help": "What to do with an image that cannot be decoded: `fail` raises, naming its split and index; "
-            "`skip` drops it with a warning.",
-            "choices": CORRUPT_IMAGE_POLICIES,
-        },
-    )
-    preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes that decode images (once; the result is cached)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` keeps downloads and its cache."})
-
-    def __post_init__(self):
-        if self.corrupt_images not in CORRUPT_IMAGE_POLICIES:
-            raise ValueError(f"corrupt_images must be one of {CORRUPT_IMAGE_POLICIES}, got {self.corrupt_images!r}")
-        for name in ("dataset_name", "image_column_name", "label_column_name"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        size = self.validation_split_size
-        if isinstance(size, bool) or not isinstance(size, (int, float)) or not (0 < size < 1 or size == int(size) > 0):
-            raise ValueError(f"validation_split_size must be a fraction in (0, 1) or a positive integer, got {size!r}")
-        for name in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
