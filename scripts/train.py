@@ -102,10 +102,6 @@ def main(argv=None):
     test_metrics = trainer.evaluate(data.tensors("test"), metric_key_prefix="test")
     trainer.save_metrics("test", test_metrics)
     trainer.log_metrics("test", test_metrics)
-    logger.info(
-        f"test top-1 {test_metrics['test_accuracy']:.2%} (95% interval {test_metrics['test_accuracy_ci_low']:.2%}-"
-        f"{test_metrics['test_accuracy_ci_high']:.2%}) on {test_metrics['test_num_images']:,} images"
-    )
 
     if trainer.is_world_process_zero():
         write_run_info(training_args.output_dir, arguments, model.config, data)
@@ -121,6 +117,10 @@ def main(argv=None):
                 revision=training_args.hub_revision,
                 vit_repo_id=training_args.hub_vit_model_id,
             )
+    logger.info(  # the last line of the run's log
+        f"test top-1 {test_metrics['test_accuracy']:.2%} (95% interval {test_metrics['test_accuracy_ci_low']:.2%}-"
+        f"{test_metrics['test_accuracy_ci_high']:.2%}) on {test_metrics['test_num_images']:,} images"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """A new user's mistakes end with a short message and a non-zero exit, before any work, and with no traceback."""
 
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from conftest import REPO_ROOT, TINY_RUN
@@ -59,6 +61,20 @@ def test_publishing_without_a_token_fails_before_touching_the_folder(tmp_path):
     process = run_script("push_to_hub", "--output_dir", run_dir, "--repo_id", "someone/vtlm", env=env)
     assert_short_error(process, "error: no Hub token: set HF_TOKEN")
     assert sorted(path.name for path in run_dir.iterdir()) == before  # no handler.py copied, no card rewritten
+
+
+def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path):
+    flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=1", *TINY_RUN]
+    process = run_script("train", *flags, f"--output_dir={tmp_path / 'run'}")
+    assert process.returncode == 0, process.stderr[-4000:]
+    log = process.stderr
+    assert "test top-1" in [line for line in log.splitlines() if line.strip()][-1], log[-4000:]
+    assert '"id2label"' not in log  # the 100-label config
+    assert '"image_mean"' not in log  # the image processor's, printed when the card loads the run back
+    assert "requires torchvision" not in log
+    # Each `datasets` message once: not also through the root logger, which prefixes its time, level and logger name.
+    messages = Counter(re.sub(r"^\S+ \S+ \w+ [\w.]+: ", "", line) for line in log.splitlines() if "dataset" in line)
+    assert [message for message, count in messages.items() if count > 1] == []
 
 
 def test_help_lists_the_recipe_flags():

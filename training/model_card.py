@@ -91,6 +91,7 @@ def write_model_card(output_dir, repo_id=None, revision=None, vit_repo_id=None) 
 def render_model_card(output_dir, repo_id=None, revision=None, vit_repo_id=None) -> ModelCard:
     """The card of the run folder `output_dir` (and its curves PNG, written there); see `write_model_card`."""
     from transformers import pipeline
+    from transformers.utils import logging as transformers_logging
 
     output_dir = Path(output_dir)
     results = _read_json(output_dir / "all_results.json")
@@ -100,7 +101,14 @@ def render_model_card(output_dir, repo_id=None, revision=None, vit_repo_id=None)
     smoke_reason = _smoke_reason(run_info)
     model_name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
 
-    classifier = pipeline("image-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
+    # Loading the run back for the example predictions logs some 30 lines at info level (files read, the processor's
+    # settings) that would bury a run's results, which end its log.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
+    try:
+        classifier = pipeline("image-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     config = classifier.model.config
     flops = flops_per_image(config)
     examples = _predict_examples(classifier, output_dir, repo_id, revision)
