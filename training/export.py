@@ -113,18 +113,23 @@ def seed_defaults(config_class) -> dict:
     return defaults
 
 
-def check_vit_exportable(config):
-    """Raise an `ExportError` naming every field whose value the built-in ViT cannot express.
+def vit_refusals(config) -> list[str]:
+    """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
 
     The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
     seed's value, until it is mapped here.
     """
     expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS)
-    refused = [
+    return [
         f"{name}={getattr(config, name)!r} (exportable only at the seed's {default!r})"
         for name, default in seed_defaults(type(config)).items()
         if name not in expressible and _plain(getattr(config, name)) != _plain(default)
     ]
+
+
+def check_vit_exportable(config):
+    """Raise an `ExportError` naming every field whose value the built-in ViT cannot express (`vit_refusals`)."""
+    refused = vit_refusals(config)
     if refused:
         raise ExportError(
             f"transformers' built-in ViT cannot express {', '.join(refused)}; --format onnx exports any VTLM model"

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from PIL import Image
 
-from training.export import check_vit_exportable
+from training.export import vit_refusals
 from training.flops import flops_per_image
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def render_model_card(output_dir, repo_id=None, revision=None, vit_repo_id=None)
         model_name=model_name,
         model_id=repo_id or model_name,
         vit_repo_id=vit_repo_id,
-        vit_refusal=_vit_refusal(config),
+        vit_refusals=vit_refusals(config),
         smoke_run=smoke_reason is not None,
         smoke_reason=smoke_reason,
         dataset=dataset,
@@ -291,15 +291,6 @@ def _smoke_reason(run_info: dict) -> str | None:
         if (name.startswith("max_") and value not in (None, "None", -1)) or (name == "num_train_epochs" and value < 1)
     ]
     return f"`run_info.json` marks this run as cut short ({', '.join(details) or 'a smoke run'})."
-
-
-def _vit_refusal(config) -> str | None:
-    """Why transformers' built-in ViT cannot express this model, or None when it can (an exact export exists)."""
-    try:
-        check_vit_exportable(config)
-    except ValueError as error:
-        return str(error)
-    return None
 
 
 def _dataset_link(dataset: dict) -> str:
