@@ -25,6 +25,7 @@ from training.arguments import DataArguments
 from training.build import build_evaluation_trainer
 from training.cli import run_cli
 from training.data import load_image_datasets
+from training.metrics import describe_accuracy
 from training.run_info import ARGUMENTS_FILE, dataset_display_name
 
 SPLITS = ("train", "validation", "test")
@@ -110,7 +111,7 @@ def main(argv=None):
     path = os.path.join(output_dir, f"{split}_results.json")
     with open(path, "w") as file:
         json.dump({**report, "seed": seed, **metrics}, file, indent=2)
-    print(f"{model_name}, {report['dataset']} {split} split: top-1 {metrics[f'{split}_accuracy']:.2%}; wrote {path}")
+    print(f"{model_name}, {report['dataset']} {split} split: {describe_accuracy(metrics, split)}; wrote {path}")
     return metrics
 
 

@@ -31,6 +31,7 @@ def main(argv=None):
     from training.data import load_image_datasets
     from training.export import check_vit_exportable
     from training.hub import check_repo_id, publish_run
+    from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
     from training.run_info import (
         SaveRunArguments,
@@ -117,10 +118,7 @@ def main(argv=None):
                 revision=training_args.hub_revision,
                 vit_repo_id=training_args.hub_vit_model_id,
             )
-    logger.info(  # the last line of the run's log
-        f"test top-1 {test_metrics['test_accuracy']:.2%} (95% interval {test_metrics['test_accuracy_ci_low']:.2%}-"
-        f"{test_metrics['test_accuracy_ci_high']:.2%}) on {test_metrics['test_num_images']:,} images"
-    )
+    logger.info(f"test {describe_accuracy(test_metrics, 'test')}")  # the last line of the run's log
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""A new user's mistakes end with a short message and a non-zero exit, before any work, and with no traceback."""
+"""What a new user sees: a mistake ends with a short message and a non-zero exit, before any work, with no traceback;
+`--help` answers at once; a run's log is readable and ends with its results."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,6 +10,8 @@ from collections import Counter
 
 import pytest
 from conftest import REPO_ROOT, TINY_RUN
+
+from training.metrics import describe_accuracy
 
 pytestmark = pytest.mark.slow  # each test starts the scripts in a fresh interpreter
 
@@ -68,7 +72,9 @@ def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path)
     process = run_script("train", *flags, f"--output_dir={tmp_path / 'run'}")
     assert process.returncode == 0, process.stderr[-4000:]
     log = process.stderr
-    assert "test top-1" in [line for line in log.splitlines() if line.strip()][-1], log[-4000:]
+    results = json.loads((tmp_path / "run" / "test_results.json").read_text())
+    last_line = [line for line in log.splitlines() if line.strip()][-1]
+    assert last_line.endswith(f"test {describe_accuracy(results, 'test')}"), log[-4000:]
     assert '"id2label"' not in log  # the 100-label config
     assert '"image_mean"' not in log  # the image processor's, printed when the card loads the run back
     assert "requires torchvision" not in log

@@ -83,7 +83,10 @@ def test_a_run_folder_is_scored_on_its_own_data_with_no_flags(trained_run, tmp_p
     )
     assert (written["model"], written["split"], written["seed"]) == (str(trained_run), "test", 7)
     assert "epoch" not in written and "test_accuracy_ci_low" in written
-    assert "test split: top-1" in capsys.readouterr().out
+    low, high = (f"{written[f'test_accuracy_ci_{end}']:.2%}" for end in ("low", "high"))
+    assert f"test split: top-1 {written['test_accuracy']:.2%} (95% interval {low}-{high}) on 200 images" in (
+        capsys.readouterr().out
+    )
 
     validation = evaluate_model.main([str(trained_run), "--split=validation"])
     assert validation["validation_num_images"] == 100  # the run's own hold-out, seed 7, no flag retyped

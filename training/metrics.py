@@ -45,6 +45,13 @@ def build_compute_metrics(fine_to_coarse=None):
     return compute_metrics
 
 
+def describe_accuracy(metrics: dict, prefix: str) -> str:
+    """`top-1 P% (95% interval L%-H%) on N images`, from the `compute_metrics` results of the split `prefix`."""
+    low, high = metrics[f"{prefix}_accuracy_ci_low"], metrics[f"{prefix}_accuracy_ci_high"]
+    accuracy, num_images = metrics[f"{prefix}_accuracy"], metrics[f"{prefix}_num_images"]
+    return f"top-1 {accuracy:.2%} (95% interval {low:.2%}-{high:.2%}) on {num_images:,} images"
+
+
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """The Wilson score interval for a binomial proportion: `correct` successes out of `total` trials.
 
