@@ -13,7 +13,7 @@ import os
 import sys
 
 from training.arguments import parse_arguments
-from training.cli import run_cli
+from training.cli import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ def main(argv=None):
 
     from modeling import build_image_processor
     from training.build import build_augmentation, build_config, build_model, build_trainer
-    from training.cli import setup_logging
     from training.data import load_image_datasets
     from training.export import check_vit_exportable
     from training.hub import check_repo_id, publish_run
