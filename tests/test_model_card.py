@@ -49,6 +49,13 @@ def table_row(text, first_cells):
     return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 
+def assert_tables_end_with_a_blank_line(text):
+    """In GitHub-flavoured Markdown, as the Hub renders it, a line right after a table is one more row of it."""
+    lines = text.splitlines()
+    after_tables = [lines[i + 1] for i in range(len(lines) - 1) if lines[i].startswith("|")]
+    assert [line for line in after_tables if line and not line.startswith("|")] == []
+
+
 # The card
 
 
@@ -82,6 +89,7 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
     assert table_row(body, "patch_embedding_type")[1] == model.config.patch_embedding_type
     assert table_row(body, "pooling")[1] == model.config.pooling
     assert table_row(body, "tokens per image")[1] == str(model.config.num_patches + 1)  # 64 patches and the CLS token
+    assert_tables_end_with_a_blank_line(body)
 
     run_info = json.loads((run_dir / "run_info.json").read_text())
     recipe = section(body, "Training recipe")
@@ -214,6 +222,7 @@ def test_a_complete_run_on_another_dataset_is_a_real_run_on_that_dataset(run_dir
     assert "CIFAR" not in body.replace("CIFAR-sized", "") and "seed model" not in body
     assert "[someone/flowers-32px](https://huggingface.co/datasets/someone/flowers-32px)" in body
     assert "(9 to 11 images per class)" in body
+    assert_tables_end_with_a_blank_line(body)  # no seed row, so the table ends at this run's rows
 
 
 def test_a_run_without_run_info_or_its_smoke_flag_is_not_presented_as_a_full_run(run_dir):
