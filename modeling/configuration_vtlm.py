@@ -243,6 +243,18 @@ class VTLMConfig(PreTrainedConfig):
         return side**2
 
     @property
+    def unused_fields(self):
+        """The fields this architecture does not read: the other tokenizer's, and a position init left to
+        `initializer_range`. A description of the model (its card) leaves them out."""
+        if self.patch_embedding_type == "patchify":
+            unused = ["num_conv_layers", "conv_kernel_size", "conv_hidden_size"]
+        else:  # only blocks before the last output `conv_hidden_size` channels
+            unused = ["patch_size"] + (["conv_hidden_size"] if self.num_conv_layers == 1 else [])
+        if self.position_initializer_range is None:
+            unused.append("position_initializer_range")
+        return unused
+
+    @property
     def sequence_length(self):
         """Tokens the encoder sees: the patch tokens, and the CLS token in front when there is one."""
         return self.num_patches + int(self.use_cls_token)

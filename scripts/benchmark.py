@@ -32,10 +32,10 @@ from datasets import ClassLabel, Dataset, Features, Image
 from transformers import HfArgumentParser, PrinterCallback, TrainerCallback, set_seed
 
 from modeling import CIFAR100_LABELS, build_image_processor
-from training.arguments import DataArguments, ModelArguments, VTLMTrainingArguments
-from training.augmentation import AugmentationArguments, augmentation_seed
+from training.arguments import AugmentationArguments, DataArguments, ModelArguments, VTLMTrainingArguments
+from training.augmentation import augmentation_seed
 from training.build import build_augmentation, build_config, build_model, build_trainer
-from training.cli import setup_logging
+from training.cli import parse_flags, run_cli, setup_logging
 from training.data import load_image_datasets
 from training.flops import flops_per_image
 from training.run_info import machine_info
@@ -62,13 +62,16 @@ class BenchmarkArguments:
     repeats: int = field(default=3, metadata={"help": "Rounds of training, bare loop, pipeline and evaluation."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Peak TFLOP/s for MFU (default: known GPUs)."})
     seed: int = field(default=42, metadata={"help": "Seed of the weights, the data order and the augmentation."})
+    torch_num_threads: int | None = field(default=None, metadata={
+        "help": "CPU threads of torch (default: 1 on a CPU: figures that do not swing with other jobs)."})  # fmt: skip
     output_json: str = field(default="runs/benchmark.json", metadata={"help": "Where every measured field goes."})
     summarize: list[str] | None = field(default=None, metadata={"help": "Print these JSON results' table; no run."})
 
     def __post_init__(self):
         if too_small := [
-            name for name in ("eval_batches", "steps", "untimed_steps", "repeats") if getattr(self, name) < 1
-        ]:
+            name for name in ("eval_batches", "steps", "untimed_steps", "repeats", "torch_num_threads")
+            if (getattr(self, name) or 1) < 1
+        ]:  # fmt: skip
             raise ValueError(f"--{too_small[0]} must be at least 1, got {getattr(self, too_small[0])}")
 
 
@@ -153,7 +156,7 @@ def time_bare_loop(trainer, images, labels, bench):
     for step in range(bench.untimed_steps + bench.steps):
         index = torch.randint(len(images), (bench.batch_size,), generator=generator).to(args.device)
         seed = augmentation_seed(args.seed, step, args.process_index, 0)
-        pixel_values, targets = trainer.augmentation(images[index], labels[index], seed)
+        pixel_values, targets = trainer.augmentation(images[index], labels[index], seed, trainer.normalize)
         with trainer.autocast_smart_context_manager():
             loss = model(pixel_values=pixel_values, labels=targets).loss
         accelerator.backward(loss)
@@ -171,7 +174,7 @@ def time_input_pipeline(trainer, bench):
     clock = StepClock(args.device)
     for step, batch in enumerate(trainer.get_train_dataloader()):
         seed = augmentation_seed(args.seed, step, args.process_index, 0)
-        trainer.augmentation(batch["images"], batch["labels"], seed)
+        trainer.augmentation(batch["images"], batch["labels"], seed, trainer.normalize)
         clock.tick()
         if step + 1 == bench.untimed_steps + bench.steps:
             break
@@ -211,9 +214,9 @@ def run(model_args, augmentation_args, bench):
         for _ in range(bench.repeats):
             set_seed(args.seed)  # as scripts/train.py: the same weights in every repeat
             model = build_model(model_args, config, data.label_names)
-            augmentation = build_augmentation(augmentation_args, config, args, image_processor)
+            augmentation = build_augmentation(augmentation_args, config, args)
             clock = StepClock(args.device)
-            trainer = build_trainer(model, args, data, augmentation, callbacks=[clock])
+            trainer = build_trainer(model, args, data, augmentation, image_processor, callbacks=[clock])
             trainer.remove_callback(PrinterCallback)  # no metrics dict printed at every evaluation
             num_parameters = model.num_parameters()
             trainer.train()
@@ -272,6 +275,7 @@ def markdown_table(all_results):
     """One Markdown row per result, every figure read from the JSON."""
     columns = (
         ("device", lambda r: f"{r['machine']['device_name']} ({r['machine']['cpus_available']} CPUs)"),
+        ("threads, load", lambda r: f"{r['machine']['torch_num_threads']}, {r['machine']['load_average_1min']:.1f}"),
         ("model", lambda r: r["settings"]["model"] + (" (overridden)" if r["settings"]["config_overrides"] else "")),
         ("params", lambda r: f"{r['settings']['num_parameters']:,}"),
         ("batch", lambda r: r["settings"]["batch_size"]),
@@ -292,8 +296,10 @@ def markdown_table(all_results):
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, AugmentationArguments, BenchmarkArguments))
-    model_args, augmentation_args, bench = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((ModelArguments, AugmentationArguments, BenchmarkArguments), exit_on_error=False)
+    parse_flags(parser, argv)
+    model_args, augmentation_args, bench = parser.parse_args_into_dataclasses(argv)
     if bench.summarize:
         results = []
         for path in bench.summarize:
@@ -301,6 +307,8 @@ def main(argv=None):
                 results.append(json.load(file))
     else:
         setup_logging(transformers.logging.WARNING)
+        if bench.torch_num_threads or not torch.cuda.is_available():
+            torch.set_num_threads(bench.torch_num_threads or 1)
         results = [run(model_args, augmentation_args, bench)]
         os.makedirs(os.path.dirname(os.path.abspath(bench.output_json)), exist_ok=True)
         with open(bench.output_json, "w") as file:
@@ -311,4 +319,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

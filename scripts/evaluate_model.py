@@ -19,18 +19,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import HfArgumentParser
 
 from training.arguments import DataArguments
-from training.build import build_evaluation_trainer
-from training.cli import run_cli
-from training.data import load_image_datasets
-from training.metrics import describe_accuracy
-from training.run_info import ARGUMENTS_FILE, dataset_display_name
+from training.cli import check_model_source, parse_flags, run_cli
+from training.rerun import check_same_hold_out
+from training.run_info import dataset_display_name, read_run_arguments
 
 SPLITS = ("train", "validation", "test")
-# The data arguments that decide which images the validation split holds.
-HOLD_OUT_ARGUMENTS = ("dataset_name", "dataset_config_name", "label_column_name", "validation_split_size")
 
 
 @dataclass
@@ -50,63 +46,47 @@ class EvaluationArguments:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
 
 
-def recorded_arguments(model_name_or_path):
-    """The run's `run_arguments.json`, or {} for a model that has none (a Hub id, a folder from elsewhere)."""
-    path = os.path.join(model_name_or_path, ARGUMENTS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as file:
-        return json.load(file)
-
-
-def check_hold_out(evaluation_args, data_args, seed, recorded):
-    """Refuse a validation split that is not the run's own: it would hold images the run trained on."""
-    if evaluation_args.split != "validation" or not recorded:
-        return
-    trained = {**recorded["data_arguments"], "seed": recorded["training_arguments"]["seed"]}
-    asked = {name: getattr(data_args, name) for name in HOLD_OUT_ARGUMENTS} | {"seed": seed}
-    if differing := [
-        f"--{name} {trained[name]} (now {value})" for name, value in asked.items() if value != trained[name]
-    ]:
-        raise ValueError(
-            f"{evaluation_args.model_name_or_path} was trained with {', '.join(differing)}: that validation split "
-            "would hold images the run trained on. Drop those flags to score the run's own validation split."
-        )
-
-
 def main(argv=None):
-    parser = HfArgumentParser((EvaluationArguments, DataArguments))
+    parser = HfArgumentParser((EvaluationArguments, DataArguments), exit_on_error=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):  # the model may come first, without its flag
         argv = ["--model_name_or_path", argv[0], *argv[1:]]
-    model_flag = argv.index("--model_name_or_path") if "--model_name_or_path" in argv else None
-    recorded = recorded_arguments(argv[model_flag + 1]) if model_flag is not None and len(argv) > model_flag + 1 else {}
+    model = parse_flags(parser, argv).model_name_or_path
+    check_model_source(model)
+    recorded = read_run_arguments(model) if os.path.isdir(model) else {}
     if recorded:  # the run's data flags become the defaults
         parser.set_defaults(**recorded["data_arguments"])
     evaluation_args, data_args = parser.parse_args_into_dataclasses(argv)
     seed = evaluation_args.seed
     if seed is None:
         seed = recorded["training_arguments"]["seed"] if recorded else 42
-    check_hold_out(evaluation_args, data_args, seed, recorded)
+    if evaluation_args.split == "validation" and recorded:
+        check_same_hold_out(model, recorded, data_args, seed)
 
-    model_name = os.path.basename(os.path.normpath(evaluation_args.model_name_or_path))
+    from transformers import AutoImageProcessor, AutoModelForImageClassification  # after the checks: seconds
+
+    from training.build import build_evaluation_trainer
+    from training.data import load_image_datasets
+    from training.metrics import describe_accuracy
+
+    model_name = os.path.basename(os.path.normpath(model))
     split = evaluation_args.split
     output_dir = evaluation_args.output_dir or os.path.join("runs", "evaluate", f"{model_name}-{split}")
-    model = AutoModelForImageClassification.from_pretrained(evaluation_args.model_name_or_path, trust_remote_code=True)
-    processor = AutoImageProcessor.from_pretrained(evaluation_args.model_name_or_path)
-    data = load_image_datasets(data_args, image_size=model.config.image_size, seed=seed)
-    model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    classifier = AutoModelForImageClassification.from_pretrained(model, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(model)
+    data = load_image_datasets(data_args, image_size=classifier.config.image_size, seed=seed)
+    model_labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     if model_labels != data.label_names:
         raise ValueError(
-            f"{evaluation_args.model_name_or_path} predicts {model.config.num_labels} labels that differ from the "
-            f"dataset's {len(data.label_names)} ({data_args.dataset_name}, column {data_args.label_column_name!r})"
+            f"{model} predicts {classifier.config.num_labels} labels that differ from the dataset's "
+            f"{len(data.label_names)} ({data_args.dataset_name}, column {data_args.label_column_name!r})"
         )
 
-    trainer = build_evaluation_trainer(model, processor, data, output_dir, batch_size=evaluation_args.batch_size)
+    trainer = build_evaluation_trainer(classifier, processor, data, output_dir, batch_size=evaluation_args.batch_size)
     metrics = trainer.evaluate(data.tensors(split), metric_key_prefix=split)
     metrics.pop("epoch", None)  # this Trainer never trained: its epoch means nothing
     trainer.log_metrics(split, metrics)
-    report = {"model": evaluation_args.model_name_or_path, "dataset": dataset_display_name(data_args), "split": split}
+    report = {"model": model, "dataset": dataset_display_name(data_args), "split": split}
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, f"{split}_results.json")
     with open(path, "w") as file:

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Publish a finished run folder to the Hugging Face Hub.
 
-    python scripts/push_to_hub.py --output_dir runs/vtlm-37m --repo_id you/vtlm-37m
-    python scripts/push_to_hub.py --output_dir runs/smoke --repo_id you/vtlm-smoke --private --revision smoke
+    python scripts/push_to_hub.py --output_dir runs/vtlm-37m --hub_model_id you/vtlm-37m
+    python scripts/push_to_hub.py --output_dir runs/smoke --hub_model_id you/vtlm-smoke --hub_private_repo \
+        --hub_revision smoke
+
+The flags are the Trainer's (`train.py --push_to_hub` takes the same ones).
 
 Uploads the weights, the model's code, the preprocessor, the model card (rendered first unless README.md was
 written by hand), the metrics, trainer_state.json, TensorBoard logs and the Inference Endpoints handler; never
@@ -12,25 +15,19 @@ pickles or checkpoints. The token comes from --hub_token, else HF_TOKEN, else `h
 import argparse
 import sys
 
-from training.cli import run_cli, setup_logging
+from training.cli import parse_flags, run_cli, setup_logging
 from training.hub import publish_run
 
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True, help="The run folder that scripts/train.py wrote.")
-    parser.add_argument("--repo_id", "--hub_model_id", dest="repo_id", required=True, help="`user/name` on the Hub.")
-    parser.add_argument(
-        "--private", "--hub_private_repo", dest="private", action="store_true", help="Create the repo private (if new)."
-    )
-    parser.add_argument(
-        "--revision", "--hub_revision", dest="revision", default=None, help="Branch to commit to; made when missing."
-    )
+    parser.add_argument("--hub_model_id", required=True, help="`user/name` on the Hub.")
+    parser.add_argument("--hub_private_repo", action="store_true", help="Create the repo private (if new).")
+    parser.add_argument("--hub_revision", default=None, help="Branch to commit to; made when missing.")
     parser.add_argument("--commit_message", default=None, help="Default: 'Upload VTLM run <folder name>'.")
     parser.add_argument(
-        "--vit_repo_id",
         "--hub_vit_model_id",
-        dest="vit_repo_id",
         default=None,
         help="Also publish the run's exact export to transformers' built-in ViT (and ONNX) to this `user/name`, "
         "for serving without custom code; the two cards link to each other.",
@@ -40,7 +37,7 @@ def parse_arguments(argv):
         default=None,
         help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a flag shows in the process list.",
     )
-    return parser.parse_args(argv)
+    return parse_flags(parser, argv)
 
 
 def main(argv=None):
@@ -48,12 +45,12 @@ def main(argv=None):
     setup_logging()
     commit = publish_run(
         args.output_dir,
-        repo_id=args.repo_id,
+        hub_model_id=args.hub_model_id,
         token=args.hub_token,
-        private=args.private,
-        revision=args.revision,
+        private=args.hub_private_repo,
+        revision=args.hub_revision,
         commit_message=args.commit_message,
-        vit_repo_id=args.vit_repo_id,
+        hub_vit_model_id=args.hub_vit_model_id,
     )
     print(commit.commit_url)
 

@@ -3,7 +3,8 @@
 
     accelerate launch scripts/train.py                     # the headline run: vtlm-37m, 100 epochs
     python scripts/train.py --model_preset vtlm-5m --num_train_epochs 10
-    python scripts/train.py recipe.yaml                    # every flag from one .json or .yaml file
+    python scripts/train.py recipes/seed.yaml              # every flag from one .json or .yaml file
+    python scripts/train.py recipes/seed.yaml --dataset_name DIR  # flags after it replace the recipe's values
 
 The best epoch is selected on a validation split held out from train; the test split is evaluated once, at the end.
 """
@@ -13,7 +14,7 @@ import os
 import sys
 
 from training.arguments import parse_arguments
-from training.cli import run_cli, setup_logging
+from training.cli import USER_ERRORS, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +30,11 @@ def main(argv=None):
     from training.build import build_augmentation, build_config, build_model, build_trainer
     from training.data import load_image_datasets
     from training.export import check_vit_exportable
-    from training.hub import check_repo_id, publish_run
+    from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
-    from training.run_info import (
-        SaveRunArguments,
-        check_previous_run,
-        clear_previous_run,
-        run_arguments,
-        write_run_info,
-    )
-    from training.trainer import last_complete_checkpoint
+    from training.rerun import SaveRunArguments, last_complete_checkpoint, prepare_output_dir
+    from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args = arguments
     if training_args.should_log:  # as the transformers examples do: the default log level "passive" means info here
@@ -49,29 +44,34 @@ def main(argv=None):
     # The token is used for the final upload only: the Trainer would pickle it into training_args.bin.
     hub_token, training_args.hub_token = training_args.hub_token, None
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-    if push_to_hub:
-        check_repo_id(training_args.hub_model_id)  # now, not after hours of training
-        if training_args.hub_vit_model_id:
-            check_repo_id(training_args.hub_vit_model_id)
-
-    # The main process clears the folder first; the others then find what it left.
-    with training_args.main_process_first(desc="checking the output folder"):
-        if training_args.overwrite_output_dir and training_args.process_index == 0:
-            clear_previous_run(training_args.output_dir)
-    resume_from = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
-    recorded_arguments = run_arguments(arguments)
-    if check_previous_run(training_args.output_dir, recorded_arguments, resume_from):
-        logger.info(
-            f"{training_args.output_dir} already holds this run, finished: nothing to do. Publish it with "
-            "scripts/push_to_hub.py, or pass --overwrite_output_dir to train it again."
-        )
-        return
-    if resume_from:
-        logger.info(f"resuming from {resume_from}")
-
+    publish = {
+        "hub_model_id": training_args.hub_model_id,
+        "hub_vit_model_id": training_args.hub_vit_model_id,
+        "private": training_args.hub_private_repo,
+        "revision": training_args.hub_revision,
+    }
     config = build_config(model_args)
-    if push_to_hub and training_args.hub_vit_model_id:
-        check_vit_exportable(config)  # now, not after hours of training
+    if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
+        if publish["hub_vit_model_id"]:
+            check_vit_exportable(config)
+        check_can_publish(publish["hub_model_id"], publish["hub_vit_model_id"], token=hub_token)
+
+    recorded_arguments = run_arguments(arguments)
+    previous = prepare_output_dir(training_args, recorded_arguments)
+    if previous.finished:
+        if not push_to_hub:
+            logger.info(
+                f"{training_args.output_dir} already holds this run, finished: nothing to do. Publish it with "
+                f"`{publish_command(training_args.output_dir, **publish)}`, or pass --overwrite_output_dir to train "
+                "it again."
+            )
+        elif training_args.process_index == 0:
+            logger.info(f"{training_args.output_dir} already holds this run, finished: publishing it")
+            publish_finished_run(training_args.output_dir, hub_token, publish)
+        return
+    if previous.checkpoint:
+        logger.info(f"resuming from {previous.checkpoint}")
+
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)
     # Before the model is built: the Trainer seeds only in its __init__, after the weights are drawn.
@@ -79,18 +79,21 @@ def main(argv=None):
     model = build_model(model_args, config, data.label_names)
     logger.info(f"{config.model_type} with {model.num_parameters():,} parameters, {config.num_labels} labels")
 
-    image_processor = build_image_processor(config.image_size)
-    augmentation = build_augmentation(augmentation_args, config, training_args, image_processor)
     trainer = build_trainer(
         model,
         training_args,
         data,
-        augmentation,
+        build_augmentation(augmentation_args, config, training_args),
+        build_image_processor(config.image_size),
         callbacks=[SaveRunArguments(recorded_arguments)],
-        processing_class=image_processor,
     )
-
-    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=previous.checkpoint)
+    except KeyboardInterrupt:
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        raise KeyboardInterrupt(
+            f"rerun the same command to resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+        ) from None
     trainer.save_model()  # the epoch selected on validation, with its code files and preprocessor_config.json
     trainer.save_metrics("train", train_result.metrics)
     # The state is published: name the selected checkpoint without this machine's path to it.
@@ -104,20 +107,28 @@ def main(argv=None):
     trainer.log_metrics("test", test_metrics)
 
     if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, arguments, model.config, data)
-        save_example_images(training_args.output_dir, *data.examples("test"))
+        examples = save_example_images(training_args.output_dir, *data.examples("test"))
+        write_run_info(
+            training_args.output_dir, arguments, model.config, data, examples, resumed_from=previous.checkpoint
+        )
         if not push_to_hub:
             write_model_card(training_args.output_dir)
         else:  # renders the card itself, with links to the repo
-            publish_run(
-                training_args.output_dir,
-                repo_id=training_args.hub_model_id,
-                token=hub_token,
-                private=training_args.hub_private_repo,
-                revision=training_args.hub_revision,
-                vit_repo_id=training_args.hub_vit_model_id,
-            )
+            publish_finished_run(training_args.output_dir, hub_token, publish)
     logger.info(f"test {describe_accuracy(test_metrics, 'test')}")  # the last line of the run's log
+
+
+def publish_finished_run(output_dir, token, publish):
+    """`training.hub.publish_run`, whose failure says how to publish the finished run later."""
+    from training.hub import publish_command, publish_run
+
+    try:
+        publish_run(output_dir, token=token, **publish)
+    except USER_ERRORS as error:
+        raise ValueError(
+            f"{error}. The run itself is finished and saved in {output_dir}: publish it with "
+            f"`{publish_command(output_dir, **publish)}`, or rerun this command."
+        ) from error
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Image  # noqa: E402
+from transformers import TrainerState  # noqa: E402
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
 from training.data import LABEL_NAME_FIXES  # noqa: E402
@@ -144,67 +145,72 @@ RESULTS = {
 EXAMPLE_CLASSES = (0, 1, 30)
 
 
-def make_run_folder(path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True):
-    """A run folder with the files of the run-folder contract, from a tiny model and made-up numbers."""
-    save_tiny_model(path)
+CIFAR100_SIZES = {"train": 45_000, "validation": 5_000, "test": 10_000}
+
+
+def make_run_folder(
+    path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True, flags=(), sizes=None
+):
+    """A run folder as scripts/train.py leaves it, written by the project's own writers (`write_run_info`,
+    `save_example_images`, the Trainer's `TrainerState`) from a tiny model, made-up results, the run's `flags`
+    (`smoke_run` adds `--max_train_samples 64`) and a label-only stand-in for the dataset's splits: `sizes` images of
+    100 classes, by default as many as CIFAR-100 has (64 training images for a smoke run)."""
+    from datasets import DatasetDict
+
+    from training.arguments import parse_arguments
+    from training.data import ImageDatasets
+    from training.run_info import write_run_info
+
+    model = save_tiny_model(path)
     (path / "all_results.json").write_text(json.dumps(results))
     (path / "test_results.json").write_text(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}))
-    log_history = []
+    state = TrainerState(global_step=30, epoch=3.0)
     for epoch in (1, 2, 3):
-        log_history.append({"loss": 4.6 - epoch / 2, "learning_rate": 1e-3 / epoch, "epoch": epoch - 0.5, "step": 5})
-        log_history.append(
+        state.log_history.append({"loss": 4.6 - epoch / 2, "learning_rate": 1e-3 / epoch, "epoch": epoch - 0.5})
+        state.log_history.append(
             {
                 "eval_loss": 4 - epoch / 3,
                 "eval_accuracy": 0.1 * epoch,
                 "eval_top5_accuracy": 0.25 * epoch,
                 "epoch": epoch,
+                "training_seconds": 1675.1 * epoch,
             }
         )
-    (path / "trainer_state.json").write_text(json.dumps({"log_history": log_history, "global_step": 30, "epoch": 3.0}))
-    run_info = {
-        "git_commit": "0123abc",
-        "model_arguments": {"model_preset": "vtlm-37m", "config_overrides": None},
-        "data_arguments": {"dataset_name": dataset_name, "max_train_samples": 64 if smoke_run else None},
-        "augmentation_arguments": {"mixup_alpha": 0.8, "random_crop_padding": 4},
-        "training_arguments": {
-            "learning_rate": 0.001,
-            "num_train_epochs": 3,
-            "weight_decay": 0.05,
-            "hub_token": "<HUB_TOKEN>",
-            "load_best_model_at_end": True,
-            "metric_for_best_model": "accuracy",
-        },
-        "dataset": {
-            "name": "CIFAR-100" if dataset_name == "uoft-cs/cifar100" else os.path.basename(dataset_name),
-            "hub_id": dataset_name if "/" in dataset_name and not dataset_name.startswith("/") else None,
-            "is_cifar100": dataset_name == "uoft-cs/cifar100" and not smoke_run,
-            "num_classes": 100,
-            "label_names": list(CIFAR100_LABELS),
-            "images": {"train": 45_000, "validation": 5_000, "test": 10_000},
-            "train_images_per_class": {"min": 500, "max": 500},
-        },
-        "config": VTLMConfig(**TINY_CONFIG).to_dict(),
-        "hardware": {"device": "NVIDIA H100 80GB HBM3", "num_processes": 1},
-        "smoke_run": smoke_run,
-    }
-    (path / "run_info.json").write_text(json.dumps(run_info))
+    state.save_to_json(str(path / "trainer_state.json"))
+
+    flags = [
+        f"--output_dir={path}",
+        f"--dataset_name={dataset_name}",
+        "--num_train_epochs=3",
+        "--report_to=none",
+        *flags,
+    ]
+    arguments = parse_arguments(flags + (["--max_train_samples=64"] if smoke_run else []))
+    sizes = sizes or ({**CIFAR100_SIZES, "train": 64} if smoke_run else CIFAR100_SIZES)
+    splits = DatasetDict({split: Dataset.from_dict({"labels": np.arange(size) % 100}) for split, size in sizes.items()})
+    data = ImageDatasets(splits, label_names=list(CIFAR100_LABELS), fine_to_coarse=[label // 5 for label in range(100)])
+    records = []
     if examples:
-        save_example_images(path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES])
+        records = save_example_images(
+            path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES]
+        )
+    write_run_info(path, arguments, model.config, data, records)
     return path
 
 
-# transformers 4.57 (the last 4.x) and the hub client it needs, for the tests of what users on 4.x load.
-LEGACY_REQUIREMENTS = ["transformers==4.57.*", "huggingface_hub>=0.34,<1.0", "tokenizers>=0.22,<=0.23"]
+# transformers 4.57 (the last 4.x), for the tests of what users on 4.x load: installed by the test command's set-up
+# (README, .ci/run), never by the tests themselves, which run offline.
+LEGACY_TRANSFORMERS = Path(sys.prefix) / "transformers-4.57"
+LEGACY_INSTALL = 'pip install --no-deps --target "$VIRTUAL_ENV/transformers-4.57" -r tests/legacy-requirements.txt'
 
 
 @pytest.fixture(scope="session")
-def legacy_transformers(pytestconfig):
-    """A folder holding transformers 4.57 and the hub client it needs, installed with pip on first use."""
-    target = pytestconfig.cache.mkdir("transformers-4.57")
-    if not (target / "transformers").is_dir():
-        install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
-        subprocess.run(install + LEGACY_REQUIREMENTS, check=True, capture_output=True, timeout=600)
-    return target
+def legacy_transformers():
+    """The folder holding transformers 4.57 and the hub client it needs; the test skips, saying how to install it,
+    where it is missing."""
+    if not (LEGACY_TRANSFORMERS / "transformers").is_dir():
+        pytest.skip(f"transformers 4.57 is not installed in {LEGACY_TRANSFORMERS}: {LEGACY_INSTALL}")
+    return LEGACY_TRANSFORMERS
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 crops against Pillow, RandAugment's and AutoAugment's draws against timm's and torchvision's semantics, and the seeding
 contract that exact resume relies on."""
 
+import functools
 import math
 
 import numpy as np
@@ -12,7 +13,9 @@ from PIL import Image, ImageEnhance, ImageOps
 from transformers import HfArgumentParser
 
 from modeling import CIFAR100_MEAN, CIFAR100_STD
-from training.augmentation import (
+from training.arguments import AugmentationArguments
+from training.augmentation import BatchAugmentation, augmentation_seed
+from training.image_ops import (
     AUTO_AUGMENT_POLICIES,
     MAX_ENHANCE,
     MAX_ROTATE_DEGREES,
@@ -20,10 +23,7 @@ from training.augmentation import (
     MAX_TRANSLATE,
     OPS,
     RANDAUGMENT_OPS,
-    AugmentationArguments,
-    BatchAugmentation,
-    PixelNormalizer,
-    augmentation_seed,
+    Normalize,
     auto_augment_strength,
     resized_crop,
 )
@@ -47,9 +47,18 @@ def make_images(n, height=32, width=32, seed=0):
     return (smooth + noise).clamp(0, 255).to(torch.uint8)
 
 
+# What the trainer builds from CIFAR-100's image processor and hands to every call.
+normalize = Normalize(CIFAR100_MEAN, CIFAR100_STD)
+
+
+def with_normalize(augment):
+    """`augment` called as the trainer calls it, with the trainer's `normalize`."""
+    return functools.partial(augment, normalize=normalize)
+
+
 def augmentation(label_smoothing=0.0, **fields):
     args = AugmentationArguments(**{**ALL_OFF, **fields})
-    return BatchAugmentation(args, NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, label_smoothing)
+    return with_normalize(BatchAugmentation(args, NUM_LABELS, label_smoothing))
 
 
 def smoothed_one_hot(labels, label_smoothing):
@@ -57,8 +66,8 @@ def smoothed_one_hot(labels, label_smoothing):
 
 
 IDENTITY = list(OPS).index("identity")
-# The seed model's recipe: RandomResizedCrop(scale=(0.8, 1)), flip and AutoAugment's CIFAR-10 policy.
-SEED_RECIPE = {
+# The original model's (Madras1/VTLM37m) recipe: RandomResizedCrop(scale=(0.8, 1)), flip, AutoAugment's CIFAR-10 policy.
+ORIGINAL_RECIPE = {
     "crop_padding": 0,
     "random_resized_crop_scale": 0.8,
     "randaugment_num_ops": 0,
@@ -127,14 +136,14 @@ def test_two_crops_or_two_policies_are_refused_naming_both(fields, names):
     assert all(f"`{name}`" in str(error.value) for name in names), error.value
 
 
-def test_randaugment_defaults_are_timms_rand_m9_mstd05_and_the_seed_recipe_parses():
+def test_randaugment_defaults_are_timms_rand_m9_mstd05_and_the_original_recipe_parses():
     args = AugmentationArguments()
     randaugment = (args.randaugment_num_ops, args.randaugment_magnitude, args.randaugment_magnitude_std)
     assert randaugment + (args.randaugment_prob,) == (2, 9.0, 0.5, 0.5)
     assert args.auto_augment_policy is None and args.random_resized_crop_scale is None
-    command_line = [f"--{name}={value}" for name, value in SEED_RECIPE.items()]
+    command_line = [f"--{name}={value}" for name, value in ORIGINAL_RECIPE.items()]
     (args,) = HfArgumentParser(AugmentationArguments).parse_args_into_dataclasses(command_line)
-    assert {name: getattr(args, name) for name in SEED_RECIPE} == SEED_RECIPE
+    assert {name: getattr(args, name) for name in ORIGINAL_RECIPE} == ORIGINAL_RECIPE
 
 
 @pytest.mark.parametrize(
@@ -149,10 +158,10 @@ def test_randaugment_defaults_are_timms_rand_m9_mstd05_and_the_seed_recipe_parse
 def test_bad_constructor_values_raise(kwargs, match):
     values = {"num_labels": NUM_LABELS, "mean": CIFAR100_MEAN, "std": CIFAR100_STD, "label_smoothing": 0.1, **kwargs}
     with pytest.raises(ValueError, match=match):
-        BatchAugmentation(AugmentationArguments(), **values)
-    if match in ("mean", "std"):
-        with pytest.raises(ValueError, match=match):
-            PixelNormalizer(values["mean"], values["std"])
+        if match in ("mean", "std"):
+            Normalize(values["mean"], values["std"])
+        else:
+            BatchAugmentation(AugmentationArguments(), values["num_labels"], values["label_smoothing"])
 
 
 def test_bad_inputs_raise():
@@ -180,7 +189,7 @@ def test_augmentation_seed_is_stable_and_separates_every_component():
 
 @pytest.mark.parametrize("height, width", [(32, 32), (24, 40)])
 def test_full_recipe_outputs(height, width):
-    augment = BatchAugmentation(AugmentationArguments(), NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, 0.1)
+    augment = with_normalize(BatchAugmentation(AugmentationArguments(), NUM_LABELS, 0.1))
     images, labels = make_images(32, height, width), torch.arange(32) * 3
     before = images.clone()
     pixel_values, targets = augment(images, labels, seed=1)
@@ -189,11 +198,11 @@ def test_full_recipe_outputs(height, width):
     assert torch.isfinite(pixel_values).all() and (targets >= 0).all()
     torch.testing.assert_close(targets.sum(1), torch.ones(32))
     assert torch.equal(images, before), "the caller's batch must not be modified"
-    assert not torch.equal(pixel_values, augment.normalize(images))
+    assert not torch.equal(pixel_values, normalize(images))
 
 
 def test_values_stay_in_the_normalised_range_without_erasing():
-    augment = BatchAugmentation(AugmentationArguments(random_erasing_prob=0.0), NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD)
+    augment = with_normalize(BatchAugmentation(AugmentationArguments(random_erasing_prob=0.0), NUM_LABELS))
     pixel_values, _ = augment(make_images(64), torch.arange(64), seed=2)
     mean, std = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
     assert (pixel_values >= (0 - mean) / std - 1e-5).all() and (pixel_values <= (1 - mean) / std + 1e-5).all()
@@ -205,18 +214,16 @@ def test_normalize_and_all_off_is_normalize():
     expected = (
         images.double() / 255 - torch.tensor(CIFAR100_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
     ) / torch.tensor(CIFAR100_STD, dtype=torch.float64).view(1, 3, 1, 1)
-    torch.testing.assert_close(augment.normalize(images), expected.float())
-    assert isinstance(augment.normalize, PixelNormalizer)
-    torch.testing.assert_close(PixelNormalizer(CIFAR100_MEAN, CIFAR100_STD)(images), expected.float())
+    torch.testing.assert_close(normalize(images), expected.float())
     pixel_values, targets = augment(images, labels, seed=3)
-    assert torch.equal(pixel_values, augment.normalize(images))
+    assert torch.equal(pixel_values, normalize(images))
     torch.testing.assert_close(targets, smoothed_one_hot(labels, 0.1), rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_targets_without_mixing_are_smoothed_one_hot(label_smoothing):
     args = AugmentationArguments(mixup_prob=0.0)
-    augment = BatchAugmentation(args, NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, label_smoothing)
+    augment = with_normalize(BatchAugmentation(args, NUM_LABELS, label_smoothing))
     labels = torch.randint(NUM_LABELS, (16,), generator=torch.Generator().manual_seed(0))
     _, targets = augment(make_images(16), labels, seed=4)
     torch.testing.assert_close(targets, smoothed_one_hot(labels, label_smoothing), rtol=0, atol=1e-7)
@@ -275,7 +282,7 @@ def test_resized_crop_matches_pillow():
 
 def random_resized_crop_boxes(n, height, width, scale=0.8, seed=0):
     augment = augmentation(random_resized_crop_scale=scale)
-    return augment._random_resized_crop_boxes(n, height, width, torch.Generator().manual_seed(seed))
+    return augment.func._random_resized_crop_boxes(n, height, width, torch.Generator().manual_seed(seed))
 
 
 def test_random_resized_crop_boxes_lie_in_the_image_within_the_scale_and_ratio():
@@ -338,7 +345,7 @@ def test_randaugment_rounds_add_up():
     for num_ops in (1, 3):
         every_round = {"randaugment_prob": 1.0, "randaugment_magnitude_std": 0.0}  # each round applies its op
         pixel_values, _ = augmentation(randaugment_num_ops=num_ops, **every_round)(images, torch.arange(64), seed=8)
-        changed.append((pixel_values != augmentation().normalize(images)).flatten(1).any(1).float().mean())
+        changed.append((pixel_values != normalize(images)).flatten(1).any(1).float().mean())
     # One round leaves the 1/14 of images that draw identity (and a few no-op draws) alone; three rounds fewer.
     assert 0.6 < changed[0] < changed[1]
 
@@ -346,7 +353,7 @@ def test_randaugment_rounds_add_up():
 def randaugment_choices(n=20000, seed=0, **fields):
     """RandAugment's draws for n images: op indices into OPS and strengths, (rounds, n)."""
     augment = augmentation(randaugment_num_ops=2, **fields)
-    return augment._randaugment_choices(n, torch.Generator().manual_seed(seed))
+    return augment.func._randaugment_choices(n, torch.Generator().manual_seed(seed))
 
 
 def test_randaugment_draws_follow_timms_rand_m9_mstd05():
@@ -398,9 +405,9 @@ def test_randaugment_leaves_an_image_unchanged_where_both_rounds_draw_identity(f
     images = make_images(n, 16, 16)
     augment = augmentation(randaugment_num_ops=2, **fields)
     pixel_values, _ = augment(images, torch.arange(n) % NUM_LABELS, seed=seed)
-    unchanged = (pixel_values == augment.normalize(images)).flatten(1).all(1)
+    unchanged = (pixel_values == normalize(images)).flatten(1).all(1)
     # With crop, flip and the rest off, RandAugment is the first to draw from the call's generator.
-    op_index, _ = augment._randaugment_choices(n, torch.Generator().manual_seed(seed))
+    op_index, _ = augment.func._randaugment_choices(n, torch.Generator().manual_seed(seed))
     both_identity = (op_index == IDENTITY).all(0)
     assert unchanged[both_identity].all()
     assert unchanged[~both_identity].double().mean() < 0.006, "two ops undo each other only now and then"
@@ -410,7 +417,7 @@ def test_randaugment_leaves_an_image_unchanged_where_both_rounds_draw_identity(f
 def test_random_erasing_fills_one_box_with_noise():
     images = make_images(200)
     pixel_values, _ = augmentation(random_erasing_prob=1.0)(images, torch.arange(200) % NUM_LABELS, seed=9)
-    changed = pixel_values != augmentation().normalize(images)  # (B, 3, H, W)
+    changed = pixel_values != normalize(images)  # (B, 3, H, W)
     assert torch.equal(changed.all(1), changed.any(1)), "all three channels are erased together"
     areas = []
     for mask in changed.any(1):
@@ -425,7 +432,7 @@ def test_random_erasing_fills_one_box_with_noise():
     assert abs(erased.mean()) < 0.1 and abs(erased.std() - 1) < 0.1, "the fill is standard normal noise"
 
     pixel_values, _ = augmentation(random_erasing_prob=0.25)(images, torch.arange(200) % NUM_LABELS, seed=9)
-    fraction = (pixel_values != augmentation().normalize(images)).flatten(1).any(1).float().mean()
+    fraction = (pixel_values != normalize(images)).flatten(1).any(1).float().mean()
     assert 0.15 < fraction < 0.35
 
 
@@ -437,7 +444,7 @@ def test_mixup_targets_and_pixels_match_a_hand_computation():
     lam = (targets[torch.arange(64), labels] - 0.1 / NUM_LABELS) / (1 - 0.1)
     torch.testing.assert_close(targets, lam[:, None] * smooth + (1 - lam[:, None]) * smooth.flip(0))
     assert ((targets > 0.1 / NUM_LABELS + 1e-6).sum(1) <= 2).all(), "exactly two labels are mixed"
-    normalized = augment.normalize(images)
+    normalized = normalize(images)
     expected = lam.view(-1, 1, 1, 1) * normalized + (1 - lam.view(-1, 1, 1, 1)) * normalized.flip(0)
     torch.testing.assert_close(pixel_values, expected, rtol=0, atol=1e-5)
     assert lam.std() > 0.1, "each image draws its own lambda"
@@ -450,7 +457,7 @@ def test_mixup_prob_leaves_the_other_images_untouched():
     pixel_values, targets = augment(images, labels, seed=11)
     unmixed = targets.max(1).values == 1
     assert 0.35 < unmixed.float().mean() < 0.65
-    assert torch.equal(pixel_values[unmixed], augment.normalize(images)[unmixed])
+    assert torch.equal(pixel_values[unmixed], normalize(images)[unmixed])
 
 
 def test_cutmix_pastes_one_box_of_the_partner_and_lambda_is_its_complement():
@@ -459,7 +466,7 @@ def test_cutmix_pastes_one_box_of_the_partner_and_lambda_is_its_complement():
     images[32:] += 1
     augment = augmentation(mixup_prob=1.0, mixup_alpha=0.0, cutmix_alpha=1.0)
     pixel_values, targets = augment(images, torch.arange(64), seed=12)
-    normalized = augment.normalize(images)
+    normalized = normalize(images)
     from_partner = (pixel_values == normalized.flip(0)).all(1)  # (B, H, W)
     assert ((pixel_values == normalized) | (pixel_values == normalized.flip(0))).all()
     for mask, target in zip(from_partner, targets, strict=True):
@@ -476,7 +483,7 @@ def test_mixup_and_cutmix_share_the_batch_by_the_switch_prob():
     images[128:] += 1
     augment = augmentation(mixup_prob=1.0, mixup_alpha=0.8, cutmix_alpha=1.0, mixup_switch_prob=0.5)
     pixel_values, _ = augment(images, torch.arange(256) % NUM_LABELS, seed=13)
-    normalized = augment.normalize(images)
+    normalized = normalize(images)
     # A CutMix image holds only its own and its partner's pixels; a Mixup image (lam < 1) holds blends.
     pasted = ((pixel_values == normalized) | (pixel_values == normalized.flip(0))).flatten(1).all(1)
     assert 0.35 < pasted.float().mean() < 0.65
@@ -638,7 +645,7 @@ def test_auto_augment_translate_moves_whole_pixels():
 
 def auto_augment_choices(n, seed=0, height=32, width=32):
     augment = augmentation(auto_augment_policy="cifar10")
-    return augment._auto_augment_choices((n, 3, height, width), torch.Generator().manual_seed(seed))
+    return augment.func._auto_augment_choices((n, 3, height, width), torch.Generator().manual_seed(seed))
 
 
 def test_auto_augment_draws_one_sub_policy_per_image_with_its_probabilities():
@@ -679,8 +686,8 @@ def test_auto_augment_chooses_sub_policies_per_image_and_applies_what_it_drew():
     images = make_images(n)
     augment = augmentation(auto_augment_policy="cifar10")
     pixel_values, _ = augment(images, torch.arange(n) % NUM_LABELS, seed=seed)
-    unchanged = (pixel_values == augment.normalize(images)).flatten(1).all(1)
-    op_index, _ = augment._auto_augment_choices(images.shape, torch.Generator().manual_seed(seed))
+    unchanged = (pixel_values == normalize(images)).flatten(1).all(1)
+    op_index, _ = augment.func._auto_augment_choices(images.shape, torch.Generator().manual_seed(seed))
     both_identity = (op_index == IDENTITY).all(0)
     assert unchanged[both_identity].all() and 0.1 < both_identity.double().mean() < 0.5
     # Changed, but for ops weak at this magnitude (sharpness at bin 1 moves few values) or that undo each other.
@@ -690,10 +697,10 @@ def test_auto_augment_chooses_sub_policies_per_image_and_applies_what_it_drew():
 # Seeding
 
 
-@pytest.mark.parametrize("fields", [{}, SEED_RECIPE], ids=["defaults", "seed_recipe"])
+@pytest.mark.parametrize("fields", [{}, ORIGINAL_RECIPE], ids=["defaults", "original_recipe"])
 def test_same_seed_same_output_and_the_global_rng_is_neither_read_nor_moved(fields):
     images, labels = make_images(32), torch.arange(32)
-    augment = BatchAugmentation(AugmentationArguments(**fields), NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, 0.1)
+    augment = with_normalize(BatchAugmentation(AugmentationArguments(**fields), NUM_LABELS, 0.1))
     torch.manual_seed(0)
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
     first = augment(images, labels, seed=augmentation_seed(42, 10, 0, 0))
@@ -706,12 +713,12 @@ def test_same_seed_same_output_and_the_global_rng_is_neither_read_nor_moved(fiel
     assert not torch.equal(first[0], other[0]) and not torch.equal(first[1], other[1])
 
 
-@pytest.mark.parametrize("fields", [{}, SEED_RECIPE], ids=["defaults", "seed_recipe"])
+@pytest.mark.parametrize("fields", [{}, ORIGINAL_RECIPE], ids=["defaults", "original_recipe"])
 def test_runs_under_deterministic_algorithms(fields):
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        augment = BatchAugmentation(AugmentationArguments(**fields), NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, 0.1)
+        augment = with_normalize(BatchAugmentation(AugmentationArguments(**fields), NUM_LABELS, 0.1))
         augment(make_images(16), torch.arange(16), seed=15)
     finally:
         torch.use_deterministic_algorithms(previous)
@@ -719,16 +726,16 @@ def test_runs_under_deterministic_algorithms(fields):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("fields", [{}, SEED_RECIPE], ids=["defaults", "seed_recipe"])
+@pytest.mark.parametrize("fields", [{}, ORIGINAL_RECIPE], ids=["defaults", "original_recipe"])
 def test_cuda_is_deterministic_and_draws_what_the_cpu_draws(fields):
     images, labels = make_images(256), torch.arange(256) % NUM_LABELS
-    augment = BatchAugmentation(AugmentationArguments(**fields), NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, 0.1)
+    augment = with_normalize(BatchAugmentation(AugmentationArguments(**fields), NUM_LABELS, 0.1))
     first = augment(images.cuda(), labels.cuda(), seed=16)
     second = augment(images.cuda(), labels.cuda(), seed=16)
     assert first[0].is_cuda and torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     # Parameters are drawn on the CPU: without the device-drawn erasing noise, both devices agree.
-    augment = BatchAugmentation(
-        AugmentationArguments(**{**fields, "random_erasing_prob": 0.0}), NUM_LABELS, CIFAR100_MEAN, CIFAR100_STD, 0.1
+    augment = with_normalize(
+        BatchAugmentation(AugmentationArguments(**{**fields, "random_erasing_prob": 0.0}), NUM_LABELS, 0.1)
     )
     on_cuda = augment(images.cuda(), labels.cuda(), seed=16)
     on_cpu = augment(images, labels, seed=16)

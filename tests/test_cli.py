@@ -62,7 +62,7 @@ def test_publishing_without_a_token_fails_before_touching_the_folder(tmp_path):
     run_dir = make_run_folder(tmp_path / "run")
     before = sorted(path.name for path in run_dir.iterdir())
     env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
-    process = run_script("push_to_hub", "--output_dir", run_dir, "--repo_id", "someone/vtlm", env=env)
+    process = run_script("push_to_hub", "--output_dir", run_dir, "--hub_model_id", "someone/vtlm", env=env)
     assert_short_error(process, "error: no Hub token: set HF_TOKEN")
     assert sorted(path.name for path in run_dir.iterdir()) == before  # no handler.py copied, no card rewritten
 

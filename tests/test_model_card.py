@@ -15,7 +15,7 @@ from PIL import Image
 
 from modeling import CIFAR100_LABELS, VTLMForImageClassification
 from training.flops import flops_per_image
-from training.model_card import CURVES_FILE, NOT_MEASURED, save_example_images, write_model_card
+from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, save_example_images, write_model_card
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def assert_tables_end_with_a_blank_line(text):
 
 
 def test_card_metadata_and_model_index_carry_the_run(run_dir):
-    readme = write_model_card(run_dir, repo_id="someone/vtlm-tiny")
+    readme = write_model_card(run_dir, hub_model_id="someone/vtlm-tiny")
     metadata = metadata_load(readme)
     assert metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "image-classification"
@@ -79,7 +79,7 @@ def test_card_metadata_and_model_index_carry_the_run(run_dir):
 
 
 def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
-    body = card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny"))
+    body = card_body(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny"))
     model = VTLMForImageClassification.from_pretrained(run_dir)
     flops = flops_per_image(model.config)
     assert table_row(body, "parameters")[1] == f"{model.num_parameters():,}"
@@ -95,10 +95,10 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
     recipe = section(body, "Training recipe")
     for group in ("model_arguments", "data_arguments", "augmentation_arguments", "training_arguments"):
         for name, value in run_info[group].items():
-            if name != "hub_token":
+            if name != "hub_token" and name not in NOT_SHOWN:
                 expected = "None" if value is None else value if isinstance(value, str) else json.dumps(value)
                 assert table_row(recipe, f"`{name}`")[1] == expected
-    assert "hub_token" not in body and "0123abc" in recipe
+    assert "hub_token" not in body and f"commit `{run_info['git_commit']}`" in recipe
 
     results = section(body, "Results")
     for split, prefix in (("validation", "eval"), ("test", "test")):
@@ -109,14 +109,19 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
         ]
         low, high = RESULTS[f"{prefix}_accuracy_ci_low"], RESULTS[f"{prefix}_accuracy_ci_high"]
         assert row[4] == f"{100 * low:.2f}–{100 * high:.2f}%" and row[2] == str(RESULTS[f"{prefix}_num_images"])
-    assert table_row(results, "[Madras1/VTLM37m](https://huggingface.co/Madras1/VTLM37m) (seed model)")[3] == "54.84%"
+    assert (
+        table_row(results, "[Madras1/VTLM37m](https://huggingface.co/Madras1/VTLM37m) (the original model)")[3]
+        == "54.84%"
+    )
     assert "100 classes of CIFAR-100" in results
     assert "selected on the test set" in results
 
     hardware = section(body, "Hardware and speed")
-    assert table_row(hardware, "device")[1] == "NVIDIA H100 80GB HBM3"
+    assert table_row(hardware, "device")[1] == run_info["hardware"]["device"]
+    # The fixture's log: 3 epochs of 45,000 images, 5,025.3 training seconds by its last entry.
     assert table_row(hardware, "training wall time")[1] == "1 h 23 min 45 s (5,025.3 s)"
-    assert table_row(hardware, "training throughput")[1] == "812.5 images/s"
+    throughput = f"{45_000 * 3 / 5025.3:,.1f} images/s (validation and checkpoints included)"
+    assert table_row(hardware, "training throughput")[1] == throughput
     assert table_row(hardware, "test throughput")[1] == "3,012.7 images/s"
     assert 'from_pretrained("someone/vtlm-tiny", trust_remote_code=True)' in body
     assert 'pipeline("image-classification", model="someone/vtlm-tiny", trust_remote_code=True)' in body
@@ -125,7 +130,7 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
 def test_widget_outputs_are_the_model_predictions_on_the_saved_examples(run_dir):
     from transformers import pipeline
 
-    metadata = metadata_load(write_model_card(run_dir, repo_id="someone/vtlm-tiny", revision="v1"))
+    metadata = metadata_load(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny", revision="v1"))
     classifier = pipeline("image-classification", model=str(run_dir), trust_remote_code=True)
     examples = sorted((run_dir / "examples").glob("*.png"))
     assert [example["example_title"] for example in metadata["widget"]] == [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES]
@@ -163,12 +168,13 @@ def test_values_the_run_did_not_produce_render_as_not_measured(run_dir):
     kept = {"eval_accuracy": 0.3125, "test_top5_accuracy": 0.6875}
     (run_dir / "all_results.json").write_text(json.dumps(kept))
     edit_json(run_dir / "run_info.json", hardware={})
+    edit_json(run_dir / "trainer_state.json", log_history=[])
     body = card_body(write_model_card(run_dir))
 
     results = section(body, "Results")
     assert table_row(results, "this run | validation")[2:] == [NOT_MEASURED, "31.25%"] + [NOT_MEASURED] * 3
     assert table_row(results, "this run | test")[2:] == [NOT_MEASURED] * 3 + ["68.75%", NOT_MEASURED]
-    # Every percentage on the card is one the run measured, or the seed model's.
+    # Every percentage on the card is one the run measured, or the original model's.
     assert set(re.findall(r"\d+\.\d+%", results)) == {"31.25%", "68.75%", "54.84%"}
     hardware = section(body, "Hardware and speed")
     for name in ("device", "processes", "training wall time", "training throughput", "test throughput"):
@@ -178,40 +184,30 @@ def test_values_the_run_did_not_produce_render_as_not_measured(run_dir):
 
 
 def test_a_smoke_run_says_so_and_claims_no_results(run_dir, tmp_path):
-    make_run_folder(run_dir, smoke_run=True, dataset_name="generated-images")
-    edit_json(run_dir / "run_info.json", training_arguments={"max_steps": 12, "num_train_epochs": 3})
-    readme = write_model_card(run_dir, repo_id="someone/vtlm-smoke")
+    (tmp_path / "generated-images").mkdir()  # a local folder, as `load_dataset` reads one
+    make_run_folder(run_dir, smoke_run=True, dataset_name=str(tmp_path / "generated-images"), flags=["--max_steps=12"])
+    readme = write_model_card(run_dir, hub_model_id="someone/vtlm-smoke")
     metadata = metadata_load(readme)
     assert "model-index" not in metadata and "model_name" not in metadata
     assert "datasets" not in metadata  # a local folder, not a Hub dataset
     body = card_body(readme)
     top = body.split("## Model")[0]
     assert "**Smoke run: these are not results.**" in top and "how well this model classifies generated-images" in top
-    assert "`max_steps=12`" in top and "`max_train_samples=64`" in top
+    assert "cut short by `--max_steps 12`, `--max_train_samples 64`." in top
+    assert "max_grad_norm" not in top  # only the flags that cut the run short
     assert table_row(section(body, "Results"), "this run (smoke run) | test")[3] == "41.19%"
-    assert "seed model" not in body  # the seed comparison is for CIFAR-100 only
+    assert "original model" not in body  # the comparison with the original is for CIFAR-100 only
 
     # A smoke run on part of CIFAR-100 did train on it, and still claims no results.
     make_run_folder(run_dir, smoke_run=True)
     readme = write_model_card(run_dir)
     assert metadata_load(readme)["datasets"] == ["uoft-cs/cifar100"] and "model-index" not in metadata_load(readme)
-    assert "`max_train_samples=64`" in card_body(readme).split("## Model")[0]
+    assert "cut short by `--max_train_samples 64`." in card_body(readme).split("## Model")[0]
 
 
 def test_a_complete_run_on_another_dataset_is_a_real_run_on_that_dataset(run_dir):
-    make_run_folder(run_dir, dataset_name="someone/flowers-32px")
-    edit_json(
-        run_dir / "run_info.json",
-        dataset={
-            "name": "someone/flowers-32px",
-            "hub_id": "someone/flowers-32px",
-            "is_cifar100": False,
-            "num_classes": 100,
-            "images": {"train": 900, "validation": 100, "test": 200},
-            "train_images_per_class": {"min": 9, "max": 11},
-        },
-    )
-    readme = write_model_card(run_dir, repo_id="someone/vtlm-flowers")
+    make_run_folder(run_dir, dataset_name="someone/flowers-32px", sizes={"train": 900, "validation": 100, "test": 200})
+    readme = write_model_card(run_dir, hub_model_id="someone/vtlm-flowers")
     metadata = metadata_load(readme)
     assert metadata["datasets"] == ["someone/flowers-32px"]
     card = ModelCard.load(readme)
@@ -219,9 +215,9 @@ def test_a_complete_run_on_another_dataset_is_a_real_run_on_that_dataset(run_dir
         ("someone/flowers-32px", "someone/flowers-32px")
     }
     body = card_body(readme)
-    assert "CIFAR" not in body.replace("CIFAR-sized", "") and "seed model" not in body
+    assert "CIFAR" not in body.replace("CIFAR-sized", "") and "original model" not in body
     assert "[someone/flowers-32px](https://huggingface.co/datasets/someone/flowers-32px)" in body
-    assert "(9 to 11 images per class)" in body
+    assert "(9 images per class)" in body
     assert_tables_end_with_a_blank_line(body)  # no seed row, so the table ends at this run's rows
 
 
@@ -246,29 +242,35 @@ def test_rendering_twice_changes_no_byte_and_no_file(run_dir):
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in before} == before
 
 
-def test_saving_examples_replaces_the_earlier_ones(run_dir):
-    paths = save_example_images(run_dir, [Image.new("RGB", (32, 32), "red")], ["apple tree/1"])
-    assert [path.name for path in paths] == ["00-apple_tree_1.png"]
-    assert sorted(path.name for path in (run_dir / "examples").iterdir()) == ["00-apple_tree_1.png"]
-    metadata = metadata_load(write_model_card(run_dir))
-    assert [widget["src"] for widget in metadata["widget"]] == ["examples/00-apple_tree_1.png"]
+def test_saving_examples_replaces_the_earlier_ones_and_the_card_shows_their_recorded_labels(run_dir):
+    records = save_example_images(run_dir, [Image.new("RGB", (32, 32), "red")], ["Ankle boot"])
+    assert records == [{"file": "examples/00.png", "label": "Ankle boot"}]
+    assert sorted(path.name for path in (run_dir / "examples").iterdir()) == ["00.png"]
+    edit_json(run_dir / "run_info.json", examples=records)  # as write_run_info records them
+    readme = write_model_card(run_dir)
+    metadata = metadata_load(readme)
+    assert [(widget["src"], widget["example_title"]) for widget in metadata["widget"]] == [
+        ("examples/00.png", "Ankle boot")
+    ]
+    assert table_row(section(card_body(readme), "Examples"), "![Ankle boot](examples/00.png)")[1] == "Ankle boot"
     with pytest.raises(ValueError, match="2 images but 1 labels"):
         save_example_images(run_dir, [Image.new("RGB", (32, 32))] * 2, ["apple"])
 
 
 def test_the_usage_section_shows_the_three_ways_in(run_dir):
-    usage = section(card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny")), "Usage")
+    usage = section(card_body(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny")), "Usage")
     assert 'from_pretrained("someone/vtlm-tiny", trust_remote_code=True)' in usage
     assert "python scripts/export.py\nsomeone/vtlm-tiny --format vit,onnx" in usage  # exportable, not yet published
 
     usage = section(
-        card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny", vit_repo_id="someone/v-vit")), "Usage"
+        card_body(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny", hub_vit_model_id="someone/v-vit")),
+        "Usage",
     )
     assert 'pipeline("image-classification", model="someone/v-vit")  # no trust_remote_code' in usage
     assert 'onnxruntime.InferenceSession(hf_hub_download("someone/v-vit", "onnx/model.onnx"))' in usage
 
     edit_json(run_dir / "config.json", pooling="mean")
-    usage = section(card_body(write_model_card(run_dir, repo_id="someone/vtlm-tiny")), "Usage")
+    usage = section(card_body(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny")), "Usage")
     assert (
         "Transformers' built-in ViT cannot express this model: pooling='mean' (exportable only at the seed's 'cls').\n"
         in usage

@@ -28,9 +28,9 @@ EXPECTED_UPLOAD = {
     "preprocessor_config.json",
     "README.md",
     "training_curves.png",
-    "examples/00-apple.png",
-    "examples/01-aquarium_fish.png",
-    "examples/02-dolphin.png",
+    "examples/00.png",
+    "examples/01.png",
+    "examples/02.png",
     "all_results.json",
     "test_results.json",
     "run_info.json",
@@ -150,7 +150,7 @@ def files_holding(root, needle):
 
 def test_publish_uploads_the_model_card_metrics_and_handler_and_no_pickle(hub, run_dir, token, caplog, capfd):
     caplog.set_level(logging.DEBUG)
-    commit = publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token, private=True)
+    commit = publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, private=True)
 
     assert len(hub.commits) == 1 and commit.commit_url.startswith("https://huggingface.co/someone/vtlm-tiny/commit/")
     uploaded = hub.commits[0]["added"]
@@ -180,16 +180,16 @@ def test_publish_uploads_the_model_card_metrics_and_handler_and_no_pickle(hub, r
         "test": RESULTS["test_accuracy"],
     }
     assert card.data.model_name == "vtlm-tiny"
-    assert card.data.widget[0]["src"] == "https://huggingface.co/someone/vtlm-tiny/resolve/main/examples/00-apple.png"
+    assert card.data.widget[0]["src"] == "https://huggingface.co/someone/vtlm-tiny/resolve/main/examples/00.png"
 
 
 def test_publishing_again_is_idempotent_and_removes_stale_examples(hub, run_dir, token):
     hub.files[("someone/vtlm-tiny", "main")] = {".gitattributes": b"*.png filter=lfs", "notes/eval.md": b"mine"}
-    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     first_state = dict(hub.files[("someone/vtlm-tiny", "main")])
     readme_mtime = (run_dir / "README.md").stat().st_mtime_ns
 
-    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     assert hub.commits[1]["added"] == hub.commits[0]["added"]  # same paths, same bytes: the Hub skips them
     assert hub.commits[1]["deleted"] == []
     assert hub.files[("someone/vtlm-tiny", "main")] == first_state
@@ -197,17 +197,17 @@ def test_publishing_again_is_idempotent_and_removes_stale_examples(hub, run_dir,
 
     # Fewer examples in the folder: the Hub loses the one that is gone instead of keeping it as garbage.
     save_example_images(run_dir, [Image.new("RGB", (32, 32), "red")], ["apple"])
-    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     examples = sorted(path for path in hub.files[("someone/vtlm-tiny", "main")] if path.startswith("examples/"))
-    assert examples == ["examples/00-apple.png"]
-    assert sorted(hub.commits[2]["deleted"]) == ["examples/01-aquarium_fish.png", "examples/02-dolphin.png"]
+    assert examples == ["examples/00.png"]
+    assert sorted(hub.commits[2]["deleted"]) == ["examples/01.png", "examples/02.png"]
     # Files publishing does not own stay.
     assert hub.files[("someone/vtlm-tiny", "main")]["notes/eval.md"] == b"mine"
 
 
 def test_publish_to_a_new_branch_of_a_private_repo(hub, run_dir, token):
     publish_run(
-        run_dir, repo_id="someone/vtlm-tiny", token=token, private=True, revision="smoke", commit_message="Try it"
+        run_dir, hub_model_id="someone/vtlm-tiny", token=token, private=True, revision="smoke", commit_message="Try it"
     )
     assert hub.branches == [("someone/vtlm-tiny", "smoke")]
     assert hub.repos["someone/vtlm-tiny"] == {"private": True}
@@ -220,31 +220,39 @@ def test_publish_refuses_a_folder_whose_uploaded_files_hold_the_token(hub, run_d
     run_info = run_dir / "run_info.json"
     run_info.write_text(run_info.read_text().replace('"<HUB_TOKEN>"', f'"{token}"'))
     with pytest.raises(RuntimeError, match="run_info.json") as error:
-        publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+        publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     assert token not in str(error.value)
     assert hub.commits == [] and hub.repos == {}
 
 
 def test_publish_keeps_a_hand_written_readme(hub, run_dir, token):
     (run_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# My own card\n")
-    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     assert hub.commits[0]["added"]["README.md"] == b"---\nlicense: apache-2.0\n---\n# My own card\n"
 
 
 def test_publish_needs_a_saved_model_and_a_full_repo_id(hub, run_dir, token):
     for repo_id in (None, "vtlm-tiny", "a/b/c"):
         with pytest.raises(ValueError, match="repo id must be 'namespace/name'"):
-            publish_run(run_dir, repo_id=repo_id, token=token)
+            publish_run(run_dir, hub_model_id=repo_id, token=token)
     (run_dir / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+        publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     assert hub.commits == [] and hub.repos == {}
 
 
 @pytest.mark.parametrize("token_from", ["flag", "environment"])
 def test_push_to_hub_cli(hub, run_dir, token, token_from, monkeypatch, caplog, capfd):
     caplog.set_level(logging.DEBUG)
-    argv = ["--output_dir", str(run_dir), "--hub_model_id", "someone/vtlm-cli", "--private", "--revision", "dev"]
+    argv = [
+        "--output_dir",
+        str(run_dir),
+        "--hub_model_id",
+        "someone/vtlm-cli",
+        "--hub_private_repo",
+        "--hub_revision",
+        "dev",
+    ]
     if token_from == "flag":
         argv += ["--hub_token", token]
         monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -275,14 +283,14 @@ def test_publish_fails_fast_and_changes_nothing_without_token_or_network(hub, ru
         monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: reason)
         expected, message = ConnectionError, "cannot publish: the Hub at .* cannot be reached"
     with pytest.raises(expected, match=message):
-        publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token)
+        publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
     assert hub.commits == [] and hub.repos == {}
 
 
 def test_the_vit_export_is_published_beside_the_custom_code_and_the_cards_link_each_other(hub, run_dir, token):
     pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
-    publish_run(run_dir, repo_id="someone/vtlm-tiny", token=token, vit_repo_id="someone/vtlm-tiny-vit")
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, hub_vit_model_id="someone/vtlm-tiny-vit")
 
     assert set(hub.repos) == {"someone/vtlm-tiny", "someone/vtlm-tiny-vit"}
     main, vit = hub.files[("someone/vtlm-tiny", "main")], hub.files[("someone/vtlm-tiny-vit", "main")]
@@ -305,5 +313,35 @@ def test_a_model_the_vit_cannot_express_is_refused_before_anything_is_published(
     (run_dir / "config.json").write_text(json.dumps({**config, "pooling": "mean"}))
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     with pytest.raises(ValueError, match="pooling='mean'"):
-        publish_run(run_dir, repo_id="someone/vtlm-mean", token=token, vit_repo_id="someone/vtlm-mean-vit")
+        publish_run(run_dir, hub_model_id="someone/vtlm-mean", token=token, hub_vit_model_id="someone/vtlm-mean-vit")
     assert hub.repos == {} and {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "user, repo_ids, match",
+    [
+        ({"name": "someone", "auth": {"accessToken": {"role": "read"}}}, ["someone/vtlm"], "read-only"),
+        ({"name": "someone", "orgs": [{"name": "lab"}]}, ["someone/vtlm", "other/vtlm-vit"], "cannot write to other"),
+    ],
+)
+def test_a_token_that_cannot_write_there_is_refused_before_any_work(hub, token, user, repo_ids, match, monkeypatch):
+    """`train.py --push_to_hub` checks this before the first step (`check_can_publish`), not after hours of training."""
+    from training.hub import check_can_publish
+
+    monkeypatch.setattr(HfApi, "whoami", lambda api, **kwargs: user)
+    with pytest.raises(ValueError, match=match):
+        check_can_publish(*repo_ids, token=token)
+    assert hub.repos == {} and hub.commits == []
+    if user.get("orgs"):
+        check_can_publish("lab/vtlm", token=token)  # an organization of the token's user: allowed
+
+
+def test_train_push_to_hub_without_a_token_fails_before_loading_any_data(tmp_path, monkeypatch, capsys):
+    train = load_script("train")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(training.hub, "get_token", lambda: None)
+    argv = ["--dataset_name=/no/such/data", "--push_to_hub", "--hub_model_id=someone/vtlm", f"--output_dir={tmp_path}"]
+    assert train.run_cli(train.main, argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: no Hub token") and "/no/such/data" not in error  # before the data was looked at

@@ -41,11 +41,13 @@ def test_the_conv_recipe_is_the_headline_recipe_on_the_conv_preset():
     assert conv[3] == {**headline[3], "output_dir": "runs/vtlm-37m-conv-cifar100"}
 
 
-def test_the_seed_recipe_is_the_seeds():
+def test_the_original_recipe_is_the_original_models():
     """train_vit.py of MadrasLe/vision-transformer-37M-: AutoAugment (CIFAR-10 policy), RandomResizedCrop(0.8, 1),
     flip, dropout 0.1, AdamW 3e-4 with weight decay 0.05, batch 256, 5 of 100 warm-up epochs, cosine to 1e-6,
     clipping 1.0, fp16; no Mixup/CutMix, label smoothing, erasing or stochastic depth."""
-    model_args, data_args, augmentation, training = parse_arguments([str(REPO_ROOT / "recipes" / "seed.yaml")])
+    model_args, data_args, augmentation, training = parse_arguments(
+        [str(REPO_ROOT / "recipes" / "madras1-vtlm37m.yaml")]
+    )
     assert (model_args.model_preset, model_args.hidden_dropout_prob, model_args.drop_path_rate) == ("vtlm-37m", 0.1, 0)
     assert augmentation.auto_augment_policy == "cifar10" and augmentation.randaugment_num_ops == 0
     assert (augmentation.random_resized_crop_scale, augmentation.crop_padding) == (0.8, 0)

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO_ROOT, TINY_RUN
 from safetensors.torch import load_file
 
-from training.trainer import last_complete_checkpoint
+from training.rerun import last_complete_checkpoint
 
 
 def train_command(dataset, output_dir):
@@ -95,19 +95,46 @@ def test_half_written_checkpoint_is_skipped(tmp_path):
 
 
 def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
-    """`check_previous_run` compares the arguments that define the run, and only those, with the checkpoint's."""
-    from training.run_info import ARGUMENTS_FILE, RunMismatchError, check_previous_run
+    """`prepare_output_dir` compares the arguments that define the run, and only those, with the checkpoint's."""
+    from training.arguments import VTLMTrainingArguments
+    from training.rerun import RunMismatchError, prepare_output_dir
+    from training.run_info import ARGUMENTS_FILE
 
     saved = {"training_arguments": {"learning_rate": 1e-3, "logging_steps": 50}, "num_processes": 1}
     checkpoint = tmp_path / "checkpoint-8"
     checkpoint.mkdir()
     (checkpoint / ARGUMENTS_FILE).write_text(json.dumps(saved))
+    training_args = VTLMTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(checkpoint))
     same_run = {"training_arguments": {"learning_rate": 1e-3, "logging_steps": 10}, "num_processes": 1}
-    assert check_previous_run(str(tmp_path), same_run, str(checkpoint)) is False  # resumable, not finished
+    previous = prepare_output_dir(training_args, same_run)
+    assert (previous.finished, previous.checkpoint) == (False, str(checkpoint))  # resumable, not finished
     for other, difference in (
         ({"training_arguments": {"learning_rate": 5e-4, "logging_steps": 50}, "num_processes": 1}, "--learning_rate"),
         ({"training_arguments": {"learning_rate": 1e-3, "logging_steps": 50}, "num_processes": 2}, "--num_processes"),
     ):
         with pytest.raises(RunMismatchError, match=f"the checkpoint {checkpoint} made with other arguments") as error:
-            check_previous_run(str(tmp_path), other, str(checkpoint))
+            prepare_output_dir(training_args, other)
         assert difference in str(error.value)
+
+
+def test_an_output_dir_that_is_a_file_or_holds_other_files_is_refused_before_anything_changes(tmp_path):
+    from training.arguments import VTLMTrainingArguments
+    from training.rerun import prepare_output_dir
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        prepare_output_dir(VTLMTrainingArguments(output_dir=str(a_file)), {})
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("train.py", "notes.txt", "config.json"):
+        (folder / name).write_text("mine")
+    for overwrite in (False, True):
+        training_args = VTLMTrainingArguments(output_dir=str(folder), overwrite_output_dir=overwrite)
+        with pytest.raises(ValueError, match=r"holds files that no VTLM run writes \(notes.txt, train.py\)"):
+            prepare_output_dir(training_args, {})
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "notes.txt", "train.py"]
+    (folder / "notes.txt").unlink()
+    (folder / "train.py").unlink()
+    previous = prepare_output_dir(VTLMTrainingArguments(output_dir=str(folder)), {})  # a run's files only
+    assert (previous.finished, previous.checkpoint) == (False, None)

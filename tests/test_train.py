@@ -122,9 +122,11 @@ def test_run_info_records_config_arguments_and_commit(finished_run):
 
 def test_card_has_widget_examples_from_the_test_split(finished_run):
     examples = sorted(os.listdir(finished_run / "examples"))
-    assert examples == ["00-apple.png", "01-aquarium_fish.png", "02-baby.png", "03-bear.png"]
+    assert examples == ["00.png", "01.png", "02.png", "03.png"]
+    recorded = json.loads((finished_run / "run_info.json").read_text())["examples"]
+    assert [example["label"] for example in recorded] == ["apple", "aquarium_fish", "baby", "bear"]
     card = (finished_run / "README.md").read_text()
-    assert "examples/00-apple.png" in card
+    assert "| ![apple](examples/00.png) | apple |" in card
 
 
 def test_push_without_a_repo_id_fails_before_training(cifar100_dir, tmp_path):
@@ -179,10 +181,10 @@ def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_data
     }
     assert {result.dataset_split for result in card.data.eval_results} == {"train", "test"}
     text = readme.read_text()
-    assert "CIFAR" not in text and "Smoke run" not in text and "seed model" not in text
+    assert "CIFAR" not in text and "Smoke run" not in text and "original model" not in text
     for published in ("README.md", "run_info.json", "trainer_state.json"):
         assert str(tmp_path) not in (tmp_path / "run" / published).read_text(), published
-    assert "(4 images per class)" in text
+    assert "(3 images per class)" in text  # 400 training images less the hold-out of 100: 3 of each class
 
 
 @pytest.mark.slow  # a script in a fresh interpreter

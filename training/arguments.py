@@ -1,20 +1,20 @@
 """The arguments of `scripts/train.py`, with VTLM's recipe as the defaults, and their parser.
 
-This module imports only transformers' `TrainingArguments` and the config, so `--help` and a bad flag answer
-before the model code, `datasets` or the Trainer load. `AugmentationArguments` lives with the ops it validates.
+This module imports only transformers' `TrainingArguments`, the config and the image ops' policy names, so `--help`
+and a bad flag answer before the model code, `datasets` or the Trainer load.
 """
 
-import argparse
-import os
+import math
 from dataclasses import dataclass, field
 
 import torch
+import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling import PRESETS
 
-from .augmentation import AugmentationArguments
-from .cli import suggest_flags
+from .cli import parse_flags, suggest_flags
+from .image_ops import AUTO_AUGMENT_POLICIES
 
 
 @dataclass
@@ -118,6 +118,109 @@ class DataArguments:
 
 
 @dataclass
+class AugmentationArguments:
+    """The training-time augmentation recipe. The defaults are the usual ViT-from-scratch recipe on CIFAR-100
+    (DeiT's ingredients with CIFAR's pad-and-crop); 0 (or False, or None) turns an ingredient off."""
+
+    crop_padding: int = field(
+        default=4,
+        metadata={
+            "help": "Zero-pad each side by this many pixels, then crop a random image-sized window (0: no crop). "
+            "Pad-and-crop is the CIFAR standard: it shifts pixels without resampling them, where a RandomResizedCrop "
+            "blurs 32x32 images for a zoom range that RandAugment's shear and translate already cover."
+        },
+    )
+    random_resized_crop_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "RandomResizedCrop instead of pad-and-crop (needs --crop_padding 0): a box of a random share of "
+            "the image's area, from this value to 1, and of aspect ratio 3/4 to 4/3, resized bilinearly back to the "
+            "image's size (torchvision's algorithm; the seed model used 0.8). None: off."
+        },
+    )
+    horizontal_flip: bool = field(default=True, metadata={"help": "Flip each image left-right with probability 0.5."})
+    randaugment_num_ops: int = field(
+        default=2,
+        metadata={"help": "RandAugment rounds: in each, every image draws one of the 14 ops (0: no RandAugment)."},
+    )
+    randaugment_magnitude: float = field(
+        default=9.0,
+        metadata={
+            "help": "RandAugment's mean magnitude on the 0-10 scale of the paper and timm (10: strongest); timm's `m`."
+        },
+    )
+    randaugment_magnitude_std: float = field(
+        default=0.5,
+        metadata={
+            "help": "Each applied op draws its magnitude from N(randaugment_magnitude, this), clipped to [0, 10]; "
+            "timm's `mstd` (0: always randaugment_magnitude)."
+        },
+    )
+    randaugment_prob: float = field(
+        default=0.5,
+        metadata={
+            "help": "Probability that a round's op is applied to an image; timm's `p` (1: every round changes it)."
+        },
+    )
+    auto_augment_policy: str | None = field(
+        default=None,
+        metadata={
+            "help": "AutoAugment instead of RandAugment (needs --randaugment_num_ops 0): `cifar10`, the policy the "
+            "paper learned on CIFAR-10, as torchvision's, with a sub-policy drawn per image. None: off."
+        },
+    )
+    mixup_alpha: float = field(default=0.8, metadata={"help": "Mixup's lambda ~ Beta(alpha, alpha) (0: no Mixup)."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix's lambda ~ Beta(alpha, alpha) (0: no CutMix)."})
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "Probability that an image is mixed at all, by Mixup or CutMix (0: never)."}
+    )
+    mixup_switch_prob: float = field(
+        default=0.5,
+        metadata={"help": "When both Mixup and CutMix are on: probability that a mixed image uses CutMix."},
+    )
+    random_erasing_prob: float = field(
+        default=0.25,
+        metadata={"help": "Probability that a random box of each image is replaced by Gaussian noise (0: never)."},
+    )
+
+    def __post_init__(self):
+        for name in ("crop_padding", "randaugment_num_ops", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.randaugment_magnitude <= 10:
+            raise ValueError(f"`randaugment_magnitude` must be in [0, 10], got {self.randaugment_magnitude}.")
+        if not 0 <= self.randaugment_magnitude_std < math.inf:  # timm's inf (uniform magnitudes) is not supported
+            raise ValueError(
+                f"`randaugment_magnitude_std` must be >= 0 and finite, got {self.randaugment_magnitude_std}."
+            )
+        for name in ("randaugment_prob", "mixup_prob", "mixup_switch_prob", "random_erasing_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
+        if self.random_resized_crop_scale is not None:
+            if not 0 < self.random_resized_crop_scale <= 1:
+                raise ValueError(
+                    f"`random_resized_crop_scale` must be in (0, 1], got {self.random_resized_crop_scale}."
+                )
+            if self.crop_padding > 0:
+                raise ValueError(
+                    f"`random_resized_crop_scale` {self.random_resized_crop_scale} and `crop_padding` "
+                    f"{self.crop_padding} are two crops: set `crop_padding` to 0 to use RandomResizedCrop."
+                )
+        if self.auto_augment_policy is not None:
+            if self.auto_augment_policy not in AUTO_AUGMENT_POLICIES:
+                raise ValueError(
+                    f"`auto_augment_policy` must be one of {sorted(AUTO_AUGMENT_POLICIES)} or None, "
+                    f"got {self.auto_augment_policy!r}."
+                )
+            if self.randaugment_num_ops > 0:
+                raise ValueError(
+                    f"`auto_augment_policy` {self.auto_augment_policy!r} and `randaugment_num_ops` "
+                    f"{self.randaugment_num_ops} are two augmentation policies: set `randaugment_num_ops` to 0 to use "
+                    "AutoAugment."
+                )
+
+
+@dataclass
 class VTLMTrainingArguments(TrainingArguments):
     """`TrainingArguments` with VTLM's recipe as the defaults; every Trainer flag still works.
 
@@ -201,20 +304,28 @@ class VTLMTrainingArguments(TrainingArguments):
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments)
 
 
+RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
 def parse_arguments(argv):
-    """`ARGUMENT_CLASSES` from command-line flags, or from a single `.json` or `.yaml` file."""
-    # A bad value raises here, to end as one line (`training.cli.run_cli`), not argparse's 130-line usage.
+    """`ARGUMENT_CLASSES` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
+    the flags replace: `train.py recipes/seed.yaml --dataset_name DIR`."""
     parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    # Unknown flags first: HfArgumentParser finds them only after building every dataclass, and building
-    # TrainingArguments loads transformers' integrations (seconds).
-    try:
-        _, unknown = parser.parse_known_args(argv)
-    except argparse.ArgumentError as error:
-        raise ValueError(f"{error}; see --help") from None
-    if unknown:
-        raise suggest_flags(unknown, parser)
+    if argv and argv[0].endswith(RECIPE_SUFFIXES) and not argv[0].startswith("-"):
+        parser.set_defaults(**read_recipe(argv[0], parser))
+        argv = argv[1:]
+    # Flags first, as one line for any mistake: HfArgumentParser finds an unknown flag only after building every
+    # dataclass, and building TrainingArguments loads transformers' integrations (seconds).
+    parse_flags(parser, argv)
     return parser.parse_args_into_dataclasses(argv)
+
+
+def read_recipe(path, parser):
+    """A recipe file's `{flag name: value}`, every name one of `parser`'s."""
+    with open(path) as file:
+        recipe = yaml.safe_load(file)  # JSON is YAML
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe maps train.py's flag names to values")
+    if unknown := [name for name in recipe if name not in {action.dest for action in parser._actions}]:
+        raise suggest_flags([f"--{name}" for name in unknown], parser, where=path)
+    return recipe

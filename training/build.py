@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, TrainingAr
 
 from modeling import VTLMConfig, VTLMForImageClassification
 
-from .augmentation import BatchAugmentation, PixelNormalizer
+from .augmentation import BatchAugmentation
 from .data import collate_batch
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
@@ -61,22 +61,17 @@ def build_model(model_args, config, label_names):
     )
 
 
-def build_augmentation(augmentation_args, config, training_args, image_processor):
-    """The recipe's batch augmentation for `config`'s labels. It normalises with `image_processor`'s mean and std, so
-    training sees what the published processor gives at inference, and puts the training arguments' label smoothing
-    into its soft targets."""
+def build_augmentation(augmentation_args, config, training_args):
+    """The recipe's batch augmentation for `config`'s labels, with the training arguments' label smoothing in its
+    soft targets."""
     return BatchAugmentation(
-        augmentation_args,
-        num_labels=config.num_labels,
-        mean=image_processor.image_mean,
-        std=image_processor.image_std,
-        label_smoothing=training_args.label_smoothing_factor,
+        augmentation_args, num_labels=config.num_labels, label_smoothing=training_args.label_smoothing_factor
     )
 
 
-def build_trainer(model, training_args, data, augmentation, callbacks=(), processing_class=None):
+def build_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
     """The `VTLMTrainer` of a training run: train on the train split, select on the validation split, both held in
-    memory as uint8 tensors (`ImageDatasets.tensors`)."""
+    memory as uint8 tensors (`ImageDatasets.tensors`), normalised as `image_processor` normalises."""
     return VTLMTrainer(
         model=model,
         args=training_args,
@@ -85,9 +80,8 @@ def build_trainer(model, training_args, data, augmentation, callbacks=(), proces
         data_collator=collate_batch,
         compute_metrics=build_compute_metrics(data.fine_to_coarse),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        processing_class=processing_class,
+        processing_class=image_processor,
         augmentation=augmentation,
-        normalizer=augmentation.normalize,
         callbacks=[StopOnNonFiniteLoss(), *callbacks],
     )
 
@@ -107,5 +101,5 @@ def build_evaluation_trainer(model, image_processor, data, output_dir, batch_siz
         data_collator=collate_batch,
         compute_metrics=build_compute_metrics(data.fine_to_coarse),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        normalizer=PixelNormalizer(image_processor.image_mean, image_processor.image_std),
+        processing_class=image_processor,
     )

@@ -1,6 +1,7 @@
 """What every script shares: one log format and level for every library's loggers, and short errors for a user's
 mistakes."""
 
+import argparse
 import difflib
 import logging
 import os
@@ -34,7 +35,8 @@ USER_ERRORS = (ValueError, OSError)
 
 
 def run_cli(main, argv=None):
-    """Run a script's `main(argv)`: a user's mistake ends with `error: <message>` and exit status 2, no traceback.
+    """Run a script's `main(argv)`: a user's mistake ends with `error: <message>` and exit status 2, Ctrl-C with
+    `interrupted` (and what the script says of it) and exit status 130, no traceback.
 
     Set `VTLM_TRACEBACK=1` to see the traceback anyway."""
     try:
@@ -44,15 +46,65 @@ def run_cli(main, argv=None):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: what it stopped, and how to go on, not the stack it stopped in
+        if os.environ.get("VTLM_TRACEBACK") == "1":
+            raise
+        print(f"interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
+        return 130
     return 0
 
 
-def suggest_flags(unknown, parser):
+def parse_flags(parser, argv):
+    """`parser.parse_known_args(argv)` as every script parses its flags: a mistyped flag is named with the closest
+    known one, a bad value or a missing argument is one `ValueError` line, never argparse's usage and exit."""
+
+    def error(message):
+        raise ValueError(f"{message}; see --help")
+
+    parser.error = error  # argparse calls it for a missing argument even with exit_on_error=False (Python < 3.12)
+    parser.allow_abbrev = False  # `--lr` is a mistyped flag, not an ambiguous abbreviation of five
+    try:
+        namespace, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise ValueError(f"{error}; see --help") from None
+    if unknown:
+        raise suggest_flags(unknown, parser)
+    return namespace
+
+
+def check_model_source(model_name_or_path):
+    """Raise one line unless `model_name_or_path` is a folder, a Hub id already cached, or a Hub id and the Hub can
+    be reached: a missing folder is named as missing, not as a Hub id that failed to download."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = str(model_name_or_path)
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise ValueError(f"{path} is a file: expected a model folder or a Hub id (user/name)")
+    try:
+        validate_repo_id(path)
+        hub_id = not path.startswith((".", "~")) and path.count("/") == 1
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        raise FileNotFoundError(f"{path} is neither a folder nor a Hub id (user/name)")
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return
+    from .data import hub_unreachable_reason  # here: it loads `datasets` (a second)
+
+    if reason := "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable_reason():
+        raise FileNotFoundError(f"there is no folder {path} here, and the Hub id {path} cannot be looked up: {reason}")
+
+
+def suggest_flags(unknown, parser, where=None):
     """The error for the arguments `parser` does not know (`unknown`, from `parse_known_args`), with the closest known
-    flag for each."""
+    flag for each; `where` names the file they came from."""
     known = [option for action in parser._actions for option in action.option_strings]
     hints = []
     for argument in unknown:
         close = difflib.get_close_matches(argument, known, n=1, cutoff=0.6) if argument.startswith("-") else []
         hints.append(f"{argument} (did you mean {close[0]}?)" if close else argument)
-    return ValueError(f"unknown argument(s): {' '.join(hints)}; see --help")
+    return ValueError(f"{where + ': ' if where else ''}unknown argument(s): {' '.join(hints)}; see --help")

@@ -242,8 +242,9 @@ def _column(dataset, name):
 
 
 def _fine_to_coarse(raw, label_column, coarse_column):
-    """The superclass of every label, read off the rows; `None` without a usable superclass column."""
-    if coarse_column is None or any(coarse_column not in dataset.column_names for dataset in raw.values()):
+    """The superclass of every label, read off the rows; `None` without a usable superclass column, or with one that
+    groups nothing (the label column itself, or one superclass per label: superclass accuracy would be top-1)."""
+    if coarse_column in (None, label_column) or any(coarse_column not in ds.column_names for ds in raw.values()):
         return None
     num_labels = raw["train"].features[label_column].num_classes
     fine = np.concatenate([_column(dataset, label_column) for dataset in raw.values()])
@@ -253,6 +254,8 @@ def _fine_to_coarse(raw, label_column, coarse_column):
         logger.warning(
             f"column {coarse_column!r} does not give every label exactly one superclass: no superclass accuracy"
         )
+        return None
+    if len(np.unique(pairs[:, 1])) == num_labels:
         return None
     return pairs[:, 1].tolist()  # `pairs` is sorted by fine label, one row per label
 

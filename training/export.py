@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import transformers
 from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -26,6 +25,8 @@ from transformers import (
     ViTForImageClassification,
 )
 from transformers.utils import cached_file
+
+from .cli import check_model_source
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = "onnx/model.onnx"  # where optimum and transformers.js look
@@ -220,11 +221,7 @@ def onnx_logits(session, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def load_vtlm_config(model_name_or_path):
     """The config of a VTLM run folder, checkpoint-N folder or Hub id; an `ExportError` for anything else."""
-    if not Path(model_name_or_path).is_dir():
-        try:
-            validate_repo_id(str(model_name_or_path))
-        except HFValidationError as error:
-            raise ExportError(f"{model_name_or_path} is neither a folder nor a Hub id") from error
+    check_model_source(model_name_or_path)
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True)
     if config.model_type != "vtlm":
         raise ExportError(f"{model_name_or_path} is a {config.model_type!r} model, not a VTLM model")

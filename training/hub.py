@@ -7,6 +7,7 @@ What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and ch
 
 import importlib.util
 import logging
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,15 +49,15 @@ MIRRORED_PATTERNS = ["examples/*", "runs/*", "logs/*"]
 
 def publish_run(
     output_dir,
-    repo_id: str,
+    hub_model_id: str,
     *,
     token: str | None = None,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
-    vit_repo_id: str | None = None,
+    hub_vit_model_id: str | None = None,
 ) -> CommitInfo:
-    """Upload the run folder `output_dir` to the model repository `repo_id` (`namespace/name`).
+    """Upload the run folder `output_dir` to the model repository `hub_model_id` (`namespace/name`).
 
     Renders the model card first unless `README.md` was written by hand, and copies the endpoint handler into
     the folder. Creates the repository (private if `private`) and the branch `revision` when missing; an existing
@@ -64,27 +65,28 @@ def publish_run(
     `hf auth login`). Publishing the same folder again uploads the same bytes, so the Hub skips it as unchanged.
     Refuses to upload (and raises `RuntimeError`) when any selected file contains the token.
 
-    With `vit_repo_id`, the run is also exported exactly to transformers' built-in ViT (and to ONNX, with the
+    With `hub_vit_model_id`, the run is also exported exactly to transformers' built-in ViT (and to ONNX, with the
     `export` extra installed) and published there, for users and services that run no custom code; each card links
     to the other. The custom-code repository stays the primary one.
     """
-    check_repo_id(repo_id)
-    if vit_repo_id is not None:
-        check_repo_id(vit_repo_id)
+    check_repo_id(hub_model_id)
+    if hub_vit_model_id is not None:
+        check_repo_id(hub_vit_model_id)
     output_dir = Path(output_dir)
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
-    if vit_repo_id is not None:  # a config the built-in ViT cannot express is refused before anything changes
+    if hub_vit_model_id is not None:  # a config the built-in ViT cannot express is refused before anything changes
         check_vit_exportable(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
     api = HfApi(token=token)
-    check_hub_access(api)  # before the folder is touched: a failed publish changes nothing
+    # Before the folder is touched: a failed publish changes nothing.
+    check_hub_access(api, [hub_model_id, hub_vit_model_id])
 
     readme = output_dir / "README.md"
     if readme.is_file() and not is_generated_card(readme):
         logger.info("Keeping the hand-written %s", readme)
     else:
-        write_model_card(output_dir, repo_id=repo_id, revision=revision, vit_repo_id=vit_repo_id)
+        write_model_card(output_dir, hub_model_id=hub_model_id, revision=revision, hub_vit_model_id=hub_vit_model_id)
     for name in ENDPOINT_FILES:
         target = output_dir / name
         if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
@@ -93,10 +95,12 @@ def publish_run(
     files = select_upload_files(output_dir)
     _refuse_files_with_token(output_dir, files, token or get_token())
 
-    logger.info("Uploading %d files from %s to %s (revision %s)", len(files), output_dir, repo_id, revision or "main")
+    logger.info(
+        "Uploading %d files from %s to %s (revision %s)", len(files), output_dir, hub_model_id, revision or "main"
+    )
     commit = _upload_folder(
         api,
-        repo_id,
+        hub_model_id,
         output_dir,
         private,
         revision,
@@ -106,40 +110,51 @@ def publish_run(
         delete_patterns=MIRRORED_PATTERNS,
     )
     logger.info("Published %s", commit.commit_url)
-    if vit_repo_id is not None:
-        publish_vit_export(api, output_dir, repo_id, vit_repo_id, token, private, revision)
+    if hub_vit_model_id is not None:
+        publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision)
     return commit
 
 
-def publish_vit_export(api, output_dir, repo_id, vit_repo_id, token, private, revision):
+def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision):
     """Export `output_dir` to the built-in ViT (and ONNX when its packages are installed) and upload it, with the
-    endpoint handler, to `vit_repo_id`; its card names `repo_id` as the source."""
+    endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id` as the source."""
     formats = ("vit", "onnx") if importlib.util.find_spec("onnxruntime") else ("vit",)
     if "onnx" not in formats:
         logger.warning(
-            "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", vit_repo_id
+            "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", hub_vit_model_id
         )
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = Path(workdir) / "vit"
-        export_model(output_dir, export_dir, formats, source=repo_id)
+        export_model(output_dir, export_dir, formats, source=hub_model_id)
         for name in ENDPOINT_FILES:
             shutil.copyfile(ENDPOINT_DIR / name, export_dir / name)
         files = sorted(path.relative_to(export_dir).as_posix() for path in export_dir.rglob("*") if path.is_file())
         _refuse_files_with_token(export_dir, files, token or get_token())
         commit = _upload_folder(
             api,
-            vit_repo_id,
+            hub_vit_model_id,
             export_dir,
             private,
             revision,
-            commit_message=f"Exact export of {repo_id} to transformers' built-in ViT",
+            commit_message=f"Exact export of {hub_model_id} to transformers' built-in ViT",
         )
     logger.info("Published the ViT export %s", commit.commit_url)
     return commit
 
 
-def check_hub_access(api):
-    """Raise within seconds, naming the cause, unless `api` has a token that the Hub accepts."""
+def check_can_publish(hub_model_id, hub_vit_model_id=None, token=None):
+    """Raise within seconds, before any work, unless the repo ids are well formed, the Hub is reachable, and the
+    token may write to both repositories (`check_hub_access`)."""
+    check_repo_id(hub_model_id)
+    if hub_vit_model_id is not None:
+        check_repo_id(hub_vit_model_id)
+    check_hub_access(HfApi(token=token), [hub_model_id, hub_vit_model_id])
+
+
+def check_hub_access(api, repo_ids=()):
+    """Raise within seconds, naming the cause, unless `api` has a token that the Hub accepts and that may write to
+    each of `repo_ids` (None entries are skipped): a token with the "read" role, or a namespace that is neither the
+    token's user nor one of its organizations, is refused. A repository that does not exist yet is created there."""
     if not (api.token or get_token()):
         raise ValueError("no Hub token: set HF_TOKEN, run `hf auth login`, or pass --hub_token")
     if constants.HF_HUB_OFFLINE:
@@ -147,9 +162,40 @@ def check_hub_access(api):
     if reason := hub_unreachable_reason():
         raise ConnectionError(f"cannot publish: {reason}")
     try:
-        api.whoami()
+        user = api.whoami()
     except HfHubHTTPError as error:
         raise ValueError(f"the Hub refused the token ({error}): check it has write access") from None
+    role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise ValueError(
+            f"the Hub token of {user.get('name')} is read-only: publishing needs a token with write access"
+        )
+    namespaces = {user.get("name"), *(org.get("name") for org in user.get("orgs") or [])}
+    for repo_id in filter(None, repo_ids):
+        if repo_id.split("/")[0] not in namespaces:
+            raise ValueError(
+                f"the Hub token of {user.get('name')} cannot write to {repo_id}: its namespaces are "
+                f"{', '.join(sorted(filter(None, namespaces)))}"
+            )
+
+
+def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, private=False, revision=None):
+    """The `scripts/push_to_hub.py` command that publishes the run folder `output_dir` as `publish_run` would."""
+    command = [
+        "python",
+        "scripts/push_to_hub.py",
+        "--output_dir",
+        output_dir,
+        "--hub_model_id",
+        hub_model_id or "USER/NAME",
+    ]
+    if hub_vit_model_id:
+        command += ["--hub_vit_model_id", hub_vit_model_id]
+    if private:
+        command.append("--hub_private_repo")
+    if revision:
+        command += ["--hub_revision", revision]
+    return shlex.join(command)
 
 
 def check_repo_id(repo_id):

@@ -4,15 +4,12 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 from dataclasses import asdict
 
 import torch
 import transformers
 from torch.utils import collect_env
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling import CIFAR100_LABELS
 
@@ -57,6 +54,11 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+CIFAR100_HUB_ID = "uoft-cs/cifar100"
+ARGUMENTS_FILE = "run_arguments.json"  # the arguments exactly as given; never published
+RUN_INFO_FILE = "run_info.json"  # what the card and every report render; published with the model
+
+
 def is_all_of_cifar100(data):
     """Whether the splits are all of CIFAR-100: its 100 fine labels, 50,000 train + validation and 10,000 test."""
     sizes = {split: len(dataset) for split, dataset in data.datasets.items()}
@@ -67,15 +69,18 @@ def is_all_of_cifar100(data):
     )
 
 
-def is_smoke_run(data_args, training_args):
-    """A run cut short: a step limit, fewer images than the dataset has, or less than one epoch. Any other run is
-    a real run on its dataset, whatever the dataset."""
-    return (
-        training_args.max_steps > 0
-        or data_args.max_train_samples is not None
-        or data_args.max_eval_samples is not None
-        or training_args.num_train_epochs < 1
-    )
+def smoke_run_reasons(data_args, training_args):
+    """Why the run is cut short (a step limit, fewer images than the dataset has, or less than one epoch), as the
+    flags that cut it; [] for a real run on its dataset, whatever the dataset."""
+    reasons = []
+    if training_args.max_steps > 0:
+        reasons.append(f"`--max_steps {training_args.max_steps}`")
+    for name in ("max_train_samples", "max_eval_samples"):
+        if getattr(data_args, name) is not None:
+            reasons.append(f"`--{name} {getattr(data_args, name)}`")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs < 1:
+        reasons.append(f"`--num_train_epochs {training_args.num_train_epochs:g}` (less than one epoch)")
+    return reasons
 
 
 def dataset_display_name(data_args):
@@ -83,33 +88,38 @@ def dataset_display_name(data_args):
     local folder's name (never its path on this machine)."""
     if data_args.dataset_display_name:
         return data_args.dataset_display_name
+    return dataset_source_name(data_args)
+
+
+def dataset_source_name(data_args):
+    """Where the data came from, publishable: the Hub id, or a local folder's own name."""
     if os.path.exists(data_args.dataset_name):
         return os.path.basename(os.path.normpath(data_args.dataset_name))
     return data_args.dataset_name
 
 
 def describe_dataset(data_args, data):
-    """The dataset as the model card shows it: its name, Hub id (None for a local folder), classes and sizes."""
-    sizes = {split: len(dataset) for split, dataset in data.datasets.items()}
-    # Train and validation together: the images the dataset had for learning, before the hold-out.
-    per_class = [a + b for a, b in zip(data.class_counts("train"), data.class_counts("validation"), strict=True)]
+    """The dataset as the card shows it: its name, Hub id (CIFAR-100's for a complete local copy of it, None for
+    other local folders), classes, sizes, and the training images per class after the validation hold-out."""
+    is_cifar100 = is_all_of_cifar100(data)
+    local = os.path.exists(data_args.dataset_name)
     return {
-        "name": "CIFAR-100" if is_all_of_cifar100(data) else dataset_display_name(data_args),
-        "hub_id": None if os.path.exists(data_args.dataset_name) else data_args.dataset_name,
-        "is_cifar100": is_all_of_cifar100(data),
+        "name": data_args.dataset_display_name or ("CIFAR-100" if is_cifar100 else dataset_source_name(data_args)),
+        "hub_id": CIFAR100_HUB_ID if is_cifar100 else None if local else data_args.dataset_name,
+        "is_cifar100": is_cifar100,
         "num_classes": len(data.label_names),
         "label_names": data.label_names,
-        "images": sizes,
-        "train_images_per_class": {"min": min(per_class), "max": max(per_class)},
+        "has_superclasses": data.fine_to_coarse is not None,
+        "images": {split: len(dataset) for split, dataset in data.datasets.items()},
+        "train_images_per_class": {"min": min(data.class_counts("train")), "max": max(data.class_counts("train"))},
     }
 
 
 def publishable_run_info(run_info, data_args):
-    """`run_info` without paths of this machine: the dataset by its display name, folders by their own names."""
+    """`run_info` without paths of this machine: a local dataset by its folder's name, folders by their own names."""
     run_info = json.loads(json.dumps(run_info))
     data_arguments = run_info["data_arguments"]
-    if os.path.exists(data_args.dataset_name):
-        data_arguments["dataset_name"] = dataset_display_name(data_args)
+    data_arguments["dataset_name"] = dataset_source_name(data_args)
     data_arguments["cache_dir"] = None
     training_arguments = run_info["training_arguments"]
     for name in ("output_dir", "logging_dir", "resume_from_checkpoint"):
@@ -121,38 +131,39 @@ def publishable_run_info(run_info, data_args):
     return run_info
 
 
-def write_run_info(output_dir, arguments, config, data):
-    """Write the run's record into `output_dir`: `run_arguments.json`, exactly as given (it stays on this machine:
-    reruns and `scripts/evaluate_model.py` read it), and `run_info.json`, published with the model: the arguments
-    without local paths, the dataset, config, code and hardware."""
+def write_run_info(output_dir, arguments, config, data, examples=(), resumed_from=None):
+    """Write the run's record into `output_dir`, once, at the end of the run: `run_info.json`, published with the
+    model (the arguments without local paths, the dataset, config, code, hardware, whether and why it is a smoke run,
+    whether it resumed, and the true labels of its `examples`, from `training.model_card.save_example_images`), and
+    `run_arguments.json`, the arguments exactly as given (it stays on this machine: reruns and
+    `scripts/evaluate_model.py` read it)."""
     model_args, data_args, augmentation_args, training_args = arguments
     recorded = run_arguments(arguments)
+    reasons = smoke_run_reasons(data_args, training_args)
     run_info = {
         "git_commit": git_commit(),
         **recorded,
         "dataset": describe_dataset(data_args, data),
         "config": config.to_dict(),
         "hardware": {"device": device_name(training_args.device), "num_processes": training_args.world_size},
-        "smoke_run": is_smoke_run(data_args, training_args),
+        "smoke_run": bool(reasons),
+        "smoke_run_reasons": reasons,
+        "resumed_from_checkpoint": os.path.basename(os.path.normpath(resumed_from)) if resumed_from else None,
+        "examples": list(examples),
     }
-    with open(os.path.join(output_dir, "run_info.json"), "w") as file:
+    with open(os.path.join(output_dir, RUN_INFO_FILE), "w") as file:
         json.dump(publishable_run_info(run_info, data_args), file, indent=2, default=str)
     with open(os.path.join(output_dir, ARGUMENTS_FILE), "w") as file:  # last: it marks the run as finished
         json.dump(recorded, file, indent=2)
 
 
-# Arguments that do not change what a run computes: where it writes, what it logs and reports, how fast it loads
-# data. A rerun may change these freely; any other difference means another run.
-NOT_DEFINING = (
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_", "log_", "disable_tqdm", "report_to",
-    "run_name", "project", "trackio_", "push_to_hub", "hub_", "save_total_limit", "save_on_each_node",
-    "save_only_model", "enable_jit_checkpoint", "dataloader_num_workers", "dataloader_pin_memory",
-    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
-    "per_device_eval_batch_size", "eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches",
-    "eval_use_gather_object", "include_", "skip_memory_metrics", "ddp_timeout", "ddp_backend", "debug", "local_rank",
-    "preprocessing_num_workers", "cache_dir",
-)  # fmt: skip
-ARGUMENTS_FILE = "run_arguments.json"
+def read_run_arguments(folder):
+    """The `run_arguments.json` of a run folder or checkpoint, or {} where there is none."""
+    path = os.path.join(folder, ARGUMENTS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as file:
+        return json.load(file)
 
 
 def run_arguments(arguments):
@@ -166,77 +177,3 @@ def run_arguments(arguments):
         "num_processes": training_args.world_size,
     }
     return json.loads(json.dumps(groups, default=str))
-
-
-def differing_arguments(saved, current):
-    """`--name saved -> current` for every argument that defines the run and differs between the two."""
-    differences = []
-    for group, values in current.items():
-        old_values = saved.get(group) or {}
-        if not isinstance(values, dict):  # a value of its own, like num_processes
-            values, old_values = {group: values}, {group: saved.get(group)}
-        for name in sorted(values.keys() | old_values.keys()):
-            old, new = old_values.get(name), values.get(name)
-            if old != new and not name.startswith(NOT_DEFINING):
-                differences.append(f"--{name} {old} -> {new}")
-    return differences
-
-
-class SaveRunArguments(TrainerCallback):
-    """Writes the run's arguments into every checkpoint, so that a rerun can tell whether it may resume it."""
-
-    def __init__(self, arguments):
-        self.arguments = arguments
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            with open(os.path.join(folder, ARGUMENTS_FILE), "w") as file:
-                json.dump(self.arguments, file, indent=2)
-
-
-class RunMismatchError(ValueError):
-    pass
-
-
-def check_previous_run(output_dir, arguments, checkpoint):
-    """Whether `output_dir` already holds this run, finished: its `run_arguments.json` has the same arguments.
-
-    Raises `RunMismatchError` when `output_dir` holds a finished run or `checkpoint` (the one a rerun would resume)
-    that other arguments made: resuming it would mix two runs.
-    """
-    sources = [os.path.join(output_dir, ARGUMENTS_FILE)]
-    if checkpoint:
-        sources.append(os.path.join(checkpoint, ARGUMENTS_FILE))
-    finished = False
-    for path in sources:
-        if not os.path.isfile(path):
-            continue
-        with open(path) as file:
-            saved = json.load(file)
-        saved = {key: saved[key] for key in arguments if key in saved}
-        if differences := differing_arguments(saved, arguments):
-            what = "a finished run" if path == sources[0] else f"the checkpoint {checkpoint}"
-            raise RunMismatchError(
-                f"{output_dir} holds {what} made with other arguments ({'; '.join(differences)}). Resuming it would "
-                "mix two runs: pass a new --output_dir, or --overwrite_output_dir to delete it and start afresh."
-            )
-        finished = finished or path == sources[0]
-    return finished
-
-
-def clear_previous_run(output_dir):
-    """Delete what a run leaves in `output_dir`: its checkpoints, TensorBoard logs, results and model card."""
-    if not os.path.isdir(output_dir):
-        return
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") or name in ("runs", "examples"):
-            shutil.rmtree(path)
-        elif name.endswith("_results.json") or name in (
-            ARGUMENTS_FILE,
-            "run_info.json",
-            "trainer_state.json",
-            "README.md",
-        ):
-            os.remove(path)

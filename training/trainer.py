@@ -1,16 +1,16 @@
 """The HF Trainer, taught to augment uint8 batches on the training device and to keep decay off non-matrices."""
 
-import json
 import math
-import os
+import time
 
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import sort_checkpoints
-from transformers.utils import logging
 
-from .augmentation import BatchAugmentation, PixelNormalizer, augmentation_seed
+from .augmentation import BatchAugmentation, augmentation_seed
+from .flops import flops_per_image
+from .image_ops import Normalize
 
-logger = logging.get_logger(__name__)
+# The key of the training clock in every log entry (`trainer_state.json`'s `log_history`).
+TRAINING_SECONDS = "training_seconds"
 
 
 class VTLMTrainer(Trainer):
@@ -18,16 +18,42 @@ class VTLMTrainer(Trainer):
 
     Training batches go through `augmentation` (crop, flip, RandAugment, erasing, Mixup/CutMix, label smoothing),
     seeded from (seed, global step, rank, micro-step) so a resumed run sees the same pixels as an uninterrupted one.
-    Evaluation batches are only normalised, by `normalizer`. Label smoothing lives in the soft targets, so the
-    Trainer's own label smoother is switched off. A Trainer that only evaluates needs no `augmentation`.
+    Every batch is normalised by `self.normalize`, built from `processing_class` (the image processor published
+    with the model), so training and evaluation see what the processor gives at inference. Label smoothing lives in
+    the soft targets, so the Trainer's own label smoother is switched off. A Trainer that only evaluates needs no
+    `augmentation`.
+
+    Every log entry carries `training_seconds`: the wall time of training so far, summed over the processes of a
+    resumed run (from the checkpoint's own log), which `train_runtime` covers only for the last process.
     """
 
-    def __init__(self, *args, normalizer: PixelNormalizer, augmentation: BatchAugmentation | None = None, **kwargs):
+    def __init__(self, *args, augmentation: BatchAugmentation | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.normalizer = normalizer
+        self.normalize = Normalize(self.processing_class.image_mean, self.processing_class.image_std)
         self.augmentation = augmentation
         self.label_smoother = None
         self._micro_step = (-1, 0)  # (global step, micro-steps seen at that step) for gradient accumulation
+        self._clock = None  # (time.monotonic() when this process started training, training seconds before it)
+        self._training_flops_per_image = None
+
+    def train(self, *args, **kwargs):
+        self._clock = (time.monotonic(), None)
+        return super().train(*args, **kwargs)
+
+    def log(self, logs, start_time=None):
+        if self._clock is not None:
+            started, before = self._clock
+            if before is None:  # the first log of this process: the resumed checkpoint's log is restored by now
+                before = training_seconds(self.state.log_history) or 0.0
+                self._clock = (started, before)
+            logs = {**logs, TRAINING_SECONDS: round(before + time.monotonic() - started, 3)}  # not the caller's dict
+        super().log(logs, start_time)
+
+    def floating_point_ops(self, inputs):
+        """Training FLOPs of the batch (`training.flops`): the Trainer's own estimate counts text tokens, 0 here."""
+        if self._training_flops_per_image is None:  # counted once (about a second), on the meta device
+            self._training_flops_per_image = flops_per_image(self.accelerator.unwrap_model(self.model).config).training
+        return self._training_flops_per_image * len(inputs["labels"])
 
     def get_decay_parameter_names(self, model):
         no_decay = set(self.accelerator.unwrap_model(model).no_weight_decay_parameter_names())
@@ -38,12 +64,17 @@ class VTLMTrainer(Trainer):
         micro_step = micro_step + 1 if step == self.state.global_step else 0
         self._micro_step = (self.state.global_step, micro_step)
         seed = augmentation_seed(self.args.seed, self.state.global_step, self.args.process_index, micro_step)
-        pixel_values, targets = self.augmentation(inputs["images"], inputs["labels"], seed)
+        pixel_values, targets = self.augmentation(inputs["images"], inputs["labels"], seed, self.normalize)
         return super().training_step(model, {"pixel_values": pixel_values, "labels": targets}, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = {"pixel_values": self.normalizer(inputs["images"]), "labels": inputs["labels"]}
+        inputs = {"pixel_values": self.normalize(inputs["images"]), "labels": inputs["labels"]}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+
+def training_seconds(log_history):
+    """The run's training wall time so far: `training_seconds` of the last log entry that has it, or None."""
+    return next((entry[TRAINING_SECONDS] for entry in reversed(log_history) if TRAINING_SECONDS in entry), None)
 
 
 class StopOnNonFiniteLoss(TrainerCallback):
@@ -61,22 +92,3 @@ class StopOnNonFiniteLoss(TrainerCallback):
                     f"{key} is {value} at step {state.global_step}; training stopped. The checkpoints in "
                     f"{args.output_dir} hold no diverged weights: lower --learning_rate, then resume from the last."
                 )
-
-
-def last_complete_checkpoint(output_dir):
-    """The newest `checkpoint-N` in `output_dir` that was completely written, or None.
-
-    transformers' `get_last_checkpoint` returns the newest folder even when a kill cut it short. The Trainer writes
-    `trainer_state.json` last, so a checkpoint whose state does not parse is skipped for the one before it.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    for folder in reversed(sort_checkpoints(output_dir)):
-        try:
-            with open(os.path.join(folder, "trainer_state.json")) as state:
-                json.load(state)
-        except (OSError, ValueError):
-            logger.warning(f"skipping {folder}: it was not completely written")
-            continue
-        return folder
-    return None

@@ -1,0 +1,169 @@
+"""What a rerun finds in its output folder, and what it may do there: start afresh, resume this run from its newest
+complete checkpoint, or stop because the run is finished, another run is there, or the folder is not a run's.
+
+`scripts/train.py` calls `prepare_output_dir` once, before any data is loaded; `scripts/evaluate_model.py` asks
+`check_same_hold_out` whether a validation split is the run's own. The run's record itself (`run_arguments.json`,
+`run_info.json`) is written and read by `training.run_info`.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from fnmatch import fnmatch
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+from transformers.utils import logging
+
+from .run_info import ARGUMENTS_FILE, read_run_arguments
+
+logger = logging.get_logger(__name__)
+
+# Arguments that do not change what a run computes: where it writes, what it logs and reports, how fast it loads
+# data. A rerun may change these freely; any other difference means another run.
+NOT_DEFINING = (
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_", "log_", "disable_tqdm", "report_to",
+    "run_name", "project", "trackio_", "push_to_hub", "hub_", "save_total_limit", "save_on_each_node",
+    "save_only_model", "enable_jit_checkpoint", "dataloader_num_workers", "dataloader_pin_memory",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
+    "per_device_eval_batch_size", "eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches",
+    "eval_use_gather_object", "include_", "skip_memory_metrics", "ddp_timeout", "ddp_backend", "debug", "local_rank",
+    "preprocessing_num_workers", "cache_dir",
+)  # fmt: skip
+# The data arguments that decide which images the validation split holds (with the seed).
+HOLD_OUT_ARGUMENTS = ("dataset_name", "dataset_config_name", "label_column_name", "validation_split_size")
+# What a run writes at the top of its output folder (fnmatch patterns): anything else there is not a run's, and a
+# run never trains into it (it would be overwritten, or published with the model).
+RUN_FILES = (
+    f"{PREFIX_CHECKPOINT_DIR}-*", "runs", "examples", "config.json", "model.safetensors", "configuration_*.py",
+    "modeling_*.py", "preprocessor_config.json", "training_args.bin", "*_results.json", "run_info.json",
+    ARGUMENTS_FILE, "trainer_state.json", "README.md", "training_curves.png", "handler.py", "requirements.txt",
+)  # fmt: skip
+
+
+class RunMismatchError(ValueError):
+    pass
+
+
+@dataclass
+class PreviousRun:
+    """What `output_dir` holds of this run: `finished` (it has this run's results), or the `checkpoint` to resume."""
+
+    finished: bool = False
+    checkpoint: str | None = None
+
+
+def prepare_output_dir(training_args, arguments) -> PreviousRun:
+    """Judge `training_args.output_dir` for a run of `arguments` (`training.run_info.run_arguments`), before any work.
+
+    With `--overwrite_output_dir`, the main process first deletes what an earlier run left there. Raises a
+    `ValueError` when the path is a file or the folder holds files no run writes, and a `RunMismatchError` when it
+    holds a finished run or a checkpoint made with other arguments: resuming would mix two runs.
+    """
+    output_dir = training_args.output_dir
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder: pass a folder for the run")
+    if foreign := foreign_files(output_dir):
+        raise ValueError(
+            f"--output_dir {output_dir} holds files that no VTLM run writes ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}): training there would overwrite or publish them. Pass an "
+            "empty or new folder."
+        )
+    with training_args.main_process_first(desc="checking the output folder"):  # the others find what it left
+        if training_args.overwrite_output_dir and training_args.process_index == 0:
+            clear_previous_run(output_dir)
+    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
+    sources = {"a finished run": output_dir}
+    if checkpoint:
+        sources[f"the checkpoint {checkpoint}"] = checkpoint
+    for what, folder in sources.items():
+        saved = read_run_arguments(folder)
+        if saved and (differences := differing_arguments(saved, arguments)):
+            raise RunMismatchError(
+                f"{output_dir} holds {what} made with other arguments ({'; '.join(differences)}). Resuming it would "
+                "mix two runs: pass a new --output_dir, or --overwrite_output_dir to delete it and start afresh."
+            )
+    return PreviousRun(finished=bool(read_run_arguments(output_dir)), checkpoint=checkpoint)
+
+
+def differing_arguments(saved, current):
+    """`--name saved -> current` for every argument that defines the run and differs between the two records."""
+    differences = []
+    for group, values in current.items():
+        old_values = saved.get(group) or {}
+        if not isinstance(values, dict):  # a value of its own, like num_processes
+            values, old_values = {group: values}, {group: saved.get(group)}
+        for name in sorted(values.keys() | old_values.keys()):
+            old, new = old_values.get(name), values.get(name)
+            if old != new and not name.startswith(NOT_DEFINING):
+                differences.append(f"--{name} {old} -> {new}")
+    return differences
+
+
+def check_same_hold_out(run, recorded, data_args, seed):
+    """Raise unless `data_args` and `seed` hold out the same validation split as the run `recorded` (its
+    `run_arguments.json`): another one would hold images the run trained on."""
+
+    def hold_out(data_arguments, seed):
+        return {"data_arguments": {name: data_arguments.get(name) for name in HOLD_OUT_ARGUMENTS}, "seed": seed}
+
+    trained = hold_out(recorded["data_arguments"], recorded["training_arguments"]["seed"])
+    if differences := differing_arguments(trained, hold_out(vars(data_args), seed)):
+        raise ValueError(
+            f"{run} was trained with other data or seed ({'; '.join(differences)}): that validation split would hold "
+            "images the run trained on. Drop those flags to score the run's own validation split."
+        )
+
+
+def foreign_files(output_dir):
+    """The names at the top of `output_dir` that no run writes (`RUN_FILES`), sorted; [] for a missing folder."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(name for name in os.listdir(output_dir) if not any(fnmatch(name, glob) for glob in RUN_FILES))
+
+
+def clear_previous_run(output_dir):
+    """Delete what a run leaves in `output_dir`: its checkpoints, TensorBoard logs, results, record and card."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") or name in ("runs", "examples"):
+            shutil.rmtree(path)
+        elif name.endswith("_results.json") or name in (
+            ARGUMENTS_FILE, "run_info.json", "trainer_state.json", "README.md"
+        ):  # fmt: skip
+            os.remove(path)
+
+
+def last_complete_checkpoint(output_dir):
+    """The newest `checkpoint-N` in `output_dir` that was completely written, or None.
+
+    transformers' `get_last_checkpoint` returns the newest folder even when a kill cut it short. The Trainer writes
+    `trainer_state.json` last, so a checkpoint whose state does not parse is skipped for the one before it.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    for folder in reversed(sort_checkpoints(output_dir)):
+        try:
+            with open(os.path.join(folder, "trainer_state.json")) as state:
+                json.load(state)
+        except (OSError, ValueError):
+            logger.warning(f"skipping {folder}: it was not completely written")
+            continue
+        return folder
+    return None
+
+
+class SaveRunArguments(TrainerCallback):
+    """Writes the run's arguments into every checkpoint, so that a rerun can tell whether it may resume it."""
+
+    def __init__(self, arguments):
+        self.arguments = arguments
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            with open(os.path.join(folder, ARGUMENTS_FILE), "w") as file:
+                json.dump(self.arguments, file, indent=2)
