@@ -55,9 +55,9 @@ class VTLMConvBatchNorm(nn.Conv2d):
 
     Activation checkpointing runs a checkpointed layer's forward a second time inside the backward pass, to recompute
     what it did not keep; a plain BatchNorm would fold the same batch into its running statistics twice. Inside the
-    backward pass this one normalises with the batch's statistics as usual but leaves the running ones alone. It
-    switches the BatchNorm's own `track_running_stats` rather than calling a function, so that a `SyncBatchNorm` put
-    in its place (`torch.nn.SyncBatchNorm.convert_sync_batchnorm`) still syncs the recomputed statistics.
+    backward pass this one normalises with the batch's statistics as usual, but lets the BatchNorm update throwaway
+    copies of its statistics. The BatchNorm module itself runs, so a `SyncBatchNorm` put in its place
+    (`torch.nn.SyncBatchNorm.convert_sync_batchnorm`) still syncs the recomputed batch statistics.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, bias=True):
@@ -69,11 +69,16 @@ class VTLMConvBatchNorm(nn.Conv2d):
         # The autograd engine's graph task id is -1 outside a backward pass; checkpointing recomputes inside one.
         if not (self.training and torch._C._current_graph_task_id() != -1):
             return self.batch_norm(features)
-        self.batch_norm.track_running_stats = False  # train mode without tracking: batch statistics, no update
+        # Copies rather than switching tracking off: the recomputation must save the same tensors for the backward
+        # pass as the first forward did, or non-reentrant checkpointing refuses it.
+        statistics = dict(self.batch_norm.named_buffers(recurse=False))  # running mean, variance, batches seen
+        for name, buffer in statistics.items():
+            setattr(self.batch_norm, name, buffer.clone())
         try:
             return self.batch_norm(features)
         finally:
-            self.batch_norm.track_running_stats = True
+            for name, buffer in statistics.items():
+                setattr(self.batch_norm, name, buffer)
 
 
 class VTLMChannelAffine(nn.Module):
