@@ -286,3 +286,40 @@ def test_config_validation_names_field_and_value(overrides, field, value):
     with pytest.raises(ValueError, match=field) as error:
         VTLMConfig(**{**TINY_DHVT, **overrides})
     assert value in str(error.value)
+
+
+# --- the presets, and the training side's SyncBatchNorm ---
+
+
+@pytest.mark.parametrize(
+    ("preset", "widths", "tokens"), [("vtlm-dhvt-t2", [3, 192], 256), ("vtlm-dhvt-s4", [3, 192, 384], 64)]
+)
+def test_presets_are_the_reference_layouts(preset, widths, tokens):
+    config = VTLMConfig.from_preset(preset)
+    assert (config.num_patches, config.sequence_length, config.intermediate_size) == (
+        tokens, tokens + 1, 4 * config.hidden_size
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = VTLMModel(config)
+    convs = model.embeddings.patch_embeddings.convs
+    assert [conv.in_channels for conv in convs] + [convs[-1].out_channels] == widths
+    assert all(conv.stride == (2, 2) and conv.kernel_size == (3, 3) and conv.bias is None for conv in convs)
+    assert model.embeddings.position_embeddings is None and config.qkv_bias and config.hidden_dropout_prob == 0
+
+
+def test_sync_batch_norm_conversion_keeps_the_logits_and_the_checkpointing_guard():
+    """What the training side does for DDP: `convert_sync_batchnorm` swaps each BatchNorm2d in place; one process
+    here, so SyncBatchNorm normalises like BatchNorm2d and the statistics must still take each batch once."""
+    model = warm_up_statistics(tiny_model(**NO_DROPOUT))
+    expected = model(pixels()).logits
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
+    assert isinstance(converted.vtlm.encoder.layer[0].mlp.depthwise.batch_norm, torch.nn.SyncBatchNorm)
+    torch.testing.assert_close(converted(pixels()).logits, expected, atol=0, rtol=0)
+    plain_buffers, _ = train_micro_batches(
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(tiny_model(**NO_DROPOUT)), [pixels(4)]
+    )
+    checkpointed = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tiny_model(**NO_DROPOUT))
+    checkpointed.activation_checkpointing_enable()
+    buffers, _ = train_micro_batches(checkpointed, [pixels(4)])
+    for name, buffer in buffers.items():
+        torch.testing.assert_close(buffer, plain_buffers[name], msg=name)
