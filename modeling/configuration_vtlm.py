@@ -62,8 +62,41 @@ PRESETS = {
         "use_cls_token": False,
         "pooling": "sequence",
     },
+    # DHVT (Lu et al. 2022, "Bridging the Gap Between Vision Transformers and Convolutional Neural Networks on Small
+    # Datasets") as its reference code defines it (ArieSeirack/DHVT): SOPE without position embeddings, DAFF and
+    # HI-MHSA in every block, on a DeiT-sized transformer. 5,845,162 parameters with 100 labels, as the reference's
+    # `dhvt_tiny_cifar_patch2`: 256 tokens + CLS.
+    "vtlm-dhvt-t2": {
+        "hidden_size": 192,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 4,
+        "intermediate_size": 768,
+        "patch_size": 2,
+        "patch_embedding_type": "sope",
+        "use_position_embeddings": False,
+        "feed_forward_type": "daff",
+        "use_head_tokens": True,
+        "hidden_dropout_prob": 0.0,
+        "drop_path_rate": 0.1,
+    },
+    # The same at the reference's `dhvt_small_cifar_patch4`: 23,425,450 parameters with 100 labels, 64 tokens + CLS.
+    "vtlm-dhvt-s4": {
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "intermediate_size": 1536,
+        "patch_size": 4,
+        "patch_embedding_type": "sope",
+        "use_position_embeddings": False,
+        "feed_forward_type": "daff",
+        "use_head_tokens": True,
+        "hidden_dropout_prob": 0.0,
+        "drop_path_rate": 0.1,
+    },
 }
-PATCH_EMBEDDING_TYPES = ("patchify", "conv")
+PATCH_EMBEDDING_TYPES = ("patchify", "conv", "sope")
+SOPE_PATCH_SIZES = (2, 4)  # one stride-2 conv for 2x2 patches, two for 4x4
+FEED_FORWARD_TYPES = ("mlp", "daff")
 POOLINGS = ("cls", "mean", "sequence")
 LAYER_NORM_LAYOUTS = ("pre_norm", "cct")
 # Every saved config names all three Auto classes: `save_pretrained` alone writes only the saved class's entry.
@@ -87,16 +120,34 @@ class VTLMConfig(PreTrainedConfig):
             kernel = stride = `patch_size`, a token per patch. `"conv"`: CCT's convolutional tokenizer,
             `num_conv_layers` blocks of (k x k conv with stride 1 and no bias, ReLU, 3x3 max-pool with stride 2), each
             halving the image side (rounding up); a token per pixel of the last feature map.
-        patch_size (`int`): side of a square patch of the `"patchify"` embedding.
+            `"sope"`: DHVT's sequential overlapping patch embedding, a learned per-channel affine on the pixels, then
+            3x3 convs with stride 2 and no bias, each followed by BatchNorm (one conv for `patch_size` 2, two for 4,
+            with `hidden_size // 2` channels between them), a GELU between them (the one-conv embedding ends with
+            one, as the reference's does), and a learned per-channel affine on the features; a token per patch.
+        patch_size (`int`): side of a square patch of the `"patchify"` and `"sope"` embeddings (`"sope"`: 2 or 4).
         num_conv_layers (`int`): conv blocks of the `"conv"` tokenizer.
         conv_kernel_size (`int`): side k of the tokenizer's convs; odd, so that padding k // 2 keeps the image side.
         conv_hidden_size (`int`): output channels of every tokenizer block but the last, which outputs `hidden_size`.
         use_cls_token (`bool`): whether a learned CLS token is put in front of the patch tokens (the seed: yes).
+        use_position_embeddings (`bool`): whether learned positions are added to the tokens (the seed: yes). DHVT
+            has none: its overlapping convs and DAFF's depthwise conv tell the tokens where they are.
         hidden_size (`int`): width of the residual stream.
         num_hidden_layers (`int`): number of transformer blocks.
         num_attention_heads (`int`): attention heads per block; must divide `hidden_size`.
-        intermediate_size (`int`): hidden width of the MLP.
-        hidden_act (`str`): MLP activation, any key of `transformers.activations.ACT2FN`.
+        intermediate_size (`int`): hidden width of the MLP (of DAFF: the channels of its depthwise conv).
+        feed_forward_type (`str`): the second branch of every block. `"mlp"` (the seed): Linear, activation, Linear on
+            every token. `"daff"`: DHVT's dynamic aggregation feed-forward, on the patch tokens as a 2-D map: 1x1 conv,
+            BatchNorm, activation; a 3x3 depthwise conv, BatchNorm, activation with a shortcut around them; 1x1 conv,
+            BatchNorm. The CLS token is rescaled, channel by channel, by a squeeze-and-excitation of the map's mean
+            (Linear to `hidden_size // 4`, activation, Linear back, no sigmoid, as in the reference). Needs the CLS
+            token.
+        use_head_tokens (`bool`): DHVT's head-token interaction (HI-MHSA). Each block's attention gets one extra token
+            per head: the mean over the tokens of that head's channel group, projected to `hidden_size`, normalised
+            in `num_attention_heads` groups, passed through the activation and given its own learned position. The
+            head tokens attend and are attended to like the others; their outputs are averaged and added to the CLS
+            token's. Needs the CLS token.
+        hidden_act (`str`): activation of the MLP, and of SOPE, DAFF and the head tokens; any key of
+            `transformers.activations.ACT2FN`.
         hidden_dropout_prob (`float`): dropout on the embeddings, the attention output and the MLP (the seed used 0.1).
         attention_probs_dropout_prob (`float`): dropout on the attention probabilities.
         drop_path_rate (`float`): stochastic depth rate of the last block, rising linearly from 0 in the first.
@@ -106,8 +157,10 @@ class VTLMConfig(PreTrainedConfig):
         layer_norm_eps (`float`): epsilon of every LayerNorm.
         qkv_bias (`bool`): whether the fused query/key/value projection has a bias.
         initializer_range (`float`): std of the truncated-normal init of weights and the CLS token (and of the
-            positions, unless `position_initializer_range` is set). The `"conv"` tokenizer's convs, which feed a
-            ReLU, get Kaiming-normal init instead, as in CCT.
+            positions, unless `position_initializer_range` is set, and of the head tokens' positions). The `"conv"`
+            tokenizer's convs, which feed a ReLU, get Kaiming-normal init instead, as in CCT; SOPE's and DAFF's convs
+            keep PyTorch's default init, as in DHVT's reference. BatchNorm starts as the identity on fresh
+            statistics.
         position_initializer_range (`float`, *optional*): std of the truncated-normal init of the positions; `None`
             uses `initializer_range` (the seed). CCT uses 0.2.
         pooling (`str`): what the head classifies. `"cls"`: the CLS token (the seed). `"mean"`: the mean of the patch
@@ -142,6 +195,10 @@ class VTLMConfig(PreTrainedConfig):
         use_cls_token=True,
         layer_norm_layout="pre_norm",
         position_initializer_range=None,
+        # DHVT's ideas, appended likewise; the defaults are the seed.
+        use_position_embeddings=True,
+        feed_forward_type="mlp",
+        use_head_tokens=False,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -170,6 +227,9 @@ class VTLMConfig(PreTrainedConfig):
         self.use_cls_token = use_cls_token
         self.layer_norm_layout = layer_norm_layout
         self.position_initializer_range = position_initializer_range
+        self.use_position_embeddings = use_position_embeddings
+        self.feed_forward_type = feed_forward_type
+        self.use_head_tokens = use_head_tokens
         super().__init__(**kwargs)
         self.validate_architecture()
 
@@ -194,10 +254,11 @@ class VTLMConfig(PreTrainedConfig):
             ("patch_embedding_type", PATCH_EMBEDDING_TYPES),
             ("pooling", POOLINGS),
             ("layer_norm_layout", LAYER_NORM_LAYOUTS),
+            ("feed_forward_type", FEED_FORWARD_TYPES),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("use_cls_token", "qkv_bias"):
+        for name in ("use_cls_token", "qkv_bias", "use_position_embeddings", "use_head_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -205,12 +266,28 @@ class VTLMConfig(PreTrainedConfig):
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
-        if self.patch_embedding_type == "patchify" and self.image_size % self.patch_size:
+        if self.patch_embedding_type in ("patchify", "sope") and self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+        if self.patch_embedding_type == "sope" and self.patch_size not in SOPE_PATCH_SIZES:
+            raise ValueError(f"patch_size must be one of {SOPE_PATCH_SIZES} for SOPE, got {self.patch_size!r}")
+        if self.patch_embedding_type == "sope" and self.patch_size == 4 and self.hidden_size % 2:
+            raise ValueError(
+                f"hidden_size must be even for SOPE at patch_size 4 (halved between its convs), got {self.hidden_size}"
+            )
+        if self.feed_forward_type == "daff" and self.hidden_size < 4:
+            raise ValueError(
+                f"hidden_size must be at least 4 for DAFF (squeezed to hidden_size // 4), got {self.hidden_size}"
+            )
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd, to keep the image side, got {self.conv_kernel_size!r}")
         if self.pooling == "cls" and not self.use_cls_token:
             raise ValueError(f"use_cls_token is {self.use_cls_token!r}, but pooling 'cls' reads the CLS token")
+        if self.feed_forward_type == "daff" and not self.use_cls_token:
+            raise ValueError(f"use_cls_token is {self.use_cls_token!r}, but feed_forward_type 'daff' rescales it")
+        if self.use_head_tokens and not self.use_cls_token:
+            raise ValueError(
+                f"use_cls_token is {self.use_cls_token!r}, but use_head_tokens merges the head tokens into it"
+            )
         # Imported here: transformers.activations pulls in its kernel hub (about a second), which reading the
         # presets (`scripts/train.py --help`) does not need.
         from transformers.activations import ACT2FN
@@ -235,7 +312,7 @@ class VTLMConfig(PreTrainedConfig):
     @property
     def num_patches(self):
         """Tokens the patch embedding yields: one per patch, or one per pixel of the conv tokenizer's output."""
-        if self.patch_embedding_type == "patchify":
+        if self.patch_embedding_type in ("patchify", "sope"):
             return (self.image_size // self.patch_size) ** 2
         side = self.image_size
         for _ in range(self.num_conv_layers):

@@ -1,9 +1,10 @@
 """VTLM: a pre-norm Vision Transformer for small images, trained from scratch on CIFAR-100.
 
-Reads top to bottom: embeddings (patchify or CCT's conv tokenizer), attention, MLP, blocks (pre-norm or CCT's layout),
-encoder, sequence pooling, pre-trained base, base model, classification head. The defaults are the seed model; each
-idea from CCT (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers") is a small module that
-a config field selects.
+Reads top to bottom: embeddings (patchify, CCT's conv tokenizer or DHVT's SOPE), attention (with DHVT's head tokens or
+without), feed-forward (MLP or DHVT's DAFF), blocks (pre-norm or CCT's layout), encoder, sequence pooling, pre-trained
+base, base model, classification head. The defaults are the seed model; each idea from CCT (Hassani et al. 2021,
+"Escaping the Big Data Paradigm with Compact Transformers") and DHVT (Lu et al. 2022, "Bridging the Gap Between Vision
+Transformers and Convolutional Neural Networks on Small Datasets") is a small module that a config field selects.
 This file and `configuration_vtlm.py` are shipped with every checkpoint (`trust_remote_code=True`): they import only
 torch, transformers and each other, and run under transformers 4.57 as well as 5.x.
 """
@@ -48,19 +49,99 @@ class VTLMConvTokenizer(nn.Module):
         return features  # (B, hidden, side, side)
 
 
-class VTLMEmbeddings(nn.Module):
-    """Patch embedding (patchify or conv tokenizer), a CLS token in front if any, and learned positions for all."""
+class VTLMConvBatchNorm(nn.Conv2d):
+    """A Conv2d (padding kernel_size // 2) followed by its BatchNorm2d, whose running statistics take in each
+    training batch exactly once.
+
+    Activation checkpointing runs a checkpointed layer's forward a second time inside the backward pass, to recompute
+    what it did not keep; a plain BatchNorm would fold the same batch into its running statistics twice. Inside the
+    backward pass this one normalises with the batch's statistics as usual, but lets the BatchNorm update throwaway
+    copies of its statistics. The BatchNorm module itself runs, so a `SyncBatchNorm` put in its place
+    (`torch.nn.SyncBatchNorm.convert_sync_batchnorm`) still syncs the recomputed batch statistics.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, bias=True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+        self.batch_norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = super().forward(features)
+        # The autograd engine's graph task id is -1 outside a backward pass; checkpointing recomputes inside one.
+        if not (self.training and torch._C._current_graph_task_id() != -1):
+            return self.batch_norm(features)
+        # Copies rather than switching tracking off: the recomputation must save the same tensors for the backward
+        # pass as the first forward did, or non-reentrant checkpointing refuses it.
+        statistics = dict(self.batch_norm.named_buffers(recurse=False))  # running mean, variance, batches seen
+        for name, buffer in statistics.items():
+            setattr(self.batch_norm, name, buffer.clone())
+        try:
+            return self.batch_norm(features)
+        finally:
+            for name, buffer in statistics.items():
+                setattr(self.batch_norm, name, buffer)
+
+
+class VTLMChannelAffine(nn.Module):
+    """A learned scale and shift per channel of a (B, C, H, W) map, starting as the identity."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class VTLMSequentialOverlappingPatchEmbedding(nn.Module):
+    """DHVT's SOPE: affine, 3x3 stride-2 convs (no bias) each with BatchNorm, GELU between them, affine.
+
+    Each conv halves the side, so `patch_size` 2 takes one conv (num_channels -> hidden) and 4 takes two
+    (num_channels -> hidden // 2 -> hidden). The 3x3 windows overlap, so neighbouring tokens share pixels: that, and
+    DAFF's depthwise conv, is where DHVT's tokens learn their positions. The affines let the model rescale the
+    normalised pixels and the features it hands the transformer.
+    """
 
     def __init__(self, config: VTLMConfig):
         super().__init__()
-        if config.patch_embedding_type == "conv":
-            self.patch_embeddings = VTLMConvTokenizer(config)
+        num_convs = {2: 1, 4: 2}[config.patch_size]
+        widths = [config.num_channels] + [config.hidden_size // 2 ** (num_convs - 1 - i) for i in range(num_convs)]
+        self.pixel_affine = VTLMChannelAffine(config.num_channels)
+        self.convs = nn.ModuleList(
+            VTLMConvBatchNorm(width_in, width_out, kernel_size=3, stride=2, bias=False)
+            for width_in, width_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.act = ACT2FN[config.hidden_act]
+        self.feature_affine = VTLMChannelAffine(config.hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = self.pixel_affine(pixel_values)
+        for index, conv in enumerate(self.convs):
+            features = conv(features)
+            # The reference's one-conv embedding (patch 2) ends with its GELU; longer ones have GELUs only between.
+            if index < len(self.convs) - 1 or len(self.convs) == 1:
+                features = self.act(features)
+        return self.feature_affine(features)  # (B, hidden, side, side)
+
+
+PATCH_EMBEDDING_CLASSES = {"conv": VTLMConvTokenizer, "sope": VTLMSequentialOverlappingPatchEmbedding}
+
+
+class VTLMEmbeddings(nn.Module):
+    """Patch embedding (patchify, conv tokenizer or SOPE), a CLS token in front if any, and learned positions if any."""
+
+    def __init__(self, config: VTLMConfig):
+        super().__init__()
+        if config.patch_embedding_type in PATCH_EMBEDDING_CLASSES:
+            self.patch_embeddings = PATCH_EMBEDDING_CLASSES[config.patch_embedding_type](config)
         else:
             self.patch_embeddings = nn.Conv2d(
                 config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
             )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
-        self.position_embeddings = nn.Parameter(torch.zeros(1, config.sequence_length, config.hidden_size))
+        self.position_embeddings = None
+        if config.use_position_embeddings:
+            self.position_embeddings = nn.Parameter(torch.zeros(1, config.sequence_length, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.image_size = config.image_size
 
@@ -71,12 +152,15 @@ class VTLMEmbeddings(nn.Module):
                 f"expected {self.image_size}x{self.image_size} images, got {height}x{width}; "
                 "resize them with the model's image processor"
             )
-        pixel_values = pixel_values.to(self.position_embeddings.dtype)  # a fp16 or bf16 model gets fp32 pixels
+        dtype = next(self.patch_embeddings.parameters()).dtype
+        pixel_values = pixel_values.to(dtype)  # a fp16 or bf16 model gets fp32 pixels
         embeddings = self.patch_embeddings(pixel_values).flatten(2).transpose(1, 2)  # (B, num_patches, hidden)
         if self.cls_token is not None:
             cls = self.cls_token.expand(embeddings.shape[0], -1, -1)
             embeddings = torch.cat([cls, embeddings], dim=1)  # (B, 1 + num_patches, hidden)
-        return self.dropout(embeddings + self.position_embeddings)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.position_embeddings
+        return self.dropout(embeddings)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -106,6 +190,11 @@ class VTLMAttention(nn.Module):
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        attn_output, attn_weights = self.attend(hidden_states, output_attentions)
+        return self.proj_dropout(attn_output), attn_weights
+
+    def attend(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        """Attention of every token to every token, through the output projection, before dropout."""
         batch_size, seq_len, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
@@ -127,7 +216,52 @@ class VTLMAttention(nn.Module):
             is_causal=False,
         )
         attn_output = attn_output.reshape(batch_size, seq_len, hidden_size)
-        return self.proj_dropout(self.proj(attn_output)), attn_weights
+        return self.proj(attn_output), attn_weights
+
+
+class VTLMHeadTokens(nn.Module):
+    """DHVT's head tokens: one token per attention head, a summary of the whole image in that head's channels.
+
+    Each head sees only its own group of head_dim channels; its token is the mean of that group over all tokens
+    (CLS included, as in the reference), projected to hidden_size, normalised and activated in head_dim-wide groups,
+    plus a learned position per head.
+    """
+
+    def __init__(self, config: VTLMConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.projection = nn.Linear(self.head_dim, config.hidden_size)
+        self.norm = nn.LayerNorm(self.head_dim)  # PyTorch's default eps, as the reference's
+        self.act = ACT2FN[config.hidden_act]
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_heads, config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size = hidden_states.shape[0]
+        groups = hidden_states.reshape(batch_size, -1, self.num_heads, self.head_dim).mean(dim=1)  # (B, heads, hd)
+        tokens = self.projection(groups).view(batch_size, self.num_heads, self.num_heads, self.head_dim)
+        tokens = self.act(self.norm(tokens)).flatten(2)  # (B, heads, hidden)
+        return tokens + self.position_embeddings
+
+
+class VTLMHeadInteractionAttention(VTLMAttention):
+    """DHVT's HI-MHSA: self-attention over the tokens and one head token per head, merged into the CLS token after.
+
+    The head tokens let the heads, which never see each other's channels, exchange what they found; their outputs
+    are averaged and added to the CLS token's, and the sequence leaves with its own length.
+    """
+
+    def __init__(self, config: VTLMConfig):
+        super().__init__(config)
+        self.head_tokens = VTLMHeadTokens(config)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        num_tokens = hidden_states.shape[1]
+        extended = torch.cat([hidden_states, self.head_tokens(hidden_states)], dim=1)  # (B, T + heads, hidden)
+        attn_output, attn_weights = self.attend(extended, output_attentions)
+        tokens, head_outputs = attn_output.split([num_tokens, self.num_heads], dim=1)
+        cls = tokens[:, :1] + head_outputs.mean(dim=1, keepdim=True)  # (B, 1, hidden)
+        return self.proj_dropout(torch.cat([cls, tokens[:, 1:]], dim=1)), attn_weights
 
 
 class VTLMMLP(nn.Module):
@@ -140,6 +274,44 @@ class VTLMMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+
+
+class VTLMDynamicAggregationFeedForward(nn.Module):
+    """DHVT's DAFF: the feed-forward as convs on the patch tokens' 2-D map, and a channel rescaling of the CLS token.
+
+    The 1x1 convs are the MLP's two Linears; between them, a 3x3 depthwise conv with a shortcut mixes each token
+    with its neighbours (a convolution's locality, which small datasets reward). The CLS token, which has no place on
+    the map, is rescaled by a squeeze-and-excitation of the map: its mean, squeezed to hidden_size // 4 and back.
+    """
+
+    def __init__(self, config: VTLMConfig):
+        super().__init__()
+        hidden_size, intermediate_size = config.hidden_size, config.intermediate_size
+        self.grid_size = round(config.num_patches**0.5)  # patch tokens form a square map
+        self.expand = VTLMConvBatchNorm(hidden_size, intermediate_size, kernel_size=1)
+        self.depthwise = VTLMConvBatchNorm(
+            intermediate_size, intermediate_size, kernel_size=3, groups=intermediate_size
+        )
+        self.reduce = VTLMConvBatchNorm(intermediate_size, hidden_size, kernel_size=1)
+        self.act = ACT2FN[config.hidden_act]
+        self.squeeze = nn.Linear(hidden_size, hidden_size // 4)
+        self.excitation = nn.Linear(hidden_size // 4, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, _, hidden_size = hidden_states.shape
+        cls, patches = hidden_states[:, :1], hidden_states[:, 1:]
+        features = patches.transpose(1, 2).reshape(batch_size, hidden_size, self.grid_size, self.grid_size)
+        features = self.act(self.expand(features))  # (B, intermediate, side, side)
+        features = features + self.act(self.depthwise(features))
+        features = self.reduce(features)  # (B, hidden, side, side)
+        scale = self.excitation(self.act(self.squeeze(features.mean(dim=(2, 3)))))  # (B, hidden)
+        cls = cls * scale[:, None]
+        patches = features.flatten(2).transpose(1, 2)  # (B, side * side, hidden)
+        return self.dropout(torch.cat([cls, patches], dim=1))
+
+
+FEED_FORWARD_CLASSES = {"mlp": VTLMMLP, "daff": VTLMDynamicAggregationFeedForward}  # by config.feed_forward_type
 
 
 class VTLMDropPath(nn.Module):
@@ -166,9 +338,9 @@ class VTLMLayer(GradientCheckpointingLayer):
     def __init__(self, config: VTLMConfig, drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = VTLMAttention(config)
+        self.attention = VTLMHeadInteractionAttention(config) if config.use_head_tokens else VTLMAttention(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = VTLMMLP(config)
+        self.mlp = FEED_FORWARD_CLASSES[config.feed_forward_type](config)
         self.drop_path = VTLMDropPath(drop_path_rate)
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
@@ -257,24 +429,42 @@ class VTLMPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, nn.Conv2d) and self.config.patch_embedding_type == "conv":
+        if isinstance(module, VTLMConvBatchNorm):
+            # SOPE's and DAFF's convs: DHVT's reference leaves them at PyTorch's default, Kaiming-uniform with
+            # a = sqrt(5) and a bias uniform in +-1/sqrt(fan_in).
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                bound = module.weight[0].numel() ** -0.5
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Conv2d) and self.config.patch_embedding_type == "conv":
             # CCT's tokenizer: each conv feeds a ReLU, so He (Kaiming) normal init, which keeps the activations' scale.
             init.kaiming_normal_(module.weight)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, VTLMChannelAffine)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, VTLMEmbeddings):
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-            position_std = self.config.position_initializer_range
-            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std if position_std is None else position_std)
+            if module.position_embeddings is not None:
+                position_std = self.config.position_initializer_range
+                position_std = std if position_std is None else position_std
+                init.trunc_normal_(module.position_embeddings, mean=0.0, std=position_std)
+        elif isinstance(module, VTLMHeadTokens):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
 
     def no_weight_decay_parameter_names(self):
-        """Names of parameters that should get no weight decay: biases, norms, the CLS token and positions.
+        """Names of parameters that should get no weight decay: biases, norms (BatchNorm and SOPE's per-channel affines
+        included), the CLS token and positions (the head tokens' included).
 
         The sequence-pooling score weight, shape (1, hidden), is a matrix like the classifier's and is decayed: timm's
         rule (ndim <= 1 is exempt), which CCT's own training uses, decays it too.

@@ -40,7 +40,8 @@ print("RESULT" + json.dumps({
 """
 
 
-# The seed's architecture, and CCT's ideas together: a conv tokenizer, no CLS token, sequence pooling, CCT's blocks.
+# The seed's architecture; CCT's ideas together: a conv tokenizer, no CLS token, sequence pooling, CCT's blocks; and
+# DHVT's: SOPE without positions, DAFF and head tokens, whose BatchNorm statistics must load with the weights.
 ARCHITECTURES = {
     "seed": {},
     "cct": {
@@ -52,6 +53,12 @@ ARCHITECTURES = {
         "layer_norm_layout": "cct",
         "qkv_bias": False,
     },
+    "dhvt": {
+        "patch_embedding_type": "sope",
+        "use_position_embeddings": False,
+        "feed_forward_type": "daff",
+        "use_head_tokens": True,
+    },
 }
 
 
@@ -60,7 +67,10 @@ ARCHITECTURES = {
 @pytest.mark.parametrize("overrides", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
 def test_saved_folder_gives_identical_logits(tmp_path, request, overrides, transformers_version):
     torch.manual_seed(0)
-    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **overrides)).eval()
+    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **overrides)).train()
+    with torch.no_grad():  # move any BatchNorm statistics away from their init, so that a lost one would show
+        model(2 + 3 * torch.randn(8, 3, 32, 32))
+    model.eval()
     model.save_pretrained(tmp_path / "model")
     build_image_processor().save_pretrained(tmp_path / "model")
     pixels = torch.randn(2, 3, 32, 32)

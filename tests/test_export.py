@@ -46,12 +46,18 @@ for folder, pixels_file in zip(sys.argv[1::2], sys.argv[2::2]):
 
 
 def save_random_run(folder, config):
-    """A run folder whose every parameter is distinct: a mapping that swapped two LayerNorms or q and k would show."""
+    """A run folder whose every parameter is distinct: a mapping that swapped two LayerNorms or q and k would show.
+    BatchNorm statistics, if any, move off their init too, so that an export that lost them would show."""
     torch.manual_seed(0)
     model = VTLMForImageClassification(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.add_(0.1 * torch.randn_like(buffer))
+            elif name.endswith("running_var"):
+                buffer.mul_(1 + torch.rand_like(buffer))
     model.save_pretrained(folder)
     build_image_processor(config.image_size).save_pretrained(folder)
     return model
@@ -195,6 +201,10 @@ def test_every_preset_exports_to_onnx(preset, tmp_path):
         ({"pooling": "sequence", "use_cls_token": False}, "use_cls_token"),
         ({"patch_embedding_type": "conv"}, "patch_embedding_type"),
         ({"layer_norm_layout": "cct"}, "layer_norm_layout"),
+        ({"patch_embedding_type": "sope"}, "patch_embedding_type"),
+        ({"use_position_embeddings": False}, "use_position_embeddings"),
+        ({"feed_forward_type": "daff"}, "feed_forward_type"),
+        ({"use_head_tokens": True}, "use_head_tokens"),
     ],
 )
 def test_configs_the_vit_cannot_express_are_refused_before_anything_is_written(overrides, field, tmp_path, capsys):
@@ -331,3 +341,10 @@ def test_a_hub_id_is_exported_and_linked_from_the_card(tmp_path):
     assert (logits_of(vit, pixel_values) - logits_of(model, pixel_values)).abs().max() <= 1e-5
     card = (tmp_path / "vit" / "README.md").read_text()
     assert "[`you/vtlm-export-test`](https://huggingface.co/you/vtlm-export-test)" in card
+
+
+def test_a_dhvt_preset_is_refused_naming_each_dhvt_field():
+    refused = " ".join(training.export.vit_refusals(VTLMConfig.from_preset("vtlm-dhvt-t2", **TINY_CONFIG)))
+    for field in ("patch_embedding_type='sope'", "use_position_embeddings=False", "feed_forward_type='daff'"):
+        assert field in refused
+    assert "use_head_tokens=True" in refused

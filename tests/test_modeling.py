@@ -51,13 +51,16 @@ def saved_model(tmp_path_factory):
     ("preset", "expected"),
     # 37,939,812 and 14,279,140 are the seed's own counts; 4,794,212 is the same layout at 256/6/8. 3,783,269 is the
     # count of `cct_7_3x1_32_c100` in CCT's reference code (SHI-Labs/Compact-Transformers). 38,210,853 is derived
-    # below.
+    # below. 5,845,162 and 23,425,450 are the counts of `dhvt_tiny_cifar_patch2` and `dhvt_small_cifar_patch4` in
+    # DHVT's reference code (ArieSeirack/DHVT), 100 labels, BatchNorm's running statistics not counted (buffers).
     [
         ("vtlm-37m", 37_939_812),
         ("vtlm-14m", 14_279_140),
         ("vtlm-5m", 4_794_212),
         ("vtlm-cct-7-3x1", 3_783_269),
         ("vtlm-37m-conv", 38_210_853),
+        ("vtlm-dhvt-t2", 5_845_162),
+        ("vtlm-dhvt-s4", 23_425_450),
     ],
 )
 def test_preset_parameter_counts(preset, expected):

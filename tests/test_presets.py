@@ -11,7 +11,13 @@ from safetensors.torch import load_file
 
 from endpoint.handler import EndpointHandler
 
-NEW_PRESETS = ["vtlm-37m-conv", "vtlm-cct-7-3x1"]  # vtlm-37m runs through every other test
+NEW_PRESETS = ["vtlm-37m-conv", "vtlm-cct-7-3x1", "vtlm-dhvt-t2"]  # vtlm-37m runs through every other test
+# What makes each preset itself, beyond the tiny sizes the runs override.
+PRESET_FIELDS = {
+    "vtlm-37m-conv": {"patch_embedding_type": "conv", "pooling": "sequence", "use_cls_token": False},
+    "vtlm-cct-7-3x1": {"patch_embedding_type": "conv", "pooling": "sequence", "use_cls_token": False},
+    "vtlm-dhvt-t2": {"patch_embedding_type": "sope", "feed_forward_type": "daff", "use_head_tokens": True},
+}
 train = load_script("train")
 
 
@@ -39,7 +45,7 @@ def preset_run(request, cifar100_dir, tmp_path_factory):
 def test_the_run_is_the_preset(preset_run):
     preset, run = preset_run
     config = json.loads((run / "config.json").read_text())
-    assert config["patch_embedding_type"] == "conv" and config["pooling"] == "sequence" and not config["use_cls_token"]
+    assert {name: config[name] for name in PRESET_FIELDS[preset]} == PRESET_FIELDS[preset]
     assert json.loads((run / "run_info.json").read_text())["model_arguments"]["model_preset"] == preset
 
 
@@ -52,6 +58,8 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(preset_run, cifa
     train.main(train_argv(cifar100_dir, resumed, preset))
     expected, got = load_file(run / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys() and all(torch.equal(expected[key], got[key]) for key in expected)
+    # BatchNorm's running statistics, where there are any, are saved with the weights and resumed exactly too.
+    assert any(key.endswith("running_var") for key in expected) == (preset == "vtlm-dhvt-t2")
 
 
 def test_predict_and_the_endpoint_give_the_pipelines_answer(preset_run, tmp_path, capsys):

@@ -70,3 +70,20 @@ def test_the_cct_recipe_is_the_references_cifar100_recipe():
     assert (augmentation.randaugment_magnitude, augmentation.randaugment_magnitude_std) == (9, 0.5)
     assert (augmentation.mixup_alpha, augmentation.cutmix_alpha, augmentation.random_erasing_prob) == (0.8, 1.0, 0.25)
     assert augmentation.random_resized_crop_scale == 0.8
+
+
+def test_the_dhvt_recipe_is_the_references_cifar100_recipe():
+    """ArieSeirack/DHVT run_code_cifar.sh on DeiT's main.py defaults: batch 256 a process, lr 1e-3, 5 of 300 warm-up
+    epochs, cosine to 1e-5, weight decay 0.05, no clipping, smoothing 0.1, rand-m9-mstd0.5-inc1, Mixup 0.8 / CutMix
+    1.0, erasing 0.25, stochastic depth 0.1."""
+    model_args, _, augmentation, training = parse_arguments([str(REPO_ROOT / "recipes" / "dhvt-t2.yaml")])
+    assert (model_args.model_preset, model_args.drop_path_rate, model_args.hidden_dropout_prob) == (
+        "vtlm-dhvt-t2", 0.1, 0.0
+    )  # fmt: skip
+    assert (training.num_train_epochs, training.per_device_train_batch_size) == (300, 256)
+    assert (training.learning_rate, training.weight_decay, training.label_smoothing_factor) == (1e-3, 0.05, 0.1)
+    assert training.warmup_steps * 300 == pytest.approx(5, abs=1e-3)
+    assert training.lr_scheduler_kwargs == {"min_lr": 1e-5} and training.max_grad_norm == 0
+    assert (augmentation.randaugment_magnitude, augmentation.randaugment_magnitude_std) == (9, 0.5)
+    assert (augmentation.mixup_alpha, augmentation.cutmix_alpha, augmentation.random_erasing_prob) == (0.8, 1.0, 0.25)
+    assert augmentation.crop_padding == 4 and augmentation.random_resized_crop_scale is None

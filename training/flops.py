@@ -4,7 +4,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 from transformers import AutoModelForImageClassification
 
 from modeling import VTLMForImageClassification  # noqa: F401  (loading it registers VTLM with the Auto classes)
@@ -23,14 +23,29 @@ class ImageFlops:
         return self.forward + self.backward
 
 
+def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch's count for a convolution's backward, with a grouped convolution's weight gradient divided by its groups.
+
+    torch counts that gradient as if the convolution were not grouped: `groups` times too many, which for DAFF's
+    depthwise convolution (`intermediate_size` groups) would outweigh the rest of the model.
+    """
+    *conv_args, groups, output_mask = args  # bias, stride, padding, dilation, transposed, output_padding, groups, mask
+    shapes = (grad_out_shape, x_shape, w_shape, *conv_args, groups)  # torch's formula takes its output as out_val
+    input_gradient = conv_backward_flop(*shapes, [output_mask[0], False, False], out_val=out_shape)
+    weight_gradient = conv_backward_flop(*shapes, [False, output_mask[1], False], out_val=out_shape)
+    return input_gradient + weight_gradient // groups
+
+
 def flops_per_image(config) -> ImageFlops:
     """Count the forward and backward FLOPs of the image classifier for `config` (a `VTLMConfig`) on one image.
 
     The model is built on the meta device, so no weights are allocated and any size counts in about a second.
     `FlopCounterMode` counts matrix multiplications (sequence pooling's included), convolutions (the patchify
-    embedding or every conv of the conv tokenizer) and attention, which are all but a few percent of the work;
-    norms, activations, max-pooling, softmax, means, dropout and the loss are not counted. The backward pass
-    computes no gradient for the input pixels, as in training: the first convolution costs only its weight gradient.
+    embedding, every conv of the conv tokenizer or SOPE, DAFF's convs) and attention, which are all but a few percent
+    of the work; norms (BatchNorm included), affines, activations, max-pooling, softmax, means, dropout and the loss
+    are not counted. The backward pass computes no gradient for the input pixels, as in training: a first
+    convolution that reads them costs only its weight gradient. A grouped convolution's weight gradient is counted
+    per group (`grouped_conv_backward_flop`).
     """
     # Eager attention is plain matmuls, which the counter sees on every device; a fused SDPA kernel may be missed.
     # `from_config` writes the implementation into the config it gets: give it a copy.
@@ -41,6 +56,7 @@ def flops_per_image(config) -> ImageFlops:
 
     with FlopCounterMode(display=False) as forward_counter:
         logits = model(pixel_values).logits
-    with FlopCounterMode(display=False) as backward_counter:
+    custom_mapping = {torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=custom_mapping) as backward_counter:
         logits.sum().backward()
     return ImageFlops(forward=forward_counter.get_total_flops(), backward=backward_counter.get_total_flops())
