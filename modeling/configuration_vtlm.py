@@ -321,13 +321,14 @@ class VTLMConfig(PreTrainedConfig):
 
     @property
     def unused_fields(self):
-        """The fields this architecture does not read: the other tokenizer's, and a position init left to
-        `initializer_range`. A description of the model (its card) leaves them out."""
-        if self.patch_embedding_type == "patchify":
-            unused = ["num_conv_layers", "conv_kernel_size", "conv_hidden_size"]
-        else:  # only blocks before the last output `conv_hidden_size` channels
+        """The fields this architecture does not read: the other tokenizers', and a position init that is left to
+        `initializer_range` or has no positions to start. A description of the model (its card) leaves them out."""
+        conv_fields = ["num_conv_layers", "conv_kernel_size", "conv_hidden_size"]
+        if self.patch_embedding_type == "conv":  # only blocks before the last output `conv_hidden_size` channels
             unused = ["patch_size"] + (["conv_hidden_size"] if self.num_conv_layers == 1 else [])
-        if self.position_initializer_range is None:
+        else:
+            unused = conv_fields
+        if self.position_initializer_range is None or not self.use_position_embeddings:
             unused.append("position_initializer_range")
         return unused
 

@@ -323,3 +323,16 @@ def test_sync_batch_norm_conversion_keeps_the_logits_and_the_checkpointing_guard
     buffers, _ = train_micro_batches(checkpointed, [pixels(4)])
     for name, buffer in buffers.items():
         torch.testing.assert_close(buffer, plain_buffers[name], msg=name)
+
+
+@pytest.mark.parametrize(
+    "world_size, device, synced", [(2, "cuda", True), (1, "cuda", False), (2, "cpu", False)], ids=["ddp", "one", "gloo"]
+)
+def test_training_syncs_every_batch_norm_under_multi_gpu_ddp_only(world_size, device, synced):
+    from types import SimpleNamespace
+
+    from training.build import sync_batch_norm
+
+    model = sync_batch_norm(tiny_model(), SimpleNamespace(world_size=world_size, device=torch.device(device)))
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(norm, torch.nn.SyncBatchNorm) == synced for norm in norms)

@@ -69,11 +69,21 @@ def build_augmentation(augmentation_args, config, training_args):
     )
 
 
+def sync_batch_norm(model, training_args):
+    """`model` with every BatchNorm synchronised across processes when it trains on several GPUs: the statistics of
+    the global batch, as one process with that batch would have (DHVT's reference syncs its patch embedding's;
+    syncing all of them keeps a multi-GPU run equal to a one-GPU run). torch's `SyncBatchNorm` runs on CUDA only, so
+    CPU (gloo) processes keep their own statistics. Saved weights are the same either way."""
+    if training_args.world_size > 1 and training_args.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def build_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
     """The `VTLMTrainer` of a training run: train on the train split, select on the validation split, both held in
     memory as uint8 tensors (`ImageDatasets.tensors`), normalised as `image_processor` normalises."""
     return VTLMTrainer(
-        model=model,
+        model=sync_batch_norm(model, training_args),
         args=training_args,
         train_dataset=data.tensors("train"),
         eval_dataset=data.tensors("validation"),
