@@ -319,6 +319,14 @@ class VTLMConfig(PreTrainedConfig):
             side = (side - 1) // 2 + 1  # a 3x3 max-pool with stride 2 and padding 1: ceil(side / 2)
         return side**2
 
+    @classmethod
+    def field_names(cls):
+        """Every architecture field, in the order of `__init__`: what a preset or `--config_overrides` may set."""
+        # The named arguments of __init__ after self, read off its code: shipped files import nothing but torch and
+        # transformers, so no `inspect`.
+        code = cls.__init__.__code__
+        return list(code.co_varnames[1 : code.co_argcount])
+
     @property
     def unused_fields(self):
         """The fields this architecture does not read: the other tokenizers', and a position init that is left to

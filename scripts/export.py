@@ -13,9 +13,10 @@ ViT cannot express is refused, naming the fields, before anything is written.
 """
 
 import argparse
+import logging
 import sys
 
-from training.cli import run_cli
+from training.cli import parse_flags, run_cli, setup_logging
 from training.export import FORMATS, export_model
 
 
@@ -27,11 +28,12 @@ def parse_arguments(argv):
     )
     parser.add_argument("--output_dir", required=True, help="The folder to write; it must be empty or missing.")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace a non-empty --output_dir.")
-    return parser.parse_args(argv)
+    return parse_flags(parser, argv)
 
 
 def main(argv=None):
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    setup_logging(logging.WARNING)  # the results, not every file the loaders read
     differences = export_model(
         args.model_name_or_path, args.output_dir, args.format.split(","), args.overwrite_output_dir
     )

@@ -4,8 +4,8 @@
     python scripts/predict.py you/vtlm-37m cat.jpg truck.png --top_k 3
     python scripts/predict.py runs/vtlm-37m images/*.png
 
-Every file is opened before the model is loaded: a missing or unreadable file stops the run with its name and why,
-and exit status 1.
+Every file is opened, and the model found, before the model is loaded: a missing or unreadable file, or a model that
+is neither a folder nor a Hub id, stops the run with one `error:` line naming each and why, and exit status 2.
 """
 
 import argparse
@@ -14,6 +14,7 @@ import sys
 from PIL import Image, ImageOps
 
 from endpoint.handler import to_rgb
+from training.cli import check_model_source, parse_flags, run_cli
 
 
 def parse_arguments(argv):
@@ -21,9 +22,9 @@ def parse_arguments(argv):
     parser.add_argument("model", help="A Hub repository id (`user/name`) or a folder saved by scripts/train.py.")
     parser.add_argument("images", nargs="+", metavar="image", help="Image files, in any format PIL reads.")
     parser.add_argument("--top_k", type=int, default=5, help="How many labels to show per image (default 5).")
-    args = parser.parse_args(argv)
+    args = parse_flags(parser, argv)
     if args.top_k < 1:
-        parser.error(f"--top_k must be at least 1, got {args.top_k}")
+        raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
     return args
 
 
@@ -59,21 +60,20 @@ def format_table(paths, predictions) -> str:
     )
 
 
-def main(argv=None) -> int:
+def main(argv=None):
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     images, errors = load_images(args.images)
     if errors:
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise ValueError("; ".join(errors))
+    check_model_source(args.model)
 
     from transformers import pipeline  # imported after the files are checked: it takes seconds
 
     classifier = pipeline("image-classification", model=args.model, trust_remote_code=True)
     predictions = classifier(images, top_k=args.top_k)
     print(format_table(args.images, predictions))
-    return 0
+    return predictions
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -149,7 +149,14 @@ CIFAR100_SIZES = {"train": 45_000, "validation": 5_000, "test": 10_000}
 
 
 def make_run_folder(
-    path, results=RESULTS, smoke_run=False, dataset_name="uoft-cs/cifar100", examples=True, flags=(), sizes=None
+    path,
+    results=RESULTS,
+    smoke_run=False,
+    dataset_name="uoft-cs/cifar100",
+    examples=True,
+    flags=(),
+    sizes=None,
+    superclasses=True,
 ):
     """A run folder as scripts/train.py leaves it, written by the project's own writers (`write_run_info`,
     `save_example_images`, the Trainer's `TrainerState`) from a tiny model, made-up results, the run's `flags`
@@ -188,7 +195,8 @@ def make_run_folder(
     arguments = parse_arguments(flags + (["--max_train_samples=64"] if smoke_run else []))
     sizes = sizes or ({**CIFAR100_SIZES, "train": 64} if smoke_run else CIFAR100_SIZES)
     splits = DatasetDict({split: Dataset.from_dict({"labels": np.arange(size) % 100}) for split, size in sizes.items()})
-    data = ImageDatasets(splits, label_names=list(CIFAR100_LABELS), fine_to_coarse=[label // 5 for label in range(100)])
+    fine_to_coarse = [label // 5 for label in range(100)] if superclasses else None
+    data = ImageDatasets(splits, label_names=list(CIFAR100_LABELS), fine_to_coarse=fine_to_coarse)
     records = []
     if examples:
         records = save_example_images(

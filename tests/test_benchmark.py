@@ -140,3 +140,7 @@ def test_table_of_the_run_and_of_saved_results(tiny_run, tmp_path, benchmark_mod
     assert f"| {results['training']['images_per_s']:.1f} |" in table[2]
     assert f"| {results['training_over_bare_step_time']:.3f} |" in table[2]
     assert f"| {results['input_pipeline_over_training']:.1f}x |" in table[2]
+    # The threads and the load the run was measured under, beside its figures; a CPU run takes one thread.
+    machine = results["machine"]
+    assert f"| {machine['torch_num_threads']}, {machine['load_average_1min']:.1f} |" in table[2]
+    assert machine["torch_num_threads"] == 1 or torch.cuda.is_available()

@@ -4,8 +4,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -30,6 +32,26 @@ def assert_short_error(process, message):
 def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
     process = run_script("train", "--mixup_alhpa", "0.2", f"--output_dir={tmp_path / 'run'}")
     assert_short_error(process, "error: unknown argument(s): --mixup_alhpa (did you mean --mixup_alpha?) 0.2")
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("train", ["--lr", "1e-3"], "error: unknown argument(s): --lr"),  # not an ambiguous abbreviation
+        ("benchmark", ["--batchsize", "4"], "--batchsize (did you mean --batch_size?)"),
+        ("evaluate_model", ["runs/x", "--splt", "test"], "--splt (did you mean --split?)"),
+        ("predict", ["runs/x", "x.png", "--topk", "3"], "--topk (did you mean --top_k?)"),
+        ("export", ["runs/x", "--output_dir", "out", "--formats", "onnx"], "--formats (did you mean --format?)"),
+        ("push_to_hub", ["--output_dir", "x", "--hub_model_id", "a/b", "--privat"], "(did you mean --hub_private_repo"),
+        ("compare", ["--arm", "a=", "--seed", "1"], "--seed (did you mean --seeds?)"),
+        ("push_to_hub", ["--output_dir", "x"], "the following arguments are required: --hub_model_id"),
+    ],
+)
+def test_every_script_answers_a_mistake_like_train_py(script, args, message, tmp_path):
+    """One `error:` line, the closest flag suggested, exit status 2: the README's promise, for every script."""
+    process = run_script(script, *args, cwd=tmp_path)
+    assert_short_error(process, message)
+    assert len(process.stderr.strip().splitlines()) == 1, process.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -75,6 +97,8 @@ def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path)
     results = json.loads((tmp_path / "run" / "test_results.json").read_text())
     last_line = [line for line in log.splitlines() if line.strip()][-1]
     assert last_line.endswith(f"test {describe_accuracy(results, 'test')}"), log[-4000:]
+    # The card loads the run back (after the test evaluation, before the last line) without a progress bar.
+    assert not any("Loading weights" in line for line in log.splitlines()[-5:]), log[-2000:]
     assert '"id2label"' not in log  # the 100-label config
     assert '"image_mean"' not in log  # the image processor's, printed when the card loads the run back
     assert "requires torchvision" not in log
@@ -107,3 +131,32 @@ def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load(flags
     )
     process = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert process.stdout.splitlines()[-1] == f"loaded: [] exit: {0 if flags == ['--help'] else 2}", process.stderr
+
+
+def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(cifar100_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=50", *TINY_RUN]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, f"--output_dir={output_dir}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(output_dir.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"interrupted: rerun the same command to resume from {output_dir}/checkpoint-\d+", last_line)
+
+
+def test_help_of_a_no_flag_says_what_it_turns_off():
+    process = run_script("train", "--help")
+    assert process.returncode == 0
+    help_text = " ".join(process.stdout.split())
+    assert "--no_horizontal_flip, --no-horizontal-flip Turn --horizontal_flip off." in help_text
+
+
+def test_a_mistyped_config_override_lists_the_fields(tmp_path):
+    process = run_script("train", "--config_overrides=hiden_size=30", f"--output_dir={tmp_path / 'run'}")
+    assert_short_error(process, "hiden_size is not a field of the config (did you mean hidden_size?); the fields are")
+    assert "num_attention_heads" in process.stderr and "use_head_tokens" in process.stderr

@@ -100,3 +100,13 @@ def test_a_run_folder_is_scored_on_its_own_data_with_no_flags(trained_run, tmp_p
 def test_a_validation_split_that_overlaps_training_images_is_refused(trained_run, flags):
     with pytest.raises(ValueError, match="would hold images the run trained on"):
         evaluate_model.main([str(trained_run), "--split=validation", *flags])
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_a_missing_run_folder_is_named_as_missing(tmp_path, monkeypatch, capsys, relative):
+    monkeypatch.chdir(tmp_path)
+    model = "runs/nonexist" if relative else str(tmp_path / "runs" / "nonexist")
+    assert evaluate_model.run_cli(evaluate_model.main, [model]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    expected = "there is no folder runs/nonexist here" if relative else f"{model} is neither a folder nor a Hub id"
+    assert line.startswith(f"error: {expected}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, class_images, load_script, run_without_modeling
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTForImageClassification, pipeline
 
 import training.export
@@ -348,3 +349,34 @@ def test_a_dhvt_preset_is_refused_naming_each_dhvt_field():
     for field in ("patch_embedding_type='sope'", "use_position_embeddings=False", "feed_forward_type='daff'"):
         assert field in refused
     assert "use_head_tokens=True" in refused
+
+
+def test_the_export_cards_onnx_snippet_runs_on_the_folder_and_the_card_has_a_license(tmp_path, monkeypatch):
+    """What a visitor copies from the card works: the ONNX snippet, with `MODEL` set to the exported folder."""
+    model = save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
+    export_model(tmp_path / "run", tmp_path / "export", ("vit", "onnx"))
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "license: apache-2.0" in card.split("---")[1]
+    snippet = card.split("```python\n")[2].split("```")[0]  # the second block: ONNX
+    assert "InferenceSession(onnx_file)" in snippet
+    Image.fromarray(class_images([3])[0]).save(tmp_path / "cat.png")
+    namespace = {}
+    monkeypatch.chdir(tmp_path)
+    exec(snippet.replace("MODEL", str(tmp_path / "export")), namespace)
+    pixel_values = AutoImageProcessor.from_pretrained(tmp_path / "export")(
+        Image.open(tmp_path / "cat.png"), return_tensors="pt"
+    )["pixel_values"]
+    torch.testing.assert_close(torch.from_numpy(namespace["logits"]), logits_of(model, pixel_values), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # the script in a fresh interpreter
+def test_export_prints_its_results_not_the_exporters_warnings(tmp_path):
+    save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "export.py"), str(tmp_path / "run"), "--format=vit,onnx"]
+    process = subprocess.run(
+        [*command, f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "onnx: max logit difference from the source" in process.stdout
+    for noise in ("torchvision", "FutureWarning", "Warning"):
+        assert noise not in process.stderr, process.stderr[-2000:]

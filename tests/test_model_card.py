@@ -13,7 +13,7 @@ from conftest import EXAMPLE_CLASSES, RESULTS, TINY_CONFIG, make_run_folder
 from huggingface_hub import ModelCard, metadata_load
 from PIL import Image
 
-from modeling import CIFAR100_LABELS, VTLMForImageClassification
+from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
 from training.flops import flops_per_image
 from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, save_example_images, write_model_card
 
@@ -277,3 +277,61 @@ def test_the_usage_section_shows_the_three_ways_in(run_dir):
     )
     assert usage.count("built-in ViT cannot express") == 1  # said once, not again inside the reason
     assert "--format onnx --output_dir DIR" in usage
+
+
+def test_the_architecture_table_shows_only_what_shapes_the_model(run_dir, tmp_path):
+    architecture = section(card_body(write_model_card(run_dir)), "Model")
+    for ignored in ("num_conv_layers", "conv_kernel_size", "conv_hidden_size", "position_initializer_range"):
+        assert (
+            f"| {ignored} |" not in architecture
+        )  # a patch model has no conv tokenizer, and no position init of its own
+    assert table_row(architecture, "patch_size")[1] == "4"
+
+    conv_run = tmp_path / "conv-run"
+    make_run_folder(conv_run)
+    conv = VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG)
+    conv.save_pretrained(conv_run)
+    VTLMForImageClassification(conv).save_pretrained(conv_run)
+    architecture = section(card_body(write_model_card(conv_run)), "Model")
+    assert table_row(architecture, "num_conv_layers")[1] == "1" and "| patch_size |" not in architecture
+    assert table_row(architecture, "position_initializer_range")[1] == "0.2"
+
+
+def test_a_run_from_saved_weights_is_not_called_trained_from_scratch(tmp_path):
+    run_dir = make_run_folder(tmp_path / "run", flags=["--model_name_or_path=someone/vtlm-base"])
+    body = card_body(write_model_card(run_dir))
+    assert "from scratch" not in body
+    assert "trained on [CIFAR-100](https://huggingface.co/datasets/uoft-cs/cifar100)\nfrom the weights of " in body
+    assert "[someone/vtlm-base](https://huggingface.co/someone/vtlm-base)" in body
+
+
+def test_a_display_name_names_a_local_dataset_and_never_makes_it_cifar100(tmp_path):
+    folder = tmp_path / "my-copy"
+    folder.mkdir()
+    run_dir = make_run_folder(
+        tmp_path / "run",
+        dataset_name=str(folder),
+        flags=["--dataset_display_name=uoft-cs/cifar100"],
+        sizes={"train": 300, "validation": 100, "test": 200},
+    )
+    readme = write_model_card(run_dir)
+    assert "datasets" not in metadata_load(readme)  # a local folder: no Hub dataset to link
+    assert {result.dataset_type for result in ModelCard.load(readme).data.eval_results} == {"my-copy"}
+    body = card_body(readme)
+    assert table_row(section(body, "Training recipe"), "`dataset_name`")[1] == "my-copy"
+    assert "54.84%" not in body and "(3 images per class)" in body
+
+
+def test_superclass_accuracy_is_shown_only_where_the_dataset_has_superclasses(run_dir, tmp_path):
+    assert "| superclass |" in section(card_body(write_model_card(run_dir)), "Results")
+    run_dir = make_run_folder(tmp_path / "run", superclasses=False)
+    results = section(card_body(write_model_card(run_dir)), "Results")
+    assert "superclass" not in results
+    assert table_row(results, "this run | test")[-1] == "73.01%"  # the last column is top-5
+
+
+def test_trainer_flags_that_train_py_does_not_read_are_not_shown(run_dir):
+    recipe = section(card_body(write_model_card(run_dir)), "Training recipe")
+    for name in NOT_SHOWN:
+        assert f"| `{name}` |" not in recipe
+    assert "| `learning_rate` |" in recipe

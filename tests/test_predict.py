@@ -76,26 +76,45 @@ def test_missing_and_corrupt_files_are_named_and_fail_before_the_model_loads(mod
     missing = tmp_path / "missing.jpg"
 
     argv = [str(tmp_path / "no-model-here"), str(image_files[0]), str(missing), str(corrupt), str(text), str(tmp_path)]
-    assert load_predict().main(argv) == 1
+    predict = load_predict()
+    assert predict.run_cli(predict.main, argv) == 2
     output = capsys.readouterr()
     assert output.out == ""
-    errors = output.err.splitlines()
+    (line,) = output.err.splitlines()  # one line, as every script ends a user's mistake
+    errors = line.removeprefix("error: ").split("; ")
     assert len(errors) == 4
-    assert errors[0] == f"error: {missing}: no such file"
-    assert errors[1].startswith(f"error: {corrupt}: corrupt image (") and "truncated" in errors[1]
-    assert errors[2] == f"error: {text}: not an image file PIL can read"
-    assert errors[3] == f"error: {tmp_path}: is a directory, not an image file"
+    assert errors[0] == f"{missing}: no such file"
+    assert errors[1].startswith(f"{corrupt}: corrupt image (") and "truncated" in errors[1]
+    assert errors[2] == f"{text}: not an image file PIL can read"
+    assert errors[3] == f"{tmp_path}: is a directory, not an image file"
 
 
-def test_top_k_must_be_positive(model_dir, image_files, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_predict().main([str(model_dir), str(image_files[0]), "--top_k", "0"])
-    assert exit_info.value.code == 2
-    assert "--top_k must be at least 1, got 0" in capsys.readouterr().err
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_a_missing_model_folder_is_named_in_one_line(image_files, tmp_path, monkeypatch, capsys, relative):
+    monkeypatch.chdir(tmp_path)
+    model = "runs/nonexist" if relative else str(tmp_path / "runs" / "nonexist")
+    predict = load_predict()
+    assert predict.run_cli(predict.main, [model, str(image_files[0])]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    if relative:  # a valid Hub id too: offline, it cannot be looked up, and the line says both
+        assert line == (
+            "error: there is no folder runs/nonexist here, and the Hub id runs/nonexist cannot be looked up: "
+            "HF_HUB_OFFLINE is set"
+        )
+    else:
+        assert line == f"error: {model} is neither a folder nor a Hub id (user/name)"
 
 
-def test_predict_in_process_returns_zero_and_honours_top_k(model_dir, image_files, capsys):
-    assert load_predict().main([str(model_dir), str(image_files[1]), "--top_k", "2"]) == 0
+def test_top_k_must_be_positive_and_a_mistyped_flag_gets_a_suggestion(model_dir, image_files, capsys):
+    predict = load_predict()
+    assert predict.run_cli(predict.main, [str(model_dir), str(image_files[0]), "--top_k", "0"]) == 2
+    assert capsys.readouterr().err == "error: --top_k must be at least 1, got 0\n"
+    assert predict.run_cli(predict.main, [str(model_dir), str(image_files[0]), "--topk", "2"]) == 2
+    assert "--topk (did you mean --top_k?)" in capsys.readouterr().err
+
+
+def test_predict_in_process_honours_top_k(model_dir, image_files, capsys):
+    assert load_predict().main([str(model_dir), str(image_files[1]), "--top_k", "2"])
     rows = parse_table(capsys.readouterr().out)
     assert [(row[0], row[1]) for row in rows] == [(str(image_files[1]), 1), (str(image_files[1]), 2)]
     assert rows[0][3] >= rows[1][3]
@@ -119,6 +138,6 @@ def test_a_16_bit_image_is_classified_as_its_8_bit_version_on_every_path(model_d
     np.testing.assert_array_equal(served["16-bit"], served["8-bit"])
     assert served["16-bit"].mean() == pytest.approx(gradient.mean(), abs=1)  # not clipped to white
 
-    assert load_predict().main([str(model_dir), str(paths["8-bit"]), str(paths["16-bit"]), "--top_k", "3"]) == 0
+    assert load_predict().main([str(model_dir), str(paths["8-bit"]), str(paths["16-bit"]), "--top_k", "3"])
     rows = parse_table(capsys.readouterr().out)
     assert [row[2:] for row in rows[:3]] == [row[2:] for row in rows[3:]]

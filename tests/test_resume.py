@@ -73,6 +73,21 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, tmp_p
     assert clean_weights.keys() == resumed_weights.keys()
     for name, tensor in clean_weights.items():
         torch.testing.assert_close(resumed_weights[name], tensor, atol=0, rtol=0, msg=name)
+    # The record says the run resumed, and its training time covers both processes: the clock goes on from the
+    # checkpoint's, it does not start again at 0.
+    resumed_from = json.loads((resumed / "run_info.json").read_text())["resumed_from_checkpoint"]
+    assert (
+        resumed_from.startswith("checkpoint-")
+        and json.loads((clean / "run_info.json").read_text())["resumed_from_checkpoint"] is None
+    )
+    history = json.loads((resumed / "trainer_state.json").read_text())["log_history"]
+    clock = [entry["training_seconds"] for entry in history if "training_seconds" in entry]
+    assert clock == sorted(clock) and len(clock) == len(history)
+    checkpoint_step = int(resumed_from.split("-")[1])
+    at_checkpoint = max(e["training_seconds"] for e in history if e["step"] <= checkpoint_step)
+    assert min(e["training_seconds"] for e in history if e["step"] > checkpoint_step) > at_checkpoint
+    card = (resumed / "README.md").read_text()
+    assert f"summed over the processes of a run resumed from `{resumed_from}`" in card
     clean_results = json.loads((clean / "all_results.json").read_text())
     resumed_results = json.loads((resumed / "all_results.json").read_text())
     # Timings differ, and the Trainer's `train_loss` summary averages only the losses of the process that finished

@@ -13,9 +13,10 @@ from conftest import REPO_ROOT, TINY_OVERRIDES, TINY_RUN, load_script, write_hub
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from modeling import CIFAR100_LABELS
+from modeling import CIFAR100_LABELS, VTLMConfig
 from training.arguments import ModelArguments, parse_arguments
 from training.build import build_config, build_model
+from training.flops import flops_per_image
 from training.run_info import is_all_of_cifar100
 
 TRAIN = str(REPO_ROOT / "scripts" / "train.py")
@@ -52,6 +53,8 @@ def test_a_finished_run_rerun_with_the_same_arguments_changes_nothing(finished_r
     with caplog.at_level("INFO"):
         train.main(finished_run_argv(cifar100_dir, finished_run) + ["--logging_steps=3"])  # logging is not the run
     assert "already holds this run, finished: nothing to do" in caplog.text
+    # How to publish it, without retraining: the flags push_to_hub.py takes.
+    assert f"`python scripts/push_to_hub.py --output_dir {finished_run} --hub_model_id USER/NAME`" in caplog.text
     assert snapshot(finished_run) == before
 
 
@@ -104,6 +107,9 @@ def test_selection_on_validation_and_test_evaluated_once_at_the_end(finished_run
         assert results[f"{split}_num_images"] == num_images
     test_results = read_json(finished_run / "test_results.json")
     assert test_results.keys() - {"epoch"} == {key for key in results if key.startswith("test_")}
+    # The Trainer's estimate counts text tokens (0 for images); ours is the counted FLOPs of every image trained on.
+    config = VTLMConfig.from_pretrained(finished_run)
+    assert results["total_flos"] == flops_per_image(config).training * 300 * 2  # 300 training images, 2 epochs
 
     state = read_json(finished_run / "trainer_state.json")
     assert state["best_metric"] == max(e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e)

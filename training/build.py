@@ -5,6 +5,8 @@ and Trainer.
 functions, so a run is put together one way only.
 """
 
+import difflib
+
 import torch
 from transformers import AutoConfig, AutoModelForImageClassification, TrainingArguments
 
@@ -37,6 +39,12 @@ def build_config(model_args):
         overridden = {pair.partition("=")[0] for pair in pairs}
         if twice := sorted(overridden & set(RECIPE_CONFIG_FIELDS)):
             raise ValueError(f"--config_overrides: set {', '.join(twice)} with its own flag (--{twice[0]}), not here")
+        if unknown := sorted(overridden - set(config.field_names())):
+            close = difflib.get_close_matches(unknown[0], config.field_names(), n=1)
+            raise ValueError(
+                f"--config_overrides: {', '.join(unknown)} is not a field of the config"
+                f"{f' (did you mean {close[0]}?)' if close else ''}; the fields are {', '.join(config.field_names())}"
+            )
         try:
             config.update_from_string(",".join(pairs))
         except ValueError as error:

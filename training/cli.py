@@ -63,6 +63,9 @@ def parse_flags(parser, argv):
 
     parser.error = error  # argparse calls it for a missing argument even with exit_on_error=False (Python < 3.12)
     parser.allow_abbrev = False  # `--lr` is a mistyped flag, not an ambiguous abbreviation of five
+    for action in parser._actions:  # HfArgumentParser gives a bool's `--no_` flag the help of the flag itself
+        if action.option_strings and action.option_strings[0].startswith("--no_") and action.const is False:
+            action.help = f"Turn --{action.dest} off."
     try:
         namespace, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as error:

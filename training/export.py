@@ -8,9 +8,11 @@ written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported o
 
 import inspect
 import json
+import logging
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,12 +86,18 @@ classify("cat.png", top_k=5)
         "ONNX, run by ONNX Runtime on the CPU",
         ONNX_FILE,
         f"""```python
+import os
+
 import onnxruntime
+from huggingface_hub import hf_hub_download
 from PIL import Image
 from transformers import AutoImageProcessor
 
-processor = AutoImageProcessor.from_pretrained("MODEL")
-session = onnxruntime.InferenceSession("MODEL/{ONNX_FILE}")
+model = "MODEL"
+processor = AutoImageProcessor.from_pretrained(model)
+# InferenceSession takes a file: this folder's, or the one downloaded from the Hub.
+onnx_file = os.path.join(model, "{ONNX_FILE}") if os.path.isdir(model) else hf_hub_download(model, "{ONNX_FILE}")
+session = onnxruntime.InferenceSession(onnx_file)
 pixel_values = processor(Image.open("cat.png"), return_tensors="np")["pixel_values"]
 logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]  # (batch, num_labels)
 ```
@@ -191,17 +199,27 @@ def export_onnx(model, path):
     config = model.config
     example = torch.zeros(2, config.num_channels, config.image_size, config.image_size)  # batch 2: not specialised
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        LogitsOnly(model).eval(),
-        (example,),
-        str(path),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    # The exporter warns that it skips torchvision's detection ops (a classifier has none) and that torch's own pytree
+    # code uses a deprecated check: nothing a user of the export can act on.
+    registration_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_logger.level
+    registration_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            torch.onnx.export(
+                LogitsOnly(model).eval(),
+                (example,),
+                str(path),
+                input_names=["pixel_values"],
+                output_names=["logits"],
+                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registration_logger.setLevel(level)
 
 
 def onnx_session(path, num_threads=None):
@@ -335,7 +353,10 @@ def render_export_card(source, differences, num_images) -> ModelCard:
     usage = "\n".join(CARD_FORMATS[name][2] for name in differences)
     title = "transformers' built-in ViT" if "vit" in differences else "ONNX"
     tags = ["image-classification", "vision", "vtlm", *differences]  # the formats' names: "vit", "onnx"
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification", tags=tags)
+    # The license is the source's: VTLM models are published under Apache-2.0 (`model_card.md`).
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-classification", tags=tags, license="apache-2.0"
+    )
     body = f"""
 # VTLM, exported to {title}
 

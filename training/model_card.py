@@ -5,7 +5,6 @@ the saved model) or computed from it (parameters, FLOPs, example predictions). A
 rendered as "not measured", never estimated.
 """
 
-import inspect
 import io
 import json
 import logging
@@ -104,13 +103,16 @@ def render_model_card(output_dir, hub_model_id=None, revision=None, hub_vit_mode
     model_name = hub_model_id.split("/")[-1] if hub_model_id else output_dir.resolve().name
 
     # Loading the run back for the example predictions logs some 30 lines at info level (files read, the processor's
-    # settings) that would bury a run's results, which end its log.
-    verbosity = transformers_logging.get_verbosity()
+    # settings) and a "Loading weights" bar that would bury a run's results, which end its log.
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_warning()
+    transformers_logging.disable_progress_bar()
     try:
         classifier = pipeline("image-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
     finally:
         transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
     config = classifier.model.config
     flops = flops_per_image(config)
     examples = _predict_examples(classifier, output_dir, run_info.get("examples") or [], hub_model_id, revision)
@@ -178,7 +180,7 @@ def build_card_data(results: dict, dataset: dict, model_name: str, examples: lis
                 eval_results.append(
                     EvalResult(
                         task_type="image-classification",
-                        dataset_type=hub_id or dataset["name"],
+                        dataset_type=hub_id or dataset.get("source") or dataset["name"],
                         dataset_name=dataset["name"],
                         dataset_split=split,
                         metric_type="accuracy",
@@ -271,12 +273,7 @@ def _predict_examples(classifier, output_dir: Path, recorded: list, hub_model_id
 def _architecture_rows(config) -> list:
     """Every argument of the config class (VTLMConfig: image_size, hidden_size, ...) that shapes this model (not
     its `unused_fields`), and the number of labels."""
-    unused = set(getattr(config, "unused_fields", ()))
-    names = [
-        name
-        for name, parameter in inspect.signature(type(config).__init__).parameters.items()
-        if name != "self" and parameter.kind is not parameter.VAR_KEYWORD and name not in unused
-    ]
+    names = [name for name in config.field_names() if name not in config.unused_fields]
     derived = [("num_labels", str(config.num_labels))]
     if hasattr(config, "sequence_length"):  # the tokens each block attends over: tokenizer output, and CLS if any
         derived.append(("tokens per image", str(config.sequence_length)))
