@@ -22,11 +22,11 @@ CIFAR100_LABELS = (
 
 # Presets are data: each names the architecture fields that differ from the defaults.
 PRESETS = {
-    # The seed model (Madras1/VTLM37m): 37,939,812 parameters with 100 labels.
+    # The original model (Madras1/VTLM37m): 37,939,812 parameters with 100 labels.
     "vtlm-37m": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8, "intermediate_size": 2048},
-    # The seed README's flags.
+    # The original model's README flags.
     "vtlm-14m": {"hidden_size": 384, "num_hidden_layers": 8, "num_attention_heads": 12, "intermediate_size": 1536},
-    # The seed's CIFAR-10 example.
+    # The original model's CIFAR-10 example.
     "vtlm-5m": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 1024},
     # CCT-7/3x1 (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers") as its reference code
     # defines it: one 3x3 conv tokenizer block (256 tokens), no CLS token, sequence pooling, CCT's block layout and
@@ -49,8 +49,8 @@ PRESETS = {
         "attention_probs_dropout_prob": 0.1,
         "drop_path_rate": 0.1,
     },
-    # The seed's transformer and block, fed by a two-block conv tokenizer (3 -> 64 -> 512 channels, 32 -> 16 -> 8
-    # pixels: the seed's 64 tokens) and read out by sequence pooling instead of a CLS token.
+    # The original model's transformer and block, fed by a two-block conv tokenizer (3 -> 64 -> 512 channels,
+    # 32 -> 16 -> 8 pixels: the original model's 64 tokens) and read out by sequence pooling instead of a CLS token.
     "vtlm-37m-conv": {
         "hidden_size": 512,
         "num_hidden_layers": 12,
@@ -111,12 +111,13 @@ class VTLMConfig(PreTrainedConfig):
     r"""
     Configuration of a VTLM model: a ViT for small images (CIFAR-sized by default).
 
-    The defaults are the seed model, `vtlm-37m`. `VTLMConfig.from_preset(name, **overrides)` builds the other presets.
+    The defaults are the original model, `vtlm-37m`. `VTLMConfig.from_preset(name, **overrides)` builds the other
+    presets.
 
     Args:
         image_size (`int`): side of the square input image, in pixels.
         num_channels (`int`): input channels.
-        patch_embedding_type (`str`): how pixels become tokens. `"patchify"` (the seed): one Conv2d with
+        patch_embedding_type (`str`): how pixels become tokens. `"patchify"` (the original model): one Conv2d with
             kernel = stride = `patch_size`, a token per patch. `"conv"`: CCT's convolutional tokenizer,
             `num_conv_layers` blocks of (k x k conv with stride 1 and no bias, ReLU, 3x3 max-pool with stride 2), each
             halving the image side (rounding up); a token per pixel of the last feature map.
@@ -128,19 +129,19 @@ class VTLMConfig(PreTrainedConfig):
         num_conv_layers (`int`): conv blocks of the `"conv"` tokenizer.
         conv_kernel_size (`int`): side k of the tokenizer's convs; odd, so that padding k // 2 keeps the image side.
         conv_hidden_size (`int`): output channels of every tokenizer block but the last, which outputs `hidden_size`.
-        use_cls_token (`bool`): whether a learned CLS token is put in front of the patch tokens (the seed: yes).
-        use_position_embeddings (`bool`): whether learned positions are added to the tokens (the seed: yes). DHVT
+        use_cls_token (`bool`): whether a learned CLS token is put in front of the patch tokens (the original: yes).
+        use_position_embeddings (`bool`): whether learned positions are added to the tokens (the original: yes). DHVT
             has none: its overlapping convs and DAFF's depthwise conv tell the tokens where they are.
         hidden_size (`int`): width of the residual stream.
         num_hidden_layers (`int`): number of transformer blocks.
         num_attention_heads (`int`): attention heads per block; must divide `hidden_size`.
         intermediate_size (`int`): hidden width of the MLP (of DAFF: the channels of its depthwise conv).
-        feed_forward_type (`str`): the second branch of every block. `"mlp"` (the seed): Linear, activation, Linear on
-            every token. `"daff"`: DHVT's dynamic aggregation feed-forward, on the patch tokens as a 2-D map: 1x1 conv,
-            BatchNorm, activation; a 3x3 depthwise conv, BatchNorm, activation with a shortcut around them; 1x1 conv,
-            BatchNorm. The CLS token is rescaled, channel by channel, by a squeeze-and-excitation of the map's mean
-            (Linear to `hidden_size // 4`, activation, Linear back, no sigmoid, as in the reference). Needs the CLS
-            token.
+        feed_forward_type (`str`): the second branch of every block. `"mlp"` (the original model): Linear, activation,
+            Linear on every token. `"daff"`: DHVT's dynamic aggregation feed-forward, on the patch tokens as a 2-D map:
+            1x1 conv, BatchNorm, activation; a 3x3 depthwise conv, BatchNorm, activation with a shortcut around them;
+            1x1 conv, BatchNorm. The CLS token is rescaled, channel by channel, by a squeeze-and-excitation of the
+            map's mean (Linear to `hidden_size // 4`, activation, Linear back, no sigmoid, as in the reference). Needs
+            the CLS token.
         use_head_tokens (`bool`): DHVT's head-token interaction (HI-MHSA). Each block's attention gets one extra token
             per head: the mean over the tokens of that head's channel group, projected to `hidden_size`, normalised
             in `num_attention_heads` groups, passed through the activation and given its own learned position. The
@@ -148,12 +149,13 @@ class VTLMConfig(PreTrainedConfig):
             token's. Needs the CLS token.
         hidden_act (`str`): activation of the MLP, and of SOPE, DAFF and the head tokens; any key of
             `transformers.activations.ACT2FN`.
-        hidden_dropout_prob (`float`): dropout on the embeddings, the attention output and the MLP (the seed used 0.1).
+        hidden_dropout_prob (`float`): dropout on the embeddings, the attention output and the MLP (the
+            original model used 0.1).
         attention_probs_dropout_prob (`float`): dropout on the attention probabilities.
         drop_path_rate (`float`): stochastic depth rate of the last block, rising linearly from 0 in the first.
-        layer_norm_layout (`str`): where a block puts its LayerNorms. `"pre_norm"` (the seed, ViT): one before each
-            residual branch. `"cct"` (CCT's reference): one before attention, then the residual stream itself is
-            normalised and the MLP branch adds to the normalised stream.
+        layer_norm_layout (`str`): where a block puts its LayerNorms. `"pre_norm"` (the original model, ViT): one
+            before each residual branch. `"cct"` (CCT's reference): one before attention, then the residual stream
+            itself is normalised and the MLP branch adds to the normalised stream.
         layer_norm_eps (`float`): epsilon of every LayerNorm.
         qkv_bias (`bool`): whether the fused query/key/value projection has a bias.
         initializer_range (`float`): std of the truncated-normal init of weights and the CLS token (and of the
@@ -162,10 +164,10 @@ class VTLMConfig(PreTrainedConfig):
             keep PyTorch's default init, as in DHVT's reference. BatchNorm starts as the identity on fresh
             statistics.
         position_initializer_range (`float`, *optional*): std of the truncated-normal init of the positions; `None`
-            uses `initializer_range` (the seed). CCT uses 0.2.
-        pooling (`str`): what the head classifies. `"cls"`: the CLS token (the seed). `"mean"`: the mean of the patch
-            tokens. `"sequence"`: CCT's sequence pooling, a softmax weighting over the patch tokens from a learned
-            Linear(hidden_size, 1), and their weighted sum.
+            uses `initializer_range` (the original model). CCT uses 0.2.
+        pooling (`str`): what the head classifies. `"cls"`: the CLS token (the original model). `"mean"`: the
+            mean of the patch tokens. `"sequence"`: CCT's sequence pooling, a softmax weighting over the patch tokens
+            from a learned Linear(hidden_size, 1), and their weighted sum.
     """
 
     model_type = "vtlm"
@@ -187,7 +189,7 @@ class VTLMConfig(PreTrainedConfig):
         qkv_bias=True,
         initializer_range=0.02,
         pooling="cls",
-        # CCT's ideas, appended so that positional arguments keep their meaning; the defaults are the seed.
+        # CCT's ideas, appended so that positional arguments keep their meaning; the defaults are the original model.
         patch_embedding_type="patchify",
         num_conv_layers=1,
         conv_kernel_size=3,
@@ -195,7 +197,7 @@ class VTLMConfig(PreTrainedConfig):
         use_cls_token=True,
         layer_norm_layout="pre_norm",
         position_initializer_range=None,
-        # DHVT's ideas, appended likewise; the defaults are the seed.
+        # DHVT's ideas, appended likewise; the defaults are the original model.
         use_position_embeddings=True,
         feed_forward_type="mlp",
         use_head_tokens=False,

@@ -2,7 +2,7 @@
 
 Reads top to bottom: embeddings (patchify, CCT's conv tokenizer or DHVT's SOPE), attention (with DHVT's head tokens or
 without), feed-forward (MLP or DHVT's DAFF), blocks (pre-norm or CCT's layout), encoder, sequence pooling, pre-trained
-base, base model, classification head. The defaults are the seed model; each idea from CCT (Hassani et al. 2021,
+base, base model, classification head. The defaults are the original model; each idea from CCT (Hassani et al. 2021,
 "Escaping the Big Data Paradigm with Compact Transformers") and DHVT (Lu et al. 2022, "Bridging the Gap Between Vision
 Transformers and Convolutional Neural Networks on Small Datasets") is a small module that a config field selects.
 This file and `configuration_vtlm.py` are shipped with every checkpoint (`trust_remote_code=True`): they import only

@@ -3,8 +3,8 @@
 
     accelerate launch scripts/train.py                     # the headline run: vtlm-37m, 100 epochs
     python scripts/train.py --model_preset vtlm-5m --num_train_epochs 10
-    python scripts/train.py recipes/seed.yaml              # every flag from one .json or .yaml file
-    python scripts/train.py recipes/seed.yaml --dataset_name DIR  # flags after it replace the recipe's values
+    python scripts/train.py recipes/madras1-vtlm37m.yaml   # every flag from one .json or .yaml file
+    python scripts/train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR   # flags after it replace the recipe's
 
 The best epoch is selected on a validation split held out from train; the test split is evaluated once, at the end.
 """

@@ -40,10 +40,11 @@ print("RESULT" + json.dumps({
 """
 
 
-# The seed's architecture; CCT's ideas together: a conv tokenizer, no CLS token, sequence pooling, CCT's blocks; and
-# DHVT's: SOPE without positions, DAFF and head tokens, whose BatchNorm statistics must load with the weights.
+# The original model's architecture; CCT's ideas together: a conv tokenizer, no CLS token, sequence pooling, CCT's
+# blocks; and DHVT's: SOPE without positions, DAFF and head tokens, whose BatchNorm statistics must load with the
+# weights.
 ARCHITECTURES = {
-    "seed": {},
+    "original": {},
     "cct": {
         "patch_embedding_type": "conv",
         "num_conv_layers": 2,

@@ -24,9 +24,9 @@ requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
     reason="ONNX export needs onnx, onnxscript and onnxruntime (the [export] extra)",
 )
-# The seed layout, and one with every field the ViT maps set away from the seed's value.
+# The original layout, and one with every field the ViT maps set away from the original model's value.
 VIT_CONFIGS = {
-    "seed": {},
+    "original": {},
     "variant": {"qkv_bias": False, "layer_norm_eps": 1e-5, "hidden_act": "gelu_new", "image_size": 24, "patch_size": 6},
 }
 LOAD_WITHOUT_CUSTOM_CODE = """
@@ -111,7 +111,7 @@ def test_vit_export_loads_without_custom_code_and_gives_the_same_logits(vit_expo
 
 
 def test_vit_export_card_names_its_source_and_the_measured_difference(vit_exports):
-    _, run, folder, differences = vit_exports["seed"]
+    _, run, folder, differences = vit_exports["original"]
     card = (folder / "README.md").read_text()
     assert "`run` (a local folder)" in card
     assert str(run.parent) not in card  # never the training machine's path
@@ -125,7 +125,7 @@ def test_the_endpoint_handler_serves_the_vit_export_as_the_custom_model(vit_expo
 
     from endpoint.handler import EndpointHandler
 
-    _, run, folder, _ = vit_exports["seed"]
+    _, run, folder, _ = vit_exports["original"]
     image = Image.fromarray(class_images([7], image_size=48)[0])
     answers = [EndpointHandler(str(path))({"inputs": image, "parameters": {"top_k": 3}}) for path in (run, folder)]
     assert type(EndpointHandler(str(folder)).model) is ViTForImageClassification
@@ -234,7 +234,7 @@ def test_a_field_added_later_is_refused_unless_it_holds_the_seeds_value():
             self.new_idea = new_idea
             super().__init__(**kwargs)
 
-    with pytest.raises(ExportError, match=r"new_idea=1 \(exportable only at the seed's 0\)"):
+    with pytest.raises(ExportError, match=r"new_idea=1 \(exportable only at the original model's 0\)"):
         to_vit(VTLMForImageClassification(LaterConfig(new_idea=1, **TINY_CONFIG)))
     model = VTLMForImageClassification(LaterConfig(**TINY_CONFIG)).eval()
     pixel_values = torch.randn(2, 3, 32, 32)
@@ -308,11 +308,11 @@ def test_inference_benchmark_table_and_json(tmp_path, capsys):
     )
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results))
     assert {"cpu_model", "torch_num_threads", "torch", "onnxruntime"} <= set(results["machine"])
-    seed, cct = results["models"]
-    assert [row["batch_size"] for row in seed["rows"]] == [1, 3]
-    assert set(seed["rows"][0]["images_per_s"]) == {"pytorch", "vit", "onnxruntime"}
+    original, cct = results["models"]
+    assert [row["batch_size"] for row in original["rows"]] == [1, 3]
+    assert set(original["rows"][0]["images_per_s"]) == {"pytorch", "vit", "onnxruntime"}
     assert set(cct["rows"][0]["images_per_s"]) == {"pytorch", "onnxruntime"}  # the ViT cannot express CCT
-    for row in seed["rows"] + cct["rows"]:
+    for row in original["rows"] + cct["rows"]:
         for name, times in row["seconds_per_batch"].items():
             assert len(times) == 3
             assert row["images_per_s"][name] == pytest.approx(row["batch_size"] / statistics.median(times))

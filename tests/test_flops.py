@@ -94,7 +94,7 @@ def hand_derived_flops(config):
         {**TINY_CONV, "use_cls_token": False, "pooling": "sequence", "layer_norm_layout": "cct"},
         {**TINY_CONV, "num_conv_layers": 1, "conv_kernel_size": 5, "pooling": "cls"},
         {**TINY_CONV, "image_size": 30, "conv_hidden_size": 5, "pooling": "sequence"},
-        # DHVT: all three parts at patch 4 and 2, and each part alone beside the seed's others.
+        # DHVT: all three parts at patch 4 and 2, and each part alone beside the original model's others.
         TINY_DHVT,
         {**TINY_DHVT, "patch_size": 2, "intermediate_size": 53, "num_attention_heads": 2, "num_labels": 10},
         {**TINY_CONFIG, "patch_embedding_type": "sope", "patch_size": 2},

@@ -218,7 +218,7 @@ def test_a_complete_run_on_another_dataset_is_a_real_run_on_that_dataset(run_dir
     assert "CIFAR" not in body.replace("CIFAR-sized", "") and "original model" not in body
     assert "[someone/flowers-32px](https://huggingface.co/datasets/someone/flowers-32px)" in body
     assert "(9 images per class)" in body
-    assert_tables_end_with_a_blank_line(body)  # no seed row, so the table ends at this run's rows
+    assert_tables_end_with_a_blank_line(body)  # no row for the original model, so the table ends at this run's rows
 
 
 def test_a_run_without_run_info_or_its_smoke_flag_is_not_presented_as_a_full_run(run_dir):
@@ -272,8 +272,8 @@ def test_the_usage_section_shows_the_three_ways_in(run_dir):
     edit_json(run_dir / "config.json", pooling="mean")
     usage = section(card_body(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny")), "Usage")
     assert (
-        "Transformers' built-in ViT cannot express this model: pooling='mean' (exportable only at the seed's 'cls').\n"
-        in usage
+        "Transformers' built-in ViT cannot express this model: pooling='mean' (exportable only at the original "
+        "model's 'cls').\n" in usage
     )
     assert usage.count("built-in ViT cannot express") == 1  # said once, not again inside the reason
     assert "--format onnx --output_dir DIR" in usage

@@ -17,7 +17,7 @@ from modeling import CIFAR100_LABELS, PRESETS, VTLMConfig, VTLMForImageClassific
 TINY_CONV = {"patch_embedding_type": "conv", "num_conv_layers": 2, "conv_hidden_size": 8}
 # Tiny versions of every tokenizer, CLS token, pooling and block layout, with the sequence length each must give.
 VARIANTS = {
-    "seed": ({}, 65),
+    "original": ({}, 65),
     "mean": ({"pooling": "mean"}, 65),
     "no-cls-mean": ({"use_cls_token": False, "pooling": "mean"}, 64),
     "cls-sequence": ({"pooling": "sequence"}, 65),
@@ -44,15 +44,16 @@ def saved_model(tmp_path_factory):
     return folder, save_tiny_model(folder)
 
 
-# --- parameter counts: the seed's architecture, exactly ---
+# --- parameter counts: the original model's architecture, exactly ---
 
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    # 37,939,812 and 14,279,140 are the seed's own counts; 4,794,212 is the same layout at 256/6/8. 3,783,269 is the
-    # count of `cct_7_3x1_32_c100` in CCT's reference code (SHI-Labs/Compact-Transformers). 38,210,853 is derived
-    # below. 5,845,162 and 23,425,450 are the counts of `dhvt_tiny_cifar_patch2` and `dhvt_small_cifar_patch4` in
-    # DHVT's reference code (ArieSeirack/DHVT), 100 labels, BatchNorm's running statistics not counted (buffers).
+    # 37,939,812 and 14,279,140 are the original model's own counts; 4,794,212 is the same layout at 256/6/8.
+    # 3,783,269 is the count of `cct_7_3x1_32_c100` in CCT's reference code (SHI-Labs/Compact-Transformers).
+    # 38,210,853 is derived below. 5,845,162 and 23,425,450 are the counts of `dhvt_tiny_cifar_patch2` and
+    # `dhvt_small_cifar_patch4` in DHVT's reference code (ArieSeirack/DHVT), 100 labels, BatchNorm's running
+    # statistics not counted (buffers).
     [
         ("vtlm-37m", 37_939_812),
         ("vtlm-14m", 14_279_140),
@@ -70,7 +71,7 @@ def test_preset_parameter_counts(preset, expected):
 
 
 def test_parameter_count_matches_layout_formula(tiny_config):
-    """Derive the count from the seed's layout by hand, so a missing or extra layer on any config is caught."""
+    """Derive the count from the original layout by hand, so a missing or extra layer on any config is caught."""
     d, layers, mlp, labels = 32, 2, 37, 100
     patch = 3 * 4 * 4 * d + d
     tokens = d + 65 * d  # CLS token and positions for 64 patches + CLS
@@ -80,7 +81,7 @@ def test_parameter_count_matches_layout_formula(tiny_config):
 
 
 def test_conv_preset_parameter_count_matches_layout_formula():
-    """vtlm-37m-conv: the seed's blocks, a two-block conv tokenizer, no CLS token, sequence pooling."""
+    """vtlm-37m-conv: the original model's blocks, a two-block conv tokenizer, no CLS token, sequence pooling."""
     d, layers, mlp, labels = 512, 12, 2048, 100
     tokenizer = 3 * 64 * 3 * 3 + 64 * d * 3 * 3  # two 3x3 convs without bias: 3 -> 64 -> d channels
     positions = 8 * 8 * d  # 32 -> 16 -> 8 pixels: 64 tokens and no CLS token

@@ -35,7 +35,9 @@ class ModelArguments:
     )
     hidden_dropout_prob: float = field(
         default=0.0,
-        metadata={"help": "Dropout inside the blocks. The seed used 0.1; with Mixup/CutMix and stochastic depth, 0."},
+        metadata={
+            "help": "Dropout inside the blocks. The original model used 0.1; with Mixup/CutMix and stochastic depth, 0."
+        },
     )
 
     def __post_init__(self):
@@ -135,7 +137,7 @@ class AugmentationArguments:
         metadata={
             "help": "RandomResizedCrop instead of pad-and-crop (needs --crop_padding 0): a box of a random share of "
             "the image's area, from this value to 1, and of aspect ratio 3/4 to 4/3, resized bilinearly back to the "
-            "image's size (torchvision's algorithm; the seed model used 0.8). None: off."
+            "image's size (torchvision's algorithm; the original model used 0.8). None: off."
         },
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Flip each image left-right with probability 0.5."})
@@ -274,7 +276,9 @@ class VTLMTrainingArguments(TrainingArguments):
     )
     fp16: bool = field(
         default=True,
-        metadata={"help": "fp16 mixed precision on CUDA, as the seed used; off with --bf16, --no_fp16 or on a CPU."},
+        metadata={
+            "help": "fp16 mixed precision on CUDA, as the original model used; off with --bf16, --no_fp16 or on a CPU."
+        },
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Batches carry uint8 pixel_values."})
     dataloader_num_workers: int = field(
@@ -309,7 +313,7 @@ RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 
 def parse_arguments(argv):
     """`ARGUMENT_CLASSES` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
-    the flags replace: `train.py recipes/seed.yaml --dataset_name DIR`."""
+    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`."""
     parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
     if argv and argv[0].endswith(RECIPE_SUFFIXES) and not argv[0].startswith("-"):
         parser.set_defaults(**read_recipe(argv[0], parser))

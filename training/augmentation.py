@@ -9,7 +9,7 @@ the training device, and every step below is a batched torch op on that device:
 
 which is timm's order (erasing inside the loader, mixing on the batch). Every random choice is per sample.
 RandAugment follows timm's `rand-m9-mstd0.5-inc1` (each round's op applied with probability 0.5, at a magnitude drawn
-per image); AutoAugment is torchvision's, with its CIFAR-10 policy (the seed model's recipe). Evaluation only
+per image); AutoAugment is torchvision's, with its CIFAR-10 policy (the original model's recipe). Evaluation only
 normalises (`training.image_ops.Normalize`).
 
 Randomness. Every draw comes from a `torch.Generator` seeded with the `seed` passed to the call, never from the global

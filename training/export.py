@@ -1,6 +1,6 @@
 """Export a trained VTLM to transformers' built-in ViT (no custom code) and to ONNX, checking each against the source.
 
-The seed architecture is exactly `ViTForImageClassification`: the same patch convolution, CLS token, learned
+The original architecture is exactly `ViTForImageClassification`: the same patch convolution, CLS token, learned
 positions, pre-norm blocks, GELU MLP, final LayerNorm and head on the CLS token. Only the names differ, and the
 fused qkv projection, which the ViT keeps as three. A config the ViT cannot express is refused before anything is
 written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is asked for.
@@ -110,9 +110,10 @@ class ExportError(ValueError):
     """The source cannot be exported as asked. Nothing is written: the check comes first, or the folder is dropped."""
 
 
-def seed_defaults(config_class) -> dict:
+def original_defaults(config_class) -> dict:
     """Every architecture field of a VTLM config class, and of the VTLM classes it derives from, with its default:
-    the seed model's value. The fields of transformers' `PreTrainedConfig` (labels, output flags) are not among them.
+    the original model's value. The fields of transformers' `PreTrainedConfig` (labels, output flags) are not among
+    them.
     """
     defaults = {}
     for cls in config_class.__mro__[: config_class.__mro__.index(PreTrainedConfig)]:
@@ -126,12 +127,12 @@ def vit_refusals(config) -> list[str]:
     """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
 
     The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
-    seed's value, until it is mapped here.
+    original model's value, until it is mapped here.
     """
     expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS)
     return [
-        f"{name}={getattr(config, name)!r} (exportable only at the seed's {default!r})"
-        for name, default in seed_defaults(type(config)).items()
+        f"{name}={getattr(config, name)!r} (exportable only at the original model's {default!r})"
+        for name, default in original_defaults(type(config)).items()
         if name not in expressible and _plain(getattr(config, name)) != _plain(default)
     ]
 
