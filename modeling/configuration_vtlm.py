@@ -99,6 +99,8 @@ SOPE_PATCH_SIZES = (2, 4)  # one stride-2 conv for 2x2 patches, two for 4x4
 FEED_FORWARD_TYPES = ("mlp", "daff")
 POOLINGS = ("cls", "mean", "sequence")
 LAYER_NORM_LAYOUTS = ("pre_norm", "cct")
+ATTENTION_INITIALIZERS = ("normal", "mimetic")
+MIMETIC_FIELDS = ("mimetic_alpha1", "mimetic_beta1", "mimetic_alpha2", "mimetic_beta2")
 # Every saved config names all three Auto classes: `save_pretrained` alone writes only the saved class's entry.
 AUTO_MAP = {
     "AutoConfig": "configuration_vtlm.VTLMConfig",
@@ -168,6 +170,16 @@ class VTLMConfig(PreTrainedConfig):
         pooling (`str`): what the head classifies. `"cls"`: the CLS token (the original model). `"mean"`: the
             mean of the patch tokens. `"sequence"`: CCT's sequence pooling, a softmax weighting over the patch tokens
             from a learned Linear(hidden_size, 1), and their weighted sum.
+        attention_initializer (`str`): how the attention weights start. `"normal"` (the original model): like every
+            Linear, truncated normal with `initializer_range`. `"mimetic"`: Trockman & Kolter's mimetic
+            initialisation (ICML 2023, "Mimetic Initialization of Self-Attention Layers"), which makes a fresh
+            attention layer look like a trained one, for models trained on small data: each head's
+            W_q W_k^T ~ mimetic_alpha1 Z1 + mimetic_beta1 I (the head's rank-head_dim part of it: tokens attend to
+            tokens like themselves, as trained heads do) and the layer's W_v W_o ~ mimetic_alpha2 Z2 - mimetic_beta2 I,
+            Z random N(0, 1/hidden_size), both factored by SVD. It only sets the starting weights: a loaded model keeps
+            its own, and the built-in ViT export accepts either value.
+        mimetic_alpha1, mimetic_beta1, mimetic_alpha2, mimetic_beta2 (`float`): the mimetic initialisation's
+            constants; the defaults are the paper's for ViTs (0.7, 0.7, 0.4, 0.4).
     """
 
     model_type = "vtlm"
@@ -201,6 +213,12 @@ class VTLMConfig(PreTrainedConfig):
         use_position_embeddings=True,
         feed_forward_type="mlp",
         use_head_tokens=False,
+        # Initialisation only, appended likewise; the default is the original model's.
+        attention_initializer="normal",
+        mimetic_alpha1=0.7,
+        mimetic_beta1=0.7,
+        mimetic_alpha2=0.4,
+        mimetic_beta2=0.4,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -232,6 +250,11 @@ class VTLMConfig(PreTrainedConfig):
         self.use_position_embeddings = use_position_embeddings
         self.feed_forward_type = feed_forward_type
         self.use_head_tokens = use_head_tokens
+        self.attention_initializer = attention_initializer
+        self.mimetic_alpha1 = mimetic_alpha1
+        self.mimetic_beta1 = mimetic_beta1
+        self.mimetic_alpha2 = mimetic_alpha2
+        self.mimetic_beta2 = mimetic_beta2
         super().__init__(**kwargs)
         self.validate_architecture()
 
@@ -257,9 +280,14 @@ class VTLMConfig(PreTrainedConfig):
             ("pooling", POOLINGS),
             ("layer_norm_layout", LAYER_NORM_LAYOUTS),
             ("feed_forward_type", FEED_FORWARD_TYPES),
+            ("attention_initializer", ATTENTION_INITIALIZERS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in MIMETIC_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         for name in ("use_cls_token", "qkv_bias", "use_position_embeddings", "use_head_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -340,6 +368,8 @@ class VTLMConfig(PreTrainedConfig):
             unused = conv_fields
         if self.position_initializer_range is None or not self.use_position_embeddings:
             unused.append("position_initializer_range")
+        if self.attention_initializer != "mimetic":
+            unused.extend(MIMETIC_FIELDS)
         return unused
 
     @property

@@ -406,6 +406,18 @@ class VTLMSequencePooling(nn.Module):
         return (weights.transpose(1, 2) @ hidden_states).squeeze(1)  # (B, hidden)
 
 
+def _mimetic_factors(size, alpha, beta, device):
+    """(left, right), each (size, size), with left @ right.T = alpha Z + beta I for a random Z ~ N(0, 1/size), and
+    the first k columns of both the best rank-k factors of it: the SVD U S V^T split as U S^1/2 and V S^1/2."""
+    target = alpha * torch.randn(size, size, device=device) / size**0.5 + beta * torch.eye(size, device=device)
+    u, s, vh = torch.linalg.svd(target)
+    return u * s.sqrt(), vh.T * s.sqrt()
+
+
+def _attention_weights(attention):
+    return attention.qkv, attention.proj, attention.qkv.weight, attention.proj.weight
+
+
 class VTLMPreTrainedModel(PreTrainedModel):
     config_class = VTLMConfig
     base_model_prefix = "vtlm"
@@ -461,6 +473,46 @@ class VTLMPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(module.position_embeddings, mean=0.0, std=position_std)
         elif isinstance(module, VTLMHeadTokens):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        """`_init_weights` on every module, then the mimetic initialisation of every attention layer when the config
+        asks for it. Here rather than in `_init_weights`: transformers 5 skips modules with no parameters of their own
+        there, and an attention layer's are its Linears'."""
+        # What is already initialised (loaded by from_pretrained, or by an earlier pass) is marked before this pass:
+        # transformers 5 marks weights and modules, 4.x modules. Those keep their values.
+        done = {
+            attention
+            for attention in self.modules()
+            if isinstance(attention, VTLMAttention)
+            and any(getattr(item, "_is_hf_initialized", False) for item in _attention_weights(attention))
+        }
+        super().initialize_weights()
+        if self.config.attention_initializer == "mimetic":
+            for attention in self.modules():
+                if isinstance(attention, VTLMAttention) and attention not in done:
+                    self._init_mimetic(attention)
+
+    def _init_mimetic(self, attention):
+        """Trockman & Kolter's mimetic initialisation of one attention layer (see `VTLMConfig`).
+
+        In the paper's notation q = x W_q, so W_q is the transpose of the Linear's (head_dim, hidden) rows. Each head
+        h gets W_q^h W_k^h^T = the best rank-head_dim approximation of alpha1 Z1 + beta1 I (its own Z1), the layer
+        gets W_v W_o = alpha2 Z2 - beta2 I exactly, over all heads together; biases stay zero.
+        """
+        qkv, proj = attention.qkv.weight, attention.proj.weight
+        if qkv.device.type == "meta":
+            return  # built without weights, to be loaded
+        config, hidden_size, head_dim = self.config, qkv.shape[1], attention.head_dim
+        query, key, value = (part.clone() for part in qkv.float().chunk(3))  # each (hidden, hidden): (out, in)
+        for head in range(attention.num_heads):
+            left, right = _mimetic_factors(hidden_size, config.mimetic_alpha1, config.mimetic_beta1, qkv.device)
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            query[rows], key[rows] = left[:, :head_dim].T, right[:, :head_dim].T
+        left, right = _mimetic_factors(hidden_size, config.mimetic_alpha2, -config.mimetic_beta2, qkv.device)
+        value, output = left.T, right  # W_v = left and W_o = right.T: W_v W_o = left right.T
+        qkv.copy_(torch.cat([query, key, value]))
+        proj.copy_(output)
 
     def no_weight_decay_parameter_names(self):
         """Names of parameters that should get no weight decay: biases, norms (BatchNorm and SOPE's per-channel affines

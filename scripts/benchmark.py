@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py                                       # vtlm-37m, batch 512, fp16 on a GPU
     python scripts/benchmark.py --model_preset vtlm-5m --batch_size 64 --steps 10 --eval_batch_size 256
+    python scripts/benchmark.py --teacher_model_name_or_path runs/vtlm-37m-conv-cifar100   # a taught model's step
     python scripts/benchmark.py --summarize runs/benchmark-*.json     # one table of earlier results
 
 Each of `--repeats` rounds builds the run with `training.build` and times, after `--untimed_steps` warm-up steps:
@@ -10,8 +11,10 @@ training (`trainer.train()`, optimizer step end to step end, CUDA events on a GP
 with that trainer's own model, optimizer, scheduler, augmentation, autocast and accelerator on batches indexed out of
 one tensor on the device: training / bare step time is the cost of the Trainer loop and DataLoader, and nothing is
 rebuilt by hand to measure it); the input pipeline (the train DataLoader plus augmentation, no model); evaluation
-(`trainer.evaluate()`, metrics included). Every figure is a median. FLOPs come from `training/flops.py`; MFU needs a
-peak, from `--peak_tflops` or the table of known GPUs. Pixel values are random: speed does not depend on them.
+(`trainer.evaluate()`, metrics included); with --teacher_model_name_or_path, the teacher's forward pass on each
+augmented batch (its cost per step, also inside the training and bare-loop figures). Every figure is a median.
+FLOPs come from `training/flops.py` (the model's own: a teacher's are not counted); MFU needs a peak, from
+`--peak_tflops` or the table of known GPUs. Pixel values are random: speed does not depend on them.
 """
 
 import json
@@ -32,9 +35,15 @@ from datasets import ClassLabel, Dataset, Features, Image
 from transformers import HfArgumentParser, PrinterCallback, TrainerCallback, set_seed
 
 from modeling import CIFAR100_LABELS, build_image_processor
-from training.arguments import AugmentationArguments, DataArguments, ModelArguments, VTLMTrainingArguments
+from training.arguments import (
+    AugmentationArguments,
+    DataArguments,
+    DistillationArguments,
+    ModelArguments,
+    VTLMTrainingArguments,
+)
 from training.augmentation import augmentation_seed
-from training.build import build_augmentation, build_config, build_model, build_trainer
+from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
 from training.cli import parse_flags, run_cli, setup_logging
 from training.data import load_image_datasets
 from training.flops import flops_per_image
@@ -157,8 +166,8 @@ def time_bare_loop(trainer, images, labels, bench):
         index = torch.randint(len(images), (bench.batch_size,), generator=generator).to(args.device)
         seed = augmentation_seed(args.seed, step, args.process_index, 0)
         pixel_values, targets = trainer.augmentation(images[index], labels[index], seed, trainer.normalize)
-        with trainer.autocast_smart_context_manager():
-            loss = model(pixel_values=pixel_values, labels=targets).loss
+        with trainer.autocast_smart_context_manager():  # the trainer's own loss: a teacher's work included
+            loss = trainer.compute_loss(model, {"pixel_values": pixel_values, "labels": targets})
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         trainer.optimizer.step()
@@ -181,6 +190,30 @@ def time_input_pipeline(trainer, bench):
     return clock.step_times(bench.untimed_steps)
 
 
+def time_teacher(trainer, images, labels, bench):
+    """The teacher's forward pass alone, on the model's augmented batches made into its input, as training runs it."""
+    distillation, args = trainer.distillation, trainer.args
+    generator = torch.Generator().manual_seed(args.seed)
+    starts, ends = StepClock(args.device), StepClock(args.device)
+    for step in range(bench.untimed_steps + bench.steps):
+        index = torch.randint(len(images), (bench.batch_size,), generator=generator).to(args.device)
+        seed = augmentation_seed(args.seed, step, args.process_index, 0)
+        pixel_values, _ = trainer.augmentation(images[index], labels[index], seed, trainer.normalize)
+        teacher_pixels = distillation.teacher.pixel_values(pixel_values, trainer.normalize.mean, trainer.normalize.std)
+        starts.tick()
+        with torch.no_grad(), trainer.accelerator.autocast():
+            distillation.teacher.model(
+                pixel_values=teacher_pixels, output_hidden_states=distillation.needs_hidden_states
+            )
+        ends.tick()
+    if starts.cuda:
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) / 1000 for start, end in zip(starts.marks, ends.marks, strict=True)]
+    else:
+        times = [end - start for start, end in zip(starts.marks, ends.marks, strict=True)]
+    return times[bench.untimed_steps :]
+
+
 def known_peak_tflops(device_name, precision):
     """The table's dense fp16/bf16 peak for a GPU of this name, and where it came from; (None, None) for others."""
     if precision in ("fp16", "bf16"):
@@ -201,10 +234,11 @@ def summary(times, batch_size, flops_per_item=None, peak_tflops=None):
     return result
 
 
-def run(model_args, augmentation_args, bench):
+def run(model_args, augmentation_args, bench, distillation_args=None):
     """Measure every phase `--repeats` times and gather every figure and the settings into one JSON-able dict."""
-    samples = {phase: [] for phase in ("training", "bare_loop", "input_pipeline", "evaluation")}
-    config = build_config(model_args)
+    distillation_args = distillation_args or DistillationArguments()
+    samples = {phase: [] for phase in ("training", "bare_loop", "input_pipeline", "evaluation", "teacher_forward")}
+    config = build_config(model_args, distillation_args)
     with tempfile.TemporaryDirectory(prefix="vtlm-benchmark-") as workdir:
         data = synthetic_data(bench, config.image_size, os.path.join(workdir, "synthetic"))
         args = training_arguments(bench, os.path.join(workdir, "trainer"))
@@ -214,15 +248,20 @@ def run(model_args, augmentation_args, bench):
         for _ in range(bench.repeats):
             set_seed(args.seed)  # as scripts/train.py: the same weights in every repeat
             model = build_model(model_args, config, data.label_names)
+            distillation = build_distillation(distillation_args, config, data.label_names)
             augmentation = build_augmentation(augmentation_args, config, args)
             clock = StepClock(args.device)
-            trainer = build_trainer(model, args, data, augmentation, image_processor, callbacks=[clock])
+            trainer = build_trainer(
+                model, args, data, augmentation, image_processor, callbacks=[clock], distillation=distillation
+            )
             trainer.remove_callback(PrinterCallback)  # no metrics dict printed at every evaluation
             num_parameters = model.num_parameters()
             trainer.train()
             samples["training"] += clock.step_times(bench.untimed_steps)
             samples["bare_loop"] += time_bare_loop(trainer, images, labels, bench)
             samples["input_pipeline"] += time_input_pipeline(trainer, bench)
+            if distillation is not None:
+                samples["teacher_forward"] += time_teacher(trainer, images, labels, bench)
             trainer.evaluate()  # untimed: eval-mode compilation and warm-up
             clock = StepClock(args.device)
             clock.tick()
@@ -252,6 +291,7 @@ def run(model_args, augmentation_args, bench):
             **{key: value for key, value in asdict(bench).items() if key != "summarize"},
             "effective_precision": precision,
             "augmentation": asdict(augmentation_args),
+            "distillation": asdict(distillation_args),
         },
         "flops_per_image": {"forward": flops.forward, "backward": flops.backward, "training": flops.training},
         "peak_tflops": peak,
@@ -260,6 +300,10 @@ def run(model_args, augmentation_args, bench):
         "bare_loop": summary(samples["bare_loop"], bench.batch_size, flops.training, peak),
         "input_pipeline": summary(samples["input_pipeline"], bench.batch_size),
         "evaluation": evaluation,
+        # The teacher's forward pass per training step: part of every training step's time, not of its FLOPs.
+        "teacher_forward": summary(samples["teacher_forward"], bench.batch_size)
+        if samples["teacher_forward"]
+        else None,
         "projection": {
             **PROJECTION,
             "epoch_minutes": epoch_minutes,
@@ -286,6 +330,10 @@ def markdown_table(all_results):
         ("training / bare step time", lambda r: f"{r['training_over_bare_step_time']:.3f}"),
         ("pipeline / training", lambda r: f"{r['input_pipeline_over_training']:.1f}x"),
         ("eval img/s", lambda r: f"{r['evaluation']['images_per_s']:.1f}"),
+        (
+            "teacher ms/step",
+            lambda r: f"{1000 * r['teacher_forward']['median_s']:.1f}" if r.get("teacher_forward") else "-",
+        ),
         ("training TFLOP/s", lambda r: f"{r['training']['achieved_tflops']:.4f}"),
         ("MFU", lambda r: f"{r['training']['mfu']:.1%}" if r["training"]["mfu"] is not None else "-"),
         ("100 epochs (min)", lambda r: f"{r['projection']['total_minutes']:,.0f}"),
@@ -297,9 +345,11 @@ def markdown_table(all_results):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, AugmentationArguments, BenchmarkArguments), exit_on_error=False)
+    parser = HfArgumentParser(
+        (ModelArguments, AugmentationArguments, DistillationArguments, BenchmarkArguments), exit_on_error=False
+    )
     parse_flags(parser, argv)
-    model_args, augmentation_args, bench = parser.parse_args_into_dataclasses(argv)
+    model_args, augmentation_args, distillation_args, bench = parser.parse_args_into_dataclasses(argv)
     if bench.summarize:
         results = []
         for path in bench.summarize:
@@ -309,7 +359,7 @@ def main(argv=None):
         setup_logging(transformers.logging.WARNING)
         if bench.torch_num_threads or not torch.cuda.is_available():
             torch.set_num_threads(bench.torch_num_threads or 1)
-        results = [run(model_args, augmentation_args, bench)]
+        results = [run(model_args, augmentation_args, bench, distillation_args)]
         os.makedirs(os.path.dirname(os.path.abspath(bench.output_json)), exist_ok=True)
         with open(bench.output_json, "w") as file:
             json.dump(results[0], file, indent=2)

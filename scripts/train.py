@@ -27,7 +27,7 @@ def main(argv=None):
     from transformers import set_seed
 
     from modeling import build_image_processor
-    from training.build import build_augmentation, build_config, build_model, build_trainer
+    from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
     from training.data import load_image_datasets
     from training.export import check_vit_exportable
     from training.hub import check_can_publish, publish_command
@@ -36,7 +36,7 @@ def main(argv=None):
     from training.rerun import SaveRunArguments, last_complete_checkpoint, prepare_output_dir
     from training.run_info import run_arguments, write_run_info
 
-    model_args, data_args, augmentation_args, training_args = arguments
+    model_args, data_args, augmentation_args, training_args, distillation_args = arguments
     if training_args.should_log:  # as the transformers examples do: the default log level "passive" means info here
         transformers.utils.logging.set_verbosity_info()
     setup_logging(training_args.get_process_log_level())
@@ -50,7 +50,7 @@ def main(argv=None):
         "private": training_args.hub_private_repo,
         "revision": training_args.hub_revision,
     }
-    config = build_config(model_args)
+    config = build_config(model_args, distillation_args)
     if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
         if publish["hub_vit_model_id"]:
             check_vit_exportable(config)
@@ -78,6 +78,8 @@ def main(argv=None):
     set_seed(training_args.seed)
     model = build_model(model_args, config, data.label_names)
     logger.info(f"{config.model_type} with {model.num_parameters():,} parameters, {config.num_labels} labels")
+    # After the model, so its weights are a plain run's; before training, so a teacher with other labels stops it.
+    distillation = build_distillation(distillation_args, config, data.label_names)
 
     trainer = build_trainer(
         model,
@@ -86,6 +88,7 @@ def main(argv=None):
         build_augmentation(augmentation_args, config, training_args),
         build_image_processor(config.image_size),
         callbacks=[SaveRunArguments(recorded_arguments)],
+        distillation=distillation,
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=previous.checkpoint)

@@ -117,7 +117,7 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
     assert arm.name == "my recipe" and arm.flags == [str(recipe), "--num_train_epochs", "3", "--mixup_alpha", "0.5"]
     common = ["--num_train_epochs", "2", "--learning_rate", "0.002"]
     arguments = compare.train_arguments(arm, common, tmp_path / "data", tmp_path / "run", seed=7)
-    model_args, data_args, augmentation_args, training_args = parse_arguments(arguments)
+    model_args, data_args, augmentation_args, training_args, _ = parse_arguments(arguments)
     assert training_args.learning_rate == 0.002  # --common replaces the recipe's value
     assert training_args.num_train_epochs == 3 and augmentation_args.mixup_alpha == 0.5  # the arm's replace both
     assert not augmentation_args.horizontal_flip and training_args.report_to == []  # the recipe's "none", kept

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE_CLASSES, RESULTS, TINY_CONFIG, make_run_folder
@@ -335,3 +336,39 @@ def test_trainer_flags_that_train_py_does_not_read_are_not_shown(run_dir):
     for name in NOT_SHOWN:
         assert f"| `{name}` |" not in recipe
     assert "| `learning_rate` |" in recipe
+
+
+def test_a_student_is_trained_from_scratch_only_when_its_teacher_saw_only_its_dataset(tmp_path):
+    """The card names the teacher (a folder by its own name, a Hub id linked), its data and its test top-1, and calls
+    the student trained from scratch on its dataset only when the teacher's run was, on the same dataset."""
+    same = make_run_folder(tmp_path / "same-data-teacher")
+    other = make_run_folder(tmp_path / "other-data-teacher", flags=["--dataset_display_name=ImageNet-1k (32x32)"],
+                            dataset_name="someone/imagenet-32")  # fmt: skip
+    for teacher, from_scratch in ((same, True), (other, False), ("someone/vit-in21k", False)):
+        run_dir = make_run_folder(tmp_path / f"student-of-{Path(teacher).name}",
+                                  flags=[f"--teacher_model_name_or_path={teacher}"])  # fmt: skip
+        body = card_body(write_model_card(run_dir))
+        assert str(tmp_path) not in body + (run_dir / "run_info.json").read_text()
+        intro = body.split("## Model")[0]
+        rows = section(body, "Teacher")
+        link = "[someone/vit-in21k](https://huggingface.co/someone/vit-in21k)" if teacher == "someone/vit-in21k" else (
+            f"`{Path(teacher).name}`"
+        )  # fmt: skip
+        assert table_row(rows, "teacher")[1] == link and f"taught by\n{link}" in intro
+        if from_scratch:
+            assert "trained from scratch on [CIFAR-100](https://huggingface.co/datasets/uoft-cs/cifar100)" in intro
+            assert "CIFAR-100's training images alone" in body
+        else:
+            assert "trained from scratch" not in intro
+            assert "not from scratch: its teacher saw more than CIFAR-100" in intro
+            assert "with a teacher that saw more data, on CIFAR-100's training images\n" in body
+        if teacher == other:
+            assert table_row(rows, "teacher trained on")[1] == "ImageNet-1k (32x32), from scratch"
+        if teacher == "someone/vit-in21k":
+            assert table_row(rows, "teacher trained on")[1].startswith("not recorded")
+            assert table_row(rows, "teacher's test top-1")[1] == "not measured"
+        else:
+            assert table_row(rows, "teacher's test top-1")[1] == f"{100 * RESULTS['test_accuracy']:.2f}%"
+        assert table_row(section(body, "Training recipe"), "`distillation_type`")[1] == "none"
+    plain = card_body(write_model_card(make_run_folder(tmp_path / "plain")))
+    assert "## Teacher" not in plain and "Distillation arguments" not in plain and "taught by" not in plain

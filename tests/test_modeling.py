@@ -473,3 +473,70 @@ def test_pipeline_in_process_matches_model(saved_model):
         probabilities = model(**inputs).logits.softmax(-1)[0]
     assert top["label"] == model.config.id2label[int(probabilities.argmax())]
     assert top["score"] == pytest.approx(probabilities.max().item(), abs=1e-5)
+
+
+def attention_products(model, layer=0):
+    """Of one attention layer, in the paper's notation (q = x W_q): each head's W_q W_k^T, and the layer's W_v W_o."""
+    attention = model.vtlm.encoder.layer[layer].attention
+    query, key, value = attention.qkv.weight.detach().chunk(3)  # each (hidden, hidden), rows are outputs
+    head_dim = attention.head_dim
+    heads = [query[h : h + head_dim].T @ key[h : h + head_dim] for h in range(0, len(query), head_dim)]
+    return heads, value.T @ attention.proj.weight.detach().T
+
+
+def diagonal_and_off_diagonal(matrix):
+    off_diagonal = matrix[~torch.eye(len(matrix), dtype=torch.bool)]
+    return matrix.diagonal().mean().item(), off_diagonal.std().item()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_head_tokens": True}])  # every attention class
+def test_mimetic_init_makes_attention_look_trained(overrides):
+    """Trockman & Kolter: W_q W_k^T ~ alpha1 Z + beta1 I (a head's best rank-head_dim part of it) and
+    W_v W_o ~ alpha2 Z - beta2 I, Z ~ N(0, 1/hidden). With one head, W_q W_k^T is all of it."""
+    hidden = 64
+    constants = {"mimetic_alpha1": 0.6, "mimetic_beta1": 0.8, "mimetic_alpha2": 0.3, "mimetic_beta2": 0.5}
+    config = {**TINY_CONFIG, "hidden_size": hidden, **overrides}
+    for num_heads in (1, 4):
+        torch.manual_seed(0)
+        model = tiny_model(**{**config, "num_attention_heads": num_heads}, attention_initializer="mimetic", **constants)
+        for layer in range(config["num_hidden_layers"]):
+            heads, value_output = attention_products(model, layer)
+            diagonal, off_diagonal = diagonal_and_off_diagonal(value_output)
+            assert diagonal == pytest.approx(-constants["mimetic_beta2"], abs=0.05)
+            assert off_diagonal == pytest.approx(constants["mimetic_alpha2"] / hidden**0.5, rel=0.15)
+            for product in heads:
+                diagonal, off_diagonal = diagonal_and_off_diagonal(product)
+                if num_heads == 1:
+                    assert diagonal == pytest.approx(constants["mimetic_beta1"], abs=0.05)
+                    assert off_diagonal == pytest.approx(constants["mimetic_alpha1"] / hidden**0.5, rel=0.15)
+                else:  # a rank-16 part of the 64-wide target: the identity's share of it dominates the diagonal
+                    assert diagonal > 0.2 and diagonal > 2 * off_diagonal
+    torch.manual_seed(0)
+    heads, value_output = attention_products(tiny_model(**{**config, "num_attention_heads": 1}))  # "normal": none
+    for product in (*heads, value_output):
+        diagonal, off_diagonal = diagonal_and_off_diagonal(product)
+        assert abs(diagonal) < 0.01 and off_diagonal < 0.01
+
+
+def test_from_pretrained_keeps_the_saved_weights_of_a_mimetic_model(tmp_path):
+    model = tiny_model(attention_initializer="mimetic")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5)  # weights no initialisation draws
+    model.save_pretrained(tmp_path)
+    for loaded in (
+        VTLMForImageClassification.from_pretrained(tmp_path),
+        AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=True),
+    ):
+        assert loaded.config.attention_initializer == "mimetic"
+        for (name, saved), value in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+            assert torch.equal(saved, value), name
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [({"attention_initializer": "orthogonal"}, "attention_initializer"), ({"mimetic_beta2": -1}, "mimetic_beta2")],
+)
+def test_mimetic_fields_are_validated(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        VTLMConfig(**TINY_CONFIG, **overrides)

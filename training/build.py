@@ -14,20 +14,33 @@ from modeling import VTLMConfig, VTLMForImageClassification
 
 from .augmentation import BatchAugmentation
 from .data import collate_batch
+from .distillation import Distillation, load_teacher
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
 
 # Fields of the config that the recipe sets with flags of their own (`ModelArguments`), not --config_overrides.
-RECIPE_CONFIG_FIELDS = ("drop_path_rate", "hidden_dropout_prob")
+RECIPE_CONFIG_FIELDS = ("drop_path_rate", "hidden_dropout_prob", "attention_initializer")
+# How a fresh model taught by a teacher starts its attention, unless --attention_initializer says otherwise: the
+# way found best to learn from a teacher (`training.arguments.DistillationArguments`).
+TAUGHT_ATTENTION_INITIALIZER = "mimetic"
 
 
-def build_config(model_args):
-    """The preset's (or the saved model's) config with the recipe's regularisation and `--config_overrides`.
+def build_config(model_args, distillation_args=None):
+    """The preset's (or the saved model's) config with the recipe's regularisation, attention initialisation and
+    `--config_overrides`.
 
     The labels are the dataset's, set by `build_model`: everything else is known before the data is loaded, so a
     bad override fails before any image is decoded.
     """
     recipe = {name: getattr(model_args, name) for name in RECIPE_CONFIG_FIELDS}
+    taught = distillation_args is not None and distillation_args.teacher_model_name_or_path
+    if recipe["attention_initializer"] is None:
+        # A saved model's weights are loaded: its config keeps the initialiser it was made with.
+        recipe["attention_initializer"] = (
+            TAUGHT_ATTENTION_INITIALIZER if taught and not model_args.model_name_or_path else None
+        )
+    if recipe["attention_initializer"] is None:
+        del recipe["attention_initializer"]
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **recipe)
     else:
@@ -87,9 +100,20 @@ def sync_batch_norm(model, training_args):
     return model
 
 
-def build_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
+def build_distillation(distillation_args, config, label_names):
+    """What the model learns from `--teacher_model_name_or_path` (a `Distillation`), or None without a teacher. The
+    teacher is loaded and its labels checked against `label_names` here, before any training."""
+    if not distillation_args.teacher_model_name_or_path:
+        return None
+    return Distillation(distillation_args, load_teacher(distillation_args, label_names), config)
+
+
+def build_trainer(model, training_args, data, augmentation, image_processor, callbacks=(), distillation=None):
     """The `VTLMTrainer` of a training run: train on the train split, select on the validation split, both held in
-    memory as uint8 tensors (`ImageDatasets.tensors`), normalised as `image_processor` normalises."""
+    memory as uint8 tensors (`ImageDatasets.tensors`), normalised as `image_processor` normalises; taught by
+    `distillation`'s teacher when there is one, its feature guidance projections trained with the model."""
+    if distillation is not None:
+        distillation.attach(model)
     return VTLMTrainer(
         model=sync_batch_norm(model, training_args),
         args=training_args,
@@ -100,6 +124,7 @@ def build_trainer(model, training_args, data, augmentation, image_processor, cal
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         processing_class=image_processor,
         augmentation=augmentation,
+        distillation=distillation,
         callbacks=[StopOnNonFiniteLoss(), *callbacks],
     )
 

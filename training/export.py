@@ -50,7 +50,10 @@ VIT_FIELDS = (
     "initializer_range",
 )
 # Fields that change training or initialisation only: an exported model, which serves inference, needs none.
-TRAINING_ONLY_FIELDS = ("drop_path_rate", "position_initializer_range")
+TRAINING_ONLY_FIELDS = (
+    "drop_path_rate", "position_initializer_range", "attention_initializer", "mimetic_alpha1", "mimetic_beta1",
+    "mimetic_alpha2", "mimetic_beta2",
+)  # fmt: skip
 # VTLM parameter names -> the built-in ViT's module names in transformers 5.x. `save_pretrained` then writes the
 # keys each release reads (4.x's `vit.encoder.layer.N.attention.attention.query` ...). The fused qkv is split apart.
 VIT_RENAMES = (

@@ -39,12 +39,13 @@ RUN_INFO_GROUPS = (
     ("data_arguments", "Data arguments"),
     ("augmentation_arguments", "Augmentation arguments"),
     ("training_arguments", "Training arguments"),
+    ("distillation_arguments", "Distillation arguments"),  # shown for a run with a teacher only
 )
 # Trainer flags that scripts/train.py does not read (it always trains, validates and tests), or that the card's
 # hardware table states as what happened (`use_cpu` false on a CPU run would read as untrue).
 NOT_SHOWN = ("do_train", "do_eval", "do_predict", "use_cpu")
 # run_info.json groups shown elsewhere on the card: the architecture (from config.json) and the hardware.
-NOT_RECIPE = ("config", "hardware", "dataset")
+NOT_RECIPE = ("config", "hardware", "dataset", "teacher")
 WIDGET_TOP_K = 3
 
 
@@ -149,6 +150,8 @@ def render_model_card(output_dir, hub_model_id=None, revision=None, hub_vit_mode
         dataset=dataset,
         dataset_link=_dataset_link(dataset),
         initialized_from=_initialized_from(run_info),
+        from_scratch=_from_scratch(run_info),
+        teacher=_teacher(run_info, dataset),
         num_labels=config.num_labels,
         architecture=_architecture_rows(config),
         num_parameters=f"{classifier.model.num_parameters():,}",
@@ -301,6 +304,61 @@ def _initialized_from(run_info: dict) -> str | None:
     return f"[{source}](https://huggingface.co/{source})" if source.count("/") == 1 else f"`{source}`"
 
 
+def _from_scratch(run_info: dict) -> bool:
+    """Whether the model learned from its dataset's training images alone: no saved weights to start from, and no
+    teacher that saw other data (or whose data is not recorded)."""
+    teacher = run_info.get("teacher")
+    return _initialized_from(run_info) is None and (not teacher or bool(teacher.get("saw_only_this_dataset")))
+
+
+def _teacher(run_info: dict, dataset: dict) -> dict | None:
+    """The teacher as the card shows it (`training.distillation.describe_teacher`), or None for a run without one."""
+    teacher = run_info.get("teacher")
+    if not teacher:
+        return None
+    hub_id = teacher.get("hub_id")
+    link = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{teacher['name']}`"
+    if teacher.get("trained_on"):
+        started_from = teacher.get("started_from")
+        trained_on = f"{teacher['trained_on']}, " + (
+            f"from the weights of `{started_from}`" if started_from else "from scratch"
+        )
+    else:
+        trained_on = "not recorded (its folder holds no VTLM `run_info.json`)"
+    test_top1 = _percent(_measured(teacher, "test_accuracy"))
+    if teacher.get("smoke_run"):
+        test_top1 += " (a smoke run: not a result)"
+    method = teacher.get("method") or {}
+    guidance = "off"
+    if method.get("feature_guidance_weight"):
+        guidance = (
+            f"weight {method['feature_guidance_weight']:g}, blocks {_text(method.get('feature_guidance_layers'))}: the "
+            "patch tokens after each block, layer-normalised, pulled (MSE) through a Linear that exists only in "
+            "training to the teacher's layer-normalised tokens at the same positions"
+        )
+    distillation = method.get("distillation_type") or "none"
+    if distillation != "none":
+        distillation += f", alpha {method.get('distillation_alpha'):g}"
+        if distillation.startswith("soft"):
+            distillation += f", temperature {method.get('distillation_temperature'):g}"
+    rows = [
+        ("teacher", link),
+        ("teacher trained on", trained_on),
+        ("teacher's test top-1", test_top1),
+        ("feature guidance", guidance),
+        ("output distillation (through this model's one head)", distillation),
+        ("attention initialisation", _text(method.get("attention_initializer"))),
+    ]
+    if teacher.get("saw_only_this_dataset"):
+        note = f"The teacher was itself trained from scratch on {dataset['name']}: this model saw no other data."
+    else:
+        note = (
+            f"The teacher saw data beyond {dataset['name']}, or what it saw is not recorded: this model is not one "
+            f"trained from scratch on {dataset['name']} alone."
+        )
+    return {"link": link, "rows": rows, "note": note}
+
+
 def _dataset_link(dataset: dict) -> str:
     """The dataset in Markdown: linked when it is on the Hub."""
     hub_id = dataset["hub_id"]
@@ -314,6 +372,8 @@ def _recipe(run_info: dict) -> list:
     other_groups = (key for key, value in run_info.items() if isinstance(value, dict) and key not in NOT_RECIPE)
     keys += sorted(key for key in other_groups if key not in titles)
     groups = []
+    if not run_info.get("teacher"):  # a run without a teacher has no use for the distillation flags' defaults
+        keys = [key for key in keys if key != "distillation_arguments"]
     for key in keys:
         rows = [
             (name, _text(value, absent="None"))  # an argument left at None is a value the run used

@@ -13,6 +13,8 @@ from torch.utils import collect_env
 
 from modeling import CIFAR100_LABELS
 
+from .distillation import describe_teacher
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -128,25 +130,31 @@ def publishable_run_info(run_info, data_args):
     for name in ("output_dir", "logging_dir", "resume_from_checkpoint"):
         if isinstance(training_arguments.get(name), str) and training_arguments[name] != "None":
             training_arguments[name] = os.path.basename(os.path.normpath(training_arguments[name]))
-    model_path = run_info["model_arguments"].get("model_name_or_path")
-    if model_path and os.path.exists(model_path):
-        run_info["model_arguments"]["model_name_or_path"] = os.path.basename(os.path.normpath(model_path))
+    for group, name in (
+        ("model_arguments", "model_name_or_path"),
+        ("distillation_arguments", "teacher_model_name_or_path"),
+    ):
+        path = run_info[group].get(name)
+        if path and os.path.exists(path):
+            run_info[group][name] = os.path.basename(os.path.normpath(path))
     return run_info
 
 
 def write_run_info(output_dir, arguments, config, data, examples=(), resumed_from=None):
     """Write the run's record into `output_dir`, once, at the end of the run: `run_info.json`, published with the
     model (the arguments without local paths, the dataset, config, code, hardware, whether and why it is a smoke run,
-    whether it resumed, and the true labels of its `examples`, from `training.model_card.save_example_images`), and
-    `run_arguments.json`, the arguments exactly as given (it stays on this machine: reruns and
-    `scripts/evaluate_model.py` read it)."""
-    model_args, data_args, augmentation_args, training_args = arguments
+    whether it resumed, its teacher (`training.distillation.describe_teacher`), and the true labels of its
+    `examples`, from `training.model_card.save_example_images`), and `run_arguments.json`, the arguments exactly as
+    given (it stays on this machine: reruns and `scripts/evaluate_model.py` read it)."""
+    model_args, data_args, augmentation_args, training_args, distillation_args = arguments
     recorded = run_arguments(arguments)
     reasons = smoke_run_reasons(data_args, training_args)
+    dataset = describe_dataset(data_args, data)
     run_info = {
         "git_commit": git_commit(),
         **recorded,
-        "dataset": describe_dataset(data_args, data),
+        "dataset": dataset,
+        "teacher": describe_teacher(distillation_args, dataset, config),
         "config": config.to_dict(),
         "hardware": {"device": device_name(training_args.device), "num_processes": training_args.world_size},
         "smoke_run": bool(reasons),
@@ -170,13 +178,14 @@ def read_run_arguments(folder):
 
 
 def run_arguments(arguments):
-    """The four argument groups of a run (`ARGUMENT_CLASSES`) and its number of processes, as JSON values."""
-    model_args, data_args, augmentation_args, training_args = arguments
+    """The five argument groups of a run (`ARGUMENT_CLASSES`) and its number of processes, as JSON values."""
+    model_args, data_args, augmentation_args, training_args, distillation_args = arguments
     groups = {
         "model_arguments": asdict(model_args),
         "data_arguments": asdict(data_args),
         "augmentation_arguments": asdict(augmentation_args),
         "training_arguments": training_args.to_sanitized_dict(),  # the token is masked
+        "distillation_arguments": asdict(distillation_args),
         "num_processes": training_args.world_size,
     }
     return json.loads(json.dumps(groups, default=str))

@@ -1,11 +1,16 @@
-"""The HF Trainer, taught to augment uint8 batches on the training device and to keep decay off non-matrices."""
+"""The HF Trainer, taught to augment uint8 batches on the training device, to keep decay off non-matrices, and to
+learn from a teacher."""
 
 import math
+import os
 import time
 
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .augmentation import BatchAugmentation, augmentation_seed
+from .distillation import GUIDANCE_FILE, GUIDANCE_MODULE, Distillation
 from .flops import flops_per_image
 from .image_ops import Normalize
 
@@ -25,12 +30,26 @@ class VTLMTrainer(Trainer):
 
     Every log entry carries `training_seconds`: the wall time of training so far, summed over the processes of a
     resumed run (from the checkpoint's own log), which `train_runtime` covers only for the last process.
+
+    With a `distillation` (`training.distillation`), the loss of a training batch also learns from its teacher, which
+    sees the model's own augmented batch. Its feature guidance projections must already be attached to the model
+    (`Distillation.attach`, done by `training.build.build_trainer`); every checkpoint saves them beside the model,
+    and a resumed run loads them back.
     """
 
-    def __init__(self, *args, augmentation: BatchAugmentation | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        augmentation: BatchAugmentation | None = None,
+        distillation: Distillation | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.normalize = Normalize(self.processing_class.image_mean, self.processing_class.image_std)
         self.augmentation = augmentation
+        self.distillation = distillation
+        if distillation is not None:  # never prepared by the accelerator: no DDP, no optimizer, no saving
+            distillation.place(self.args.device, self.model.dtype)
         self.label_smoother = None
         self._micro_step = (-1, 0)  # (global step, micro-steps seen at that step) for gradient accumulation
         self._clock = None  # (time.monotonic() when this process started training, training seconds before it)
@@ -66,6 +85,38 @@ class VTLMTrainer(Trainer):
         seed = augmentation_seed(self.args.seed, self.state.global_step, self.args.process_index, micro_step)
         pixel_values, targets = self.augmentation(inputs["images"], inputs["labels"], seed, self.normalize)
         return super().training_step(model, {"pixel_values": pixel_values, "labels": targets}, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.distillation is None or not model.training:  # evaluation keeps the plain loss on the labels
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**inputs, output_hidden_states=self.distillation.needs_hidden_states)
+        loss = self.distillation.loss(outputs, inputs["pixel_values"], self.normalize, self.accelerator.autocast)
+        return (loss, outputs) if return_outputs else loss
+
+    def _save_checkpoint(self, model, trial):
+        # Before the Trainer's own files: it writes trainer_state.json last, which marks the checkpoint complete.
+        guidance = self._feature_guidance()
+        if guidance is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            save_file({name: tensor.contiguous() for name, tensor in guidance.state_dict().items()},
+                      os.path.join(folder, GUIDANCE_FILE))  # fmt: skip
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        guidance = self._feature_guidance()
+        if guidance is not None:
+            path = os.path.join(resume_from_checkpoint, GUIDANCE_FILE)
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint} has no {GUIDANCE_FILE}: it was not saved by this run")
+            guidance.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    def _feature_guidance(self):
+        """The feature guidance projections attached to the model, or None."""
+        return getattr(self.accelerator.unwrap_model(self.model), GUIDANCE_MODULE, None)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = {"pixel_values": self.normalize(inputs["images"]), "labels": inputs["labels"]}
