@@ -20,6 +20,7 @@ from training.arguments import (
     DistillationArguments,
     ModelArguments,
     VTLMTrainingArguments,
+    parse_arguments,
 )
 from training.augmentation import augmentation_seed
 from training.build import build_augmentation, build_config, build_distillation, build_trainer
@@ -33,7 +34,8 @@ from training.distillation import (
     patch_token_map,
 )
 from training.export import to_vit
-from training.rerun import NOT_DEFINING, RunMismatchError
+from training.rerun import NOT_DEFINING, RunMismatchError, differing_arguments
+from training.run_info import run_arguments
 
 train = load_script("train")
 STEPS = ["--max_steps=4", "--eval_strategy=steps", "--save_strategy=steps", "--eval_steps=2", "--save_steps=2"]
@@ -52,7 +54,7 @@ def student_argv(dataset, output_dir, teacher, *flags):
     gradient accumulation and output distillation on top of the default feature guidance."""
     return (
         [f"--dataset_name={dataset}", "--validation_split_size=100", *TINY_RUN, *STEPS]
-        + ["--gradient_accumulation_steps=2", "--distillation_type=soft", "--save_total_limit=10"]
+        + ["--gradient_accumulation_steps=2", "--distillation_type=soft", "--save_total_limit=10", "--logging_steps=1"]
         + [f"--teacher_model_name_or_path={teacher}", f"--output_dir={output_dir}", *flags]
     )
 
@@ -84,6 +86,22 @@ def test_a_taught_student_is_exactly_its_preset_and_exports_to_the_built_in_vit(
     pixel_values = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(to_vit(model)(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=0)
+
+
+def test_the_log_has_each_part_of_the_loss(student_run):
+    logs = [entry for entry in read_json(student_run / "trainer_state.json")["log_history"] if "loss" in entry]
+    assert logs and all(
+        entry["label_loss"] > 0 and entry["distillation_loss"] >= 0 and entry["feature_guidance_loss"] > 0
+        for entry in logs
+    )
+
+
+def test_a_run_without_a_teacher_is_recorded_as_before_and_a_teacher_makes_another_run():
+    plain = run_arguments(parse_arguments([]))
+    taught = run_arguments(parse_arguments(["--teacher_model_name_or_path=teacher"]))
+    assert "distillation_arguments" not in plain and taught["distillation_arguments"]["feature_guidance_weight"] == 1
+    assert "--teacher_model_name_or_path None -> teacher" in differing_arguments(plain, taught)
+    assert "--teacher_model_name_or_path teacher -> None" in differing_arguments(taught, plain)
 
 
 def test_the_projections_are_trained_and_kept_in_every_checkpoint_only(student_run):

@@ -33,14 +33,12 @@ def build_config(model_args, distillation_args=None):
     bad override fails before any image is decoded.
     """
     recipe = {name: getattr(model_args, name) for name in RECIPE_CONFIG_FIELDS}
-    taught = distillation_args is not None and distillation_args.teacher_model_name_or_path
     if recipe["attention_initializer"] is None:
-        # A saved model's weights are loaded: its config keeps the initialiser it was made with.
-        recipe["attention_initializer"] = (
-            TAUGHT_ATTENTION_INITIALIZER if taught and not model_args.model_name_or_path else None
-        )
-    if recipe["attention_initializer"] is None:
-        del recipe["attention_initializer"]
+        taught = distillation_args is not None and distillation_args.teacher_model_name_or_path
+        if taught and not model_args.model_name_or_path:
+            recipe["attention_initializer"] = TAUGHT_ATTENTION_INITIALIZER
+        else:  # the preset's, or the one a saved model (whose weights are loaded) was made with
+            del recipe["attention_initializer"]
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **recipe)
     else:

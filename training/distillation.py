@@ -205,14 +205,16 @@ class Distillation:
 
     def loss(self, student_outputs, pixel_values, student_normalize, autocast):
         """The training loss of a batch: the model's own loss on its targets, mixed with output distillation as
-        --distillation_alpha says, plus --feature_guidance_weight times the guidance loss. `pixel_values` is the
-        model's input and `autocast` the context its forward ran in, so the teacher runs at the same precision."""
+        --distillation_alpha says, plus --feature_guidance_weight times the guidance loss; and its parts, detached,
+        by their log names. `pixel_values` is the model's input and `autocast` the context its forward ran in, so the
+        teacher runs at the same precision."""
         teacher_pixels = self.teacher.pixel_values(pixel_values, student_normalize.mean, student_normalize.std)
         with torch.no_grad(), autocast():
             teacher_outputs = self.teacher.model(
                 pixel_values=teacher_pixels.to(self.teacher.model.dtype), output_hidden_states=self.needs_hidden_states
             )
         loss = student_outputs.loss
+        parts = {"label_loss": loss.detach()}
         if self.args.distillation_type != "none":
             distilled = output_distillation_loss(
                 student_outputs.logits,
@@ -221,10 +223,12 @@ class Distillation:
                 self.args.distillation_temperature,
             )
             loss = (1 - self.args.distillation_alpha) * loss + self.args.distillation_alpha * distilled
+            parts["distillation_loss"] = distilled.detach()
         if self.guidance is not None:
             guidance = self.guidance(student_outputs.hidden_states, teacher_outputs.hidden_states)
             loss = loss + self.args.feature_guidance_weight * guidance
-        return loss
+            parts["feature_guidance_loss"] = guidance.detach()
+        return loss, parts
 
 
 def describe_teacher(distillation_args, dataset, config):

@@ -39,7 +39,7 @@ RUN_INFO_GROUPS = (
     ("data_arguments", "Data arguments"),
     ("augmentation_arguments", "Augmentation arguments"),
     ("training_arguments", "Training arguments"),
-    ("distillation_arguments", "Distillation arguments"),  # shown for a run with a teacher only
+    ("distillation_arguments", "Distillation arguments"),  # recorded for a run with a teacher only
 )
 # Trainer flags that scripts/train.py does not read (it always trains, validates and tests), or that the card's
 # hardware table states as what happened (`use_cpu` false on a CPU run would read as untrue).
@@ -372,8 +372,6 @@ def _recipe(run_info: dict) -> list:
     other_groups = (key for key, value in run_info.items() if isinstance(value, dict) and key not in NOT_RECIPE)
     keys += sorted(key for key in other_groups if key not in titles)
     groups = []
-    if not run_info.get("teacher"):  # a run without a teacher has no use for the distillation flags' defaults
-        keys = [key for key in keys if key != "distillation_arguments"]
     for key in keys:
         rows = [
             (name, _text(value, absent="None"))  # an argument left at None is a value the run used

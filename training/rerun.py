@@ -90,10 +90,13 @@ def prepare_output_dir(training_args, arguments) -> PreviousRun:
 def differing_arguments(saved, current):
     """`--name saved -> current` for every argument that defines the run and differs between the two records."""
     differences = []
-    for group, values in current.items():
-        old_values = saved.get(group) or {}
-        if not isinstance(values, dict):  # a value of its own, like num_processes
-            values, old_values = {group: values}, {group: saved.get(group)}
+    # Every group of either record: one that only one of them has (distillation_arguments, recorded for a run with
+    # a teacher) differs in each of its values.
+    for group in [*current, *(group for group in saved if group not in current)]:
+        values, old_values = current.get(group), saved.get(group)
+        if not isinstance(values if group in current else old_values, dict):  # a value of its own: num_processes
+            values, old_values = {group: values}, {group: old_values}
+        values, old_values = values or {}, old_values or {}
         for name in sorted(values.keys() | old_values.keys()):
             old, new = old_values.get(name), values.get(name)
             if old != new and not name.startswith(NOT_DEFINING):

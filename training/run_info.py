@@ -134,7 +134,7 @@ def publishable_run_info(run_info, data_args):
         ("model_arguments", "model_name_or_path"),
         ("distillation_arguments", "teacher_model_name_or_path"),
     ):
-        path = run_info[group].get(name)
+        path = (run_info.get(group) or {}).get(name)
         if path and os.path.exists(path):
             run_info[group][name] = os.path.basename(os.path.normpath(path))
     return run_info
@@ -178,14 +178,17 @@ def read_run_arguments(folder):
 
 
 def run_arguments(arguments):
-    """The five argument groups of a run (`ARGUMENT_CLASSES`) and its number of processes, as JSON values."""
+    """The argument groups of a run (`ARGUMENT_CLASSES`) and its number of processes, as JSON values. The
+    distillation arguments are recorded for a run with a teacher only: a run without one is recorded as before they
+    existed, so its checkpoints resume across that change."""
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
     groups = {
         "model_arguments": asdict(model_args),
         "data_arguments": asdict(data_args),
         "augmentation_arguments": asdict(augmentation_args),
         "training_arguments": training_args.to_sanitized_dict(),  # the token is masked
-        "distillation_arguments": asdict(distillation_args),
         "num_processes": training_args.world_size,
     }
+    if distillation_args.teacher_model_name_or_path:
+        groups["distillation_arguments"] = asdict(distillation_args)
     return json.loads(json.dumps(groups, default=str))

@@ -48,6 +48,7 @@ class VTLMTrainer(Trainer):
         self.normalize = Normalize(self.processing_class.image_mean, self.processing_class.image_std)
         self.augmentation = augmentation
         self.distillation = distillation
+        self._loss_parts = {}  # name -> (sum, count) of a taught run's loss parts since the last training log
         if distillation is not None:  # never prepared by the accelerator: no DDP, no optimizer, no saving
             distillation.place(self.args.device, self.model.dtype)
         self.label_smoother = None
@@ -66,6 +67,12 @@ class VTLMTrainer(Trainer):
                 before = training_seconds(self.state.log_history) or 0.0
                 self._clock = (started, before)
             logs = {**logs, TRAINING_SECONDS: round(before + time.monotonic() - started, 3)}  # not the caller's dict
+        if "loss" in logs and self._loss_parts:  # a training log: the mean of each part over its micro-batches
+            logs = {
+                **logs,
+                **{name: round(total.item() / count, 4) for name, (total, count) in self._loss_parts.items()},
+            }
+            self._loss_parts = {}
         super().log(logs, start_time)
 
     def floating_point_ops(self, inputs):
@@ -90,7 +97,10 @@ class VTLMTrainer(Trainer):
         if self.distillation is None or not model.training:  # evaluation keeps the plain loss on the labels
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         outputs = model(**inputs, output_hidden_states=self.distillation.needs_hidden_states)
-        loss = self.distillation.loss(outputs, inputs["pixel_values"], self.normalize, self.accelerator.autocast)
+        loss, parts = self.distillation.loss(outputs, inputs["pixel_values"], self.normalize, self.accelerator.autocast)
+        for name, value in parts.items():  # summed on the device: read once a log, not once a step
+            total, count = self._loss_parts.get(name, (0.0, 0))
+            self._loss_parts[name] = (total + value, count + 1)
         return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial):
