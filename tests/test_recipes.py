@@ -87,3 +87,16 @@ def test_the_dhvt_recipe_is_the_references_cifar100_recipe():
     assert (augmentation.randaugment_magnitude, augmentation.randaugment_magnitude_std) == (9, 0.5)
     assert (augmentation.mixup_alpha, augmentation.cutmix_alpha, augmentation.random_erasing_prob) == (0.8, 1.0, 0.25)
     assert augmentation.crop_padding == 4 and augmentation.random_resized_crop_scale is None
+
+
+def test_flags_after_a_recipe_replace_its_values_and_an_unknown_key_is_named(tmp_path):
+    recipe = REPO_ROOT / "recipes" / "madras1-vtlm37m.yaml"
+    model_args, data_args, _, training = parse_arguments([str(recipe), "--dataset_name", "DIR", "--learning_rate=1e-4"])
+    assert (data_args.dataset_name, training.learning_rate) == ("DIR", 1e-4)
+    assert training.per_device_train_batch_size == 256  # the recipe's, where no flag replaces it
+    mistyped = tmp_path / "mine.yaml"
+    mistyped.write_text("learning_rat: 0.001\n")
+    with pytest.raises(
+        ValueError, match=r"mine.yaml: unknown argument\(s\): --learning_rat \(did you mean --learning_rate"
+    ):
+        parse_arguments([str(mistyped)])
