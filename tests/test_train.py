@@ -194,9 +194,8 @@ def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_data
 
 
 @pytest.mark.slow  # a script in a fresh interpreter
-@pytest.mark.parametrize(
-    "preset", ["vtlm-37m", "vtlm-cct-7-3x1"]
-)  # the original model's layout, and a conv-tokenizer one
+# The original layout, a conv tokenizer, and DHVT's BatchNorm (per-process statistics under gloo).
+@pytest.mark.parametrize("preset", ["vtlm-37m", "vtlm-cct-7-3x1", "vtlm-dhvt-t2"])
 def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path, preset):
     """Real 2-process DDP (gloo): one output_dir, loss not scaled by world size, every validation image seen once."""
     output_dir = tmp_path / "ddp"
