@@ -20,6 +20,15 @@ CIFAR100_LABELS = (
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 )  # fmt: skip
 
+# What every DHVT preset sets: its three parts, no positions, and its reference's regularisation.
+DHVT_PARTS = {
+    "patch_embedding_type": "sope",
+    "use_position_embeddings": False,
+    "feed_forward_type": "daff",
+    "use_head_tokens": True,
+    "hidden_dropout_prob": 0.0,
+    "drop_path_rate": 0.1,
+}
 # Presets are data: each names the architecture fields that differ from the defaults.
 PRESETS = {
     # The original model (Madras1/VTLM37m): 37,939,812 parameters with 100 labels.
@@ -67,31 +76,21 @@ PRESETS = {
     # HI-MHSA in every block, on a DeiT-sized transformer. 5,845,162 parameters with 100 labels, as the reference's
     # `dhvt_tiny_cifar_patch2`: 256 tokens + CLS.
     "vtlm-dhvt-t2": {
+        **DHVT_PARTS,
         "hidden_size": 192,
         "num_hidden_layers": 12,
         "num_attention_heads": 4,
         "intermediate_size": 768,
         "patch_size": 2,
-        "patch_embedding_type": "sope",
-        "use_position_embeddings": False,
-        "feed_forward_type": "daff",
-        "use_head_tokens": True,
-        "hidden_dropout_prob": 0.0,
-        "drop_path_rate": 0.1,
     },
     # The same at the reference's `dhvt_small_cifar_patch4`: 23,425,450 parameters with 100 labels, 64 tokens + CLS.
     "vtlm-dhvt-s4": {
+        **DHVT_PARTS,
         "hidden_size": 384,
         "num_hidden_layers": 12,
         "num_attention_heads": 8,
         "intermediate_size": 1536,
         "patch_size": 4,
-        "patch_embedding_type": "sope",
-        "use_position_embeddings": False,
-        "feed_forward_type": "daff",
-        "use_head_tokens": True,
-        "hidden_dropout_prob": 0.0,
-        "drop_path_rate": 0.1,
     },
 }
 PATCH_EMBEDDING_TYPES = ("patchify", "conv", "sope")

@@ -37,6 +37,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from itertools import pairwise
 
 import torch
@@ -47,6 +48,7 @@ from training.cli import parse_flags, run_cli, setup_logging
 from training.fashion_mnist import FASHION_MNIST_DIR, prepare_dataset
 from training.flops import flops_per_image
 from training.metrics import wilson_interval
+from training.rerun import last_complete_checkpoint
 from training.run_info import machine_info
 from training.trainer import TRAINING_SECONDS, training_seconds
 
@@ -137,14 +139,33 @@ def run_arm(arm, common_flags, dataset_dir, output_dir, seed, manifest, label):
     logger.info(f"{label}: python scripts/train.py {shlex.join(arguments)}  (log: {log_path})")
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     with open(log_path, "w") as log:
-        process = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, TRAIN_SCRIPT, *arguments], cwd=REPO_ROOT, env=environment, stdout=log, stderr=log
         )
+        report_progress(process, run_dir, label)
     if process.returncode != 0:
         with open(log_path) as file:
             tail = "".join(file.readlines()[-20:])
         raise RuntimeError(f"{label}: train.py exited with {process.returncode}; end of {log_path}:\n{tail}")
     return run_dir
+
+
+def report_progress(process, run_dir, label, every_s=5.0):
+    """Log each epoch of the running `process` as its checkpoint lands (from the checkpoint's own
+    `trainer_state.json`), until the process ends; the last checkpoint is reported after it ends."""
+    reported = None
+    while True:
+        finished = process.poll() is not None
+        checkpoint = last_complete_checkpoint(run_dir)
+        if checkpoint is not None and checkpoint != reported:
+            reported = checkpoint
+            state = read_json(os.path.join(checkpoint, "trainer_state.json"))
+            evaluations = [entry for entry in state["log_history"] if "eval_accuracy" in entry]
+            accuracy = f", validation top-1 {100 * evaluations[-1]['eval_accuracy']:.2f}%" if evaluations else ""
+            logger.info(f"{label}: epoch {state['epoch']:g} of {state['num_train_epochs']:g}{accuracy}")
+        if finished:
+            return
+        time.sleep(every_s)
 
 
 # Reading the results.

@@ -37,7 +37,8 @@ def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
 @pytest.mark.parametrize(
     "script, args, message",
     [
-        ("train", ["--lr", "1e-3"], "error: unknown argument(s): --lr"),  # not an ambiguous abbreviation
+        ("train", ["--lr", "1e-3"], "--lr (did you mean --learning_rate?)"),  # not an ambiguous abbreviation
+        ("train", ["--epochs=3"], "--epochs=3 (did you mean --num_train_epochs?)"),
         ("benchmark", ["--batchsize", "4"], "--batchsize (did you mean --batch_size?)"),
         ("evaluate_model", ["runs/x", "--splt", "test"], "--splt (did you mean --split?)"),
         ("predict", ["runs/x", "x.png", "--topk", "3"], "--topk (did you mean --top_k?)"),

@@ -303,3 +303,4 @@ def test_one_real_arm_end_to_end(tmp_path):
     second = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing the results" in second.stderr and os.path.getmtime(log) == log_written
+    assert "'no RandAugment' seed 42: epoch 2 of 2, validation top-1" in first.stderr  # progress from the checkpoints

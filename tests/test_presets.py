@@ -70,7 +70,7 @@ def test_predict_and_the_endpoint_give_the_pipelines_answer(preset_run, tmp_path
     image.save(tmp_path / "image.png")
     expected = pipeline("image-classification", model=str(run), trust_remote_code=True)(image, top_k=3)
 
-    assert load_script("predict").main([str(run), str(tmp_path / "image.png"), "--top_k", "3"]) == 0
+    load_script("predict").main([str(run), str(tmp_path / "image.png"), "--top_k", "3"])
     printed = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[-2] for line in printed] == [row["label"] for row in expected]
     served = EndpointHandler(str(run))({"inputs": image, "parameters": {"top_k": 3}})

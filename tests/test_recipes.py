@@ -100,3 +100,18 @@ def test_the_student_recipe_is_the_headline_recipe_taught_by_the_conv_recipes_mo
     assert student[4] == {**headline[4], "teacher_model_name_or_path": conv[3]["output_dir"]}
     # The teacher's validation split is the student's: the teacher never saw the images the student is selected on.
     assert student[1] == conv[1] and student[3]["seed"] == conv[3]["seed"]
+
+
+def test_flags_after_a_recipe_replace_its_values_and_an_unknown_key_is_named(tmp_path):
+    recipe = REPO_ROOT / "recipes" / "madras1-vtlm37m.yaml"
+    model_args, data_args, _, training, _ = parse_arguments(
+        [str(recipe), "--dataset_name", "DIR", "--learning_rate=1e-4"]
+    )
+    assert (data_args.dataset_name, training.learning_rate) == ("DIR", 1e-4)
+    assert training.per_device_train_batch_size == 256  # the recipe's, where no flag replaces it
+    mistyped = tmp_path / "mine.yaml"
+    mistyped.write_text("learning_rat: 0.001\n")
+    with pytest.raises(
+        ValueError, match=r"mine.yaml: unknown argument\(s\): --learning_rat \(did you mean --learning_rate"
+    ):
+        parse_arguments([str(mistyped)])

@@ -102,12 +102,29 @@ def check_model_source(model_name_or_path):
         raise FileNotFoundError(f"there is no folder {path} here, and the Hub id {path} cannot be looked up: {reason}")
 
 
+# The names other training scripts use for the flags this project names as transformers does.
+OTHER_TOOLS_NAMES = {
+    "--lr": "--learning_rate",
+    "--epochs": "--num_train_epochs",
+    "--batch_size": "--per_device_train_batch_size",
+    "--bs": "--per_device_train_batch_size",
+    "--wd": "--weight_decay",
+    "--model": "--model_preset",
+    "--data": "--dataset_name",
+    "--dataset": "--dataset_name",
+    "--output": "--output_dir",
+}
+
+
 def suggest_flags(unknown, parser, where=None):
     """The error for the arguments `parser` does not know (`unknown`, from `parse_known_args`), with the closest known
     flag for each; `where` names the file they came from."""
-    known = [option for action in parser._actions for option in action.option_strings]
+    known = [option for action in parser._actions for option in action.option_strings if option not in ("-h", "--help")]
     hints = []
     for argument in unknown:
-        close = difflib.get_close_matches(argument, known, n=1, cutoff=0.6) if argument.startswith("-") else []
+        name = argument.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if argument.startswith("-") else []
+        if OTHER_TOOLS_NAMES.get(name) in known:  # a name from timm's or PyTorch's example scripts
+            close = [OTHER_TOOLS_NAMES[name]]
         hints.append(f"{argument} (did you mean {close[0]}?)" if close else argument)
     return ValueError(f"{where + ': ' if where else ''}unknown argument(s): {' '.join(hints)}; see --help")
