@@ -240,8 +240,7 @@ def describe_teacher(distillation_args, dataset, config):
     if not source:
         return None
     local = os.path.isdir(source)
-    teacher_run = _read_json(os.path.join(source, "run_info.json")) if local else {}
-    results = _read_json(os.path.join(source, "all_results.json")) if local else {}
+    teacher_run, results = (_run_file(source, name) for name in ("run_info.json", "all_results.json"))
     teacher_dataset = teacher_run.get("dataset") or {}
     started_from = (teacher_run.get("model_arguments") or {}).get("model_name_or_path")
     own_teacher = teacher_run.get("teacher")
@@ -276,8 +275,16 @@ def describe_teacher(distillation_args, dataset, config):
     }
 
 
-def _read_json(path):
-    if not os.path.isfile(path):
+def _run_file(source, name):
+    """The JSON file `name` of the teacher's run folder, or of its Hub repository (a published VTLM run carries
+    `run_info.json` and `all_results.json`), or {} where it has none or it cannot be fetched now."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+    except OSError:  # the Hub unreachable, or not a repository: nothing recorded to read
+        return {}
+    if path is None:
         return {}
     with open(path) as file:
         return json.load(file)
