@@ -194,24 +194,20 @@ def time_teacher(trainer, images, labels, bench):
     """The teacher's forward pass alone, on the model's augmented batches made into its input, as training runs it."""
     distillation, args = trainer.distillation, trainer.args
     generator = torch.Generator().manual_seed(args.seed)
-    starts, ends = StepClock(args.device), StepClock(args.device)
+    clock = StepClock(args.device)  # stamps before and after each forward pass
     for step in range(bench.untimed_steps + bench.steps):
         index = torch.randint(len(images), (bench.batch_size,), generator=generator).to(args.device)
         seed = augmentation_seed(args.seed, step, args.process_index, 0)
         pixel_values, _ = trainer.augmentation(images[index], labels[index], seed, trainer.normalize)
         teacher_pixels = distillation.teacher.pixel_values(pixel_values, trainer.normalize.mean, trainer.normalize.std)
-        starts.tick()
+        clock.tick()
         with torch.no_grad(), trainer.accelerator.autocast():
             distillation.teacher.model(
                 pixel_values=teacher_pixels, output_hidden_states=distillation.needs_hidden_states
             )
-        ends.tick()
-    if starts.cuda:
-        torch.cuda.synchronize()
-        times = [start.elapsed_time(end) / 1000 for start, end in zip(starts.marks, ends.marks, strict=True)]
-    else:
-        times = [end - start for start, end in zip(starts.marks, ends.marks, strict=True)]
-    return times[bench.untimed_steps :]
+        clock.tick()
+    forward_times = clock.step_times(untimed_steps=1)[::2]  # start -> end of each pass; [1::2] are the gaps between
+    return forward_times[bench.untimed_steps :]
 
 
 def known_peak_tflops(device_name, precision):

@@ -30,6 +30,7 @@ class Teacher:
     def __init__(self, model, image_mean, image_std, image_size, source):
         self.model = model.eval().requires_grad_(False)
         self.image_mean, self.image_std, self.image_size, self.source = image_mean, image_std, image_size, source
+        self._renormalize = {}  # (device, student mean, student std) -> (scale, shift), made once, not every batch
 
     def pixel_values(self, pixel_values, student_mean, student_std):
         """The teacher's input for the model's `pixel_values` (normalised with `student_mean` and `student_std`): the
@@ -37,11 +38,16 @@ class Teacher:
         std (one affine per channel undoes the model's normalisation and applies the teacher's), then resized to the
         teacher's image size where it differs."""
 
-        def column(values):
-            return torch.tensor(values, dtype=torch.float32, device=pixel_values.device).view(1, -1, 1, 1)
+        key = (pixel_values.device, tuple(student_mean), tuple(student_std))
+        if key not in self._renormalize:
 
-        scale = column(student_std) / column(self.image_std)
-        shift = (column(student_mean) - column(self.image_mean)) / column(self.image_std)
+            def column(values):
+                return torch.tensor(values, dtype=torch.float32, device=pixel_values.device).view(1, -1, 1, 1)
+
+            scale = column(student_std) / column(self.image_std)
+            shift = (column(student_mean) - column(self.image_mean)) / column(self.image_std)
+            self._renormalize[key] = scale, shift
+        scale, shift = self._renormalize[key]
         teacher_pixels = pixel_values.float() * scale + shift
         if tuple(teacher_pixels.shape[-2:]) != self.image_size:
             teacher_pixels = F.interpolate(

@@ -69,18 +69,14 @@ def publish_run(
     `export` extra installed) and published there, for users and services that run no custom code; each card links
     to the other. The custom-code repository stays the primary one.
     """
-    check_repo_id(hub_model_id)
-    if hub_vit_model_id is not None:
-        check_repo_id(hub_vit_model_id)
+    # Before the folder is touched: a failed publish changes nothing.
+    api = check_can_publish(hub_model_id, hub_vit_model_id, token=token)
     output_dir = Path(output_dir)
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
     if hub_vit_model_id is not None:  # a config the built-in ViT cannot express is refused before anything changes
         check_vit_exportable(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
-    api = HfApi(token=token)
-    # Before the folder is touched: a failed publish changes nothing.
-    check_hub_access(api, [hub_model_id, hub_vit_model_id])
 
     readme = output_dir / "README.md"
     if readme.is_file() and not is_generated_card(readme):
@@ -142,13 +138,16 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
     return commit
 
 
-def check_can_publish(hub_model_id, hub_vit_model_id=None, token=None):
+def check_can_publish(hub_model_id, hub_vit_model_id=None, token=None) -> HfApi:
     """Raise within seconds, before any work, unless the repo ids are well formed, the Hub is reachable, and the
-    token may write to both repositories (`check_hub_access`)."""
+    token may write to both repositories (`check_hub_access`); return the `HfApi` that was checked. `publish_run`
+    starts with it, and `scripts/train.py --push_to_hub` calls it before the first step."""
     check_repo_id(hub_model_id)
     if hub_vit_model_id is not None:
         check_repo_id(hub_vit_model_id)
-    check_hub_access(HfApi(token=token), [hub_model_id, hub_vit_model_id])
+    api = HfApi(token=token)
+    check_hub_access(api, [hub_model_id, hub_vit_model_id])
+    return api
 
 
 def check_hub_access(api, repo_ids=()):

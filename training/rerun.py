@@ -74,17 +74,17 @@ def prepare_output_dir(training_args, arguments) -> PreviousRun:
         if training_args.overwrite_output_dir and training_args.process_index == 0:
             clear_previous_run(output_dir)
     checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
-    sources = {"a finished run": output_dir}
+    finished = read_run_arguments(output_dir)
+    records = {"a finished run": finished}
     if checkpoint:
-        sources[f"the checkpoint {checkpoint}"] = checkpoint
-    for what, folder in sources.items():
-        saved = read_run_arguments(folder)
+        records[f"the checkpoint {checkpoint}"] = read_run_arguments(checkpoint)
+    for what, saved in records.items():
         if saved and (differences := differing_arguments(saved, arguments)):
             raise RunMismatchError(
                 f"{output_dir} holds {what} made with other arguments ({'; '.join(differences)}). Resuming it would "
                 "mix two runs: pass a new --output_dir, or --overwrite_output_dir to delete it and start afresh."
             )
-    return PreviousRun(finished=bool(read_run_arguments(output_dir)), checkpoint=checkpoint)
+    return PreviousRun(finished=bool(finished), checkpoint=checkpoint)
 
 
 def differing_arguments(saved, current):

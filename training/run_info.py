@@ -107,8 +107,9 @@ def describe_dataset(data_args, data):
     the validation hold-out."""
     is_cifar100 = is_all_of_cifar100(data)
     local = os.path.exists(data_args.dataset_name)
+    train_per_class = data.class_counts("train")
     return {
-        "name": data_args.dataset_display_name or ("CIFAR-100" if is_cifar100 else dataset_source_name(data_args)),
+        "name": "CIFAR-100" if is_cifar100 and not data_args.dataset_display_name else dataset_display_name(data_args),
         "source": dataset_source_name(data_args),  # a Hub id, or a local folder's own name
         "hub_id": CIFAR100_HUB_ID if is_cifar100 else None if local else data_args.dataset_name,
         "is_cifar100": is_cifar100,
@@ -116,7 +117,7 @@ def describe_dataset(data_args, data):
         "label_names": data.label_names,
         "has_superclasses": data.fine_to_coarse is not None,
         "images": {split: len(dataset) for split, dataset in data.datasets.items()},
-        "train_images_per_class": {"min": min(data.class_counts("train")), "max": max(data.class_counts("train"))},
+        "train_images_per_class": {"min": min(train_per_class), "max": max(train_per_class)},
     }
 
 
