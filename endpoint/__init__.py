@@ -1,5 +1,7 @@
-"""The Inference Endpoints handler, `handler.py`, uploaded to the root of every published model repository.
+"""What runs on the Hub beside a model, importing nothing from this repository.
 
-`handler.py` must work on its own there, so it imports nothing from this repository; the training data path
-imports its `to_rgb`, so that training and serving convert images one way.
+`handler.py`, the Inference Endpoints handler, is uploaded to the root of every published model repository; its
+`load_image` is how every script decodes an image, and the training data path imports its `to_rgb`, so that
+training and serving convert images one way. `app.py`, the Gradio demo, is uploaded with `handler.py` beside it as
+the demo Space (`training.space`), and `scripts/demo.py` runs it locally.
 """

@@ -10,10 +10,9 @@ is neither a folder nor a Hub id, stops the run with one `error:` line naming ea
 
 import argparse
 import sys
+from pathlib import Path
 
-from PIL import Image, ImageOps
-
-from endpoint.handler import to_rgb
+from endpoint.handler import load_image
 from training.cli import check_model_source, parse_flags, run_cli
 
 
@@ -29,21 +28,19 @@ def parse_arguments(argv):
 
 
 def load_images(paths) -> tuple[list, list]:
-    """Decoded RGB images, converted as in training (16-bit images are scaled, not clipped), and an error line for
-    each path that is missing or is not a readable image."""
+    """Decoded RGB images, converted as the endpoint and the demo convert them (`endpoint.handler.load_image`:
+    16-bit images scaled, not clipped; EXIF orientation applied), and an error line for each path that is missing
+    or is not a readable image."""
     images, errors = [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                images.append(to_rgb(ImageOps.exif_transpose(image)))
+            images.append(load_image(Path(path).read_bytes()))
         except FileNotFoundError:
             errors.append(f"{path}: no such file")
         except IsADirectoryError:
             errors.append(f"{path}: is a directory, not an image file")
-        except Image.UnidentifiedImageError:
-            errors.append(f"{path}: not an image file PIL can read")
-        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
-            errors.append(f"{path}: corrupt image ({error})")
+        except ValueError as error:  # not an image, truncated or corrupt data, too large
+            errors.append(f"{path}: {error}")
     return images, errors
 
 

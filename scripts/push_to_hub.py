@@ -9,7 +9,8 @@ The flags are the Trainer's (`train.py --push_to_hub` takes the same ones).
 
 Uploads the weights, the model's code, the preprocessor, the model card (rendered first unless README.md was
 written by hand), the metrics, trainer_state.json, TensorBoard logs and the Inference Endpoints handler; never
-pickles or checkpoints. The token comes from --hub_token, else HF_TOKEN, else `hf auth login`.
+pickles or checkpoints. With --space_id, also a Gradio Space that demonstrates the model (`endpoint/app.py`). The
+token comes from --hub_token, else HF_TOKEN, else `hf auth login`.
 """
 
 import argparse
@@ -33,6 +34,12 @@ def parse_arguments(argv):
         "for serving without custom code; the two cards link to each other.",
     )
     parser.add_argument(
+        "--space_id",
+        default=None,
+        help="Also publish a Gradio demo of the model to this Space (`user/name`), linked from the model card; it "
+        "loads the --hub_vit_model_id export when there is one, so it runs no custom code.",
+    )
+    parser.add_argument(
         "--hub_token",
         default=None,
         help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a flag shows in the process list.",
@@ -51,6 +58,7 @@ def main(argv=None):
         revision=args.hub_revision,
         commit_message=args.commit_message,
         hub_vit_model_id=args.hub_vit_model_id,
+        space_id=args.space_id,
     )
     print(commit.commit_url)
 

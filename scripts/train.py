@@ -47,6 +47,7 @@ def main(argv=None):
     publish = {
         "hub_model_id": training_args.hub_model_id,
         "hub_vit_model_id": training_args.hub_vit_model_id,
+        "space_id": training_args.space_id,
         "private": training_args.hub_private_repo,
         "revision": training_args.hub_revision,
     }
@@ -54,7 +55,9 @@ def main(argv=None):
     if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
         if publish["hub_vit_model_id"]:
             check_vit_exportable(config)
-        check_can_publish(publish["hub_model_id"], publish["hub_vit_model_id"], token=hub_token)
+        check_can_publish(
+            publish["hub_model_id"], publish["hub_vit_model_id"], publish["space_id"], publish["revision"], hub_token
+        )
 
     recorded_arguments = run_arguments(arguments)
     previous = prepare_output_dir(training_args, recorded_arguments)

@@ -16,12 +16,15 @@ os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_MODULES_CACHE"] = os.path.join(_HF_HOME, "modules")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import huggingface_hub.hf_api  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Image  # noqa: E402
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, RepoUrl  # noqa: E402
 from transformers import TrainerState  # noqa: E402
 
+import training.hub  # noqa: E402
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
 from training.data import LABEL_NAME_FIXES  # noqa: E402
 from training.model_card import save_example_images  # noqa: E402
@@ -204,6 +207,78 @@ def make_run_folder(
         )
     write_run_info(path, arguments, model.config, data, records)
     return path
+
+
+class FakeHub:
+    """Stands in for the Hub behind `HfApi`: repositories, branches, commits, and the files at each branch head."""
+
+    def __init__(self, monkeypatch):
+        self.repos, self.branches, self.commits, self.files, self.repo_types = {}, [], [], {}, {}
+        self.validated_readmes = []
+        hub = self
+        # With hf_xet, upload_folder streams through /preupload; without it, it calls create_commit.
+        monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+        # The tests run offline (conftest); this Hub answers.
+        monkeypatch.setattr(training.hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: None)
+
+        def create_repo(api, repo_id, *, private=False, exist_ok=False, repo_type=None, **kwargs):
+            hub.repos.setdefault(repo_id, {"private": private})
+            hub.repo_types[repo_id] = (repo_type or "model", kwargs.get("space_sdk"))
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def create_branch(api, repo_id, *, branch, exist_ok=False, repo_type=None, **kwargs):
+            hub.branches.append((repo_id, branch))
+
+        def list_repo_files(api, repo_id, *, revision=None, repo_type=None, **kwargs):
+            return sorted(hub.files.get((repo_id, revision or "main"), {}))
+
+        def validate_yaml(api, content, *, repo_type=None, token=None):  # the real one posts to /api/validate-yaml
+            hub.validated_readmes.append(content)
+
+        def create_commit(api, repo_id, operations, *, commit_message, revision=None, **kwargs):
+            files = hub.files.setdefault((repo_id, revision or "main"), {})
+            added, deleted = {}, []
+            for operation in operations:
+                if isinstance(operation, CommitOperationAdd):
+                    with operation.as_file() as file:  # read now: upload_folder may stage files in a temp dir
+                        added[operation.path_in_repo] = file.read()
+                elif isinstance(operation, CommitOperationDelete):
+                    deleted.append(operation.path_in_repo)
+            files.update(added)
+            for path in deleted:
+                files.pop(path, None)
+            authorization = api._build_hf_headers().get("authorization")
+            hub.commits.append(
+                {
+                    "message": commit_message,
+                    "revision": revision,
+                    "added": added,
+                    "deleted": deleted,
+                    "auth": authorization,
+                }
+            )
+            oid = f"{len(hub.commits):040x}"
+            return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, "", oid)
+
+        def whoami(api, token=None, **kwargs):
+            assert token or api.token or huggingface_hub.get_token(), "publish_run checks for a token first"
+            return {"name": "someone"}
+
+        for name, function in (
+            ("whoami", whoami),
+            ("create_repo", create_repo),
+            ("create_branch", create_branch),
+            ("list_repo_files", list_repo_files),
+            ("_validate_yaml", validate_yaml),
+            ("create_commit", create_commit),
+        ):
+            monkeypatch.setattr(HfApi, name, function)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    return FakeHub(monkeypatch)
 
 
 # transformers 4.57 (the last 4.x), for the tests of what users on 4.x load: installed by the test command's set-up

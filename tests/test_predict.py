@@ -84,8 +84,9 @@ def test_missing_and_corrupt_files_are_named_and_fail_before_the_model_loads(mod
     errors = line.removeprefix("error: ").split("; ")
     assert len(errors) == 4
     assert errors[0] == f"{missing}: no such file"
-    assert errors[1].startswith(f"{corrupt}: corrupt image (") and "truncated" in errors[1]
-    assert errors[2] == f"{text}: not an image file PIL can read"
+    # The endpoint's and the demo's messages: the three decode an image one way (`endpoint.handler.load_image`).
+    assert errors[1] == f"{corrupt}: the image could not be decoded (image file is truncated)"
+    assert errors[2] == f"{text}: the bytes are not in any image format PIL can read"
     assert errors[3] == f"{tmp_path}: is a directory, not an image file"
 
 

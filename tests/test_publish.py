@@ -7,10 +7,10 @@ import secrets
 import shutil
 from pathlib import Path
 
-import huggingface_hub.hf_api
+import huggingface_hub
 import pytest
 from conftest import RESULTS, load_script, make_run_folder
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl
+from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
 import training.hub
@@ -39,77 +39,6 @@ EXPECTED_UPLOAD = {
     "handler.py",
     "requirements.txt",
 }
-
-
-class FakeHub:
-    """Stands in for the Hub behind `HfApi`: repositories, branches, commits, and the files at each branch head."""
-
-    def __init__(self, monkeypatch):
-        self.repos, self.branches, self.commits, self.files = {}, [], [], {}
-        self.validated_readmes = []
-        hub = self
-        # With hf_xet, upload_folder streams through /preupload; without it, it calls create_commit.
-        monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
-        # The tests run offline (conftest); this Hub answers.
-        monkeypatch.setattr(training.hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: None)
-
-        def create_repo(api, repo_id, *, private=False, exist_ok=False, repo_type=None, **kwargs):
-            hub.repos.setdefault(repo_id, {"private": private})
-            return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def create_branch(api, repo_id, *, branch, exist_ok=False, repo_type=None, **kwargs):
-            hub.branches.append((repo_id, branch))
-
-        def list_repo_files(api, repo_id, *, revision=None, repo_type=None, **kwargs):
-            return sorted(hub.files.get((repo_id, revision or "main"), {}))
-
-        def validate_yaml(api, content, *, repo_type=None, token=None):  # the real one posts to /api/validate-yaml
-            hub.validated_readmes.append(content)
-
-        def create_commit(api, repo_id, operations, *, commit_message, revision=None, **kwargs):
-            files = hub.files.setdefault((repo_id, revision or "main"), {})
-            added, deleted = {}, []
-            for operation in operations:
-                if isinstance(operation, CommitOperationAdd):
-                    with operation.as_file() as file:  # read now: upload_folder may stage files in a temp dir
-                        added[operation.path_in_repo] = file.read()
-                elif isinstance(operation, CommitOperationDelete):
-                    deleted.append(operation.path_in_repo)
-            files.update(added)
-            for path in deleted:
-                files.pop(path, None)
-            authorization = api._build_hf_headers().get("authorization")
-            hub.commits.append(
-                {
-                    "message": commit_message,
-                    "revision": revision,
-                    "added": added,
-                    "deleted": deleted,
-                    "auth": authorization,
-                }
-            )
-            oid = f"{len(hub.commits):040x}"
-            return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, "", oid)
-
-        def whoami(api, token=None, **kwargs):
-            assert token or api.token or huggingface_hub.get_token(), "publish_run checks for a token first"
-            return {"name": "someone"}
-
-        for name, function in (
-            ("whoami", whoami),
-            ("create_repo", create_repo),
-            ("create_branch", create_branch),
-            ("list_repo_files", list_repo_files),
-            ("_validate_yaml", validate_yaml),
-            ("create_commit", create_commit),
-        ):
-            monkeypatch.setattr(HfApi, name, function)
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    return FakeHub(monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -345,3 +274,62 @@ def test_train_push_to_hub_without_a_token_fails_before_loading_any_data(tmp_pat
     assert train.run_cli(train.main, argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: no Hub token") and "/no/such/data" not in error  # before the data was looked at
+
+
+def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub, run_dir, token):
+    from huggingface_hub import metadata_load
+
+    from training.space import pinned_requirements
+
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, space_id="someone/vtlm-demo")
+
+    assert hub.repo_types["someone/vtlm-demo"] == ("space", "gradio")
+    space = hub.files[("someone/vtlm-demo", "main")]
+    assert set(space) == {"app.py", "handler.py", "requirements.txt", "README.md"} | {
+        f"examples/{name}" for name in ("00.png", "01.png", "02.png")
+    }
+    assert space["app.py"] == (REPO_ROOT / "endpoint" / "app.py").read_bytes()
+    assert space["handler.py"] == (REPO_ROOT / "endpoint" / "handler.py").read_bytes()
+    assert space["examples/01.png"] == (run_dir / "examples" / "01.png").read_bytes()
+    readme = run_dir.parent / "space-README.md"
+    readme.write_bytes(space["README.md"])
+    metadata = metadata_load(readme)
+    pins = pinned_requirements()
+    assert metadata["sdk"] == "gradio" and metadata["sdk_version"] == pins.pop("gradio")
+    assert metadata["app_file"] == "app.py" and metadata["models"] == ["someone/vtlm-tiny"]
+    requirements = [line for line in space["requirements.txt"].decode().splitlines() if not line.startswith("#")]
+    assert requirements == [f"{package}=={version}" for package, version in pins.items()]
+    card = hub.files[("someone/vtlm-tiny", "main")]["README.md"].decode()
+    assert "[someone/vtlm-demo](https://huggingface.co/spaces/someone/vtlm-demo)" in card
+    assert not [path for files in hub.files.values() for path, data in files.items() if token.encode() in data]
+
+
+def test_the_space_loads_the_vit_export_when_one_is_published(hub, run_dir, token):
+    from huggingface_hub import metadata_load
+
+    publish_run(
+        run_dir,
+        hub_model_id="someone/vtlm-tiny",
+        token=token,
+        hub_vit_model_id="someone/vtlm-tiny-vit",
+        space_id="someone/vtlm-demo",
+    )
+    readme = run_dir.parent / "space-README.md"
+    readme.write_bytes(hub.files[("someone/vtlm-demo", "main")]["README.md"])
+    assert metadata_load(readme)["models"] == ["someone/vtlm-tiny-vit", "someone/vtlm-tiny"]  # app.py loads the first
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"space_id": "vtlm-demo"}, "repo id must be 'namespace/name'"),
+        ({"space_id": "other/vtlm-demo"}, "cannot write to other/vtlm-demo"),
+        ({"space_id": "someone/vtlm-demo", "revision": "smoke"}, "a Space shows the main branch"),
+    ],
+)
+def test_a_space_that_cannot_be_published_fails_before_anything_changes(hub, run_dir, token, options, match):
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match=match):
+        publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, **options)
+    assert hub.repos == {} and hub.commits == []
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before

@@ -331,6 +331,13 @@ class VTLMTrainingArguments(TrainingArguments):
             "ONNX) to this `user/name`, for serving without custom code."
         },
     )
+    space_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --push_to_hub: also publish a Gradio demo of the model to this Space (`user/name`), "
+            "linked from the model card; it loads the --hub_vit_model_id export when there is one."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={

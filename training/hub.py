@@ -19,7 +19,8 @@ from transformers import AutoConfig
 
 from training.data import hub_unreachable_reason
 from training.export import check_vit_exportable, export_model
-from training.model_card import is_generated_card, write_model_card
+from training.model_card import CARD_LICENSE, is_generated_card, write_model_card
+from training.space import write_space
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def publish_run(
     revision: str | None = None,
     commit_message: str | None = None,
     hub_vit_model_id: str | None = None,
+    space_id: str | None = None,
 ) -> CommitInfo:
     """Upload the run folder `output_dir` to the model repository `hub_model_id` (`namespace/name`).
 
@@ -68,9 +70,12 @@ def publish_run(
     With `hub_vit_model_id`, the run is also exported exactly to transformers' built-in ViT (and to ONNX, with the
     `export` extra installed) and published there, for users and services that run no custom code; each card links
     to the other. The custom-code repository stays the primary one.
+
+    With `space_id`, a Gradio Space that demonstrates the model is published too (`publish_space`), and the model
+    card links it.
     """
     # Before the folder is touched: a failed publish changes nothing.
-    api = check_can_publish(hub_model_id, hub_vit_model_id, token=token)
+    api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
     output_dir = Path(output_dir)
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
@@ -82,14 +87,20 @@ def publish_run(
     if readme.is_file() and not is_generated_card(readme):
         logger.info("Keeping the hand-written %s", readme)
     else:
-        write_model_card(output_dir, hub_model_id=hub_model_id, revision=revision, hub_vit_model_id=hub_vit_model_id)
+        write_model_card(
+            output_dir,
+            hub_model_id=hub_model_id,
+            revision=revision,
+            hub_vit_model_id=hub_vit_model_id,
+            space_id=space_id,
+        )
     for name in ENDPOINT_FILES:
         target = output_dir / name
         if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
             shutil.copyfile(ENDPOINT_DIR / name, target)
 
     files = select_upload_files(output_dir)
-    _refuse_files_with_token(output_dir, files, token or get_token())
+    _refuse_files_with_token(output_dir, token or get_token(), files)
 
     logger.info(
         "Uploading %d files from %s to %s (revision %s)", len(files), output_dir, hub_model_id, revision or "main"
@@ -108,6 +119,8 @@ def publish_run(
     logger.info("Published %s", commit.commit_url)
     if hub_vit_model_id is not None:
         publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision)
+    if space_id is not None:
+        publish_space(api, output_dir, space_id, [hub_vit_model_id, hub_model_id], token, private)
     return commit
 
 
@@ -124,8 +137,7 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
         export_model(output_dir, export_dir, formats, source=hub_model_id)
         for name in ENDPOINT_FILES:
             shutil.copyfile(ENDPOINT_DIR / name, export_dir / name)
-        files = sorted(path.relative_to(export_dir).as_posix() for path in export_dir.rglob("*") if path.is_file())
-        _refuse_files_with_token(export_dir, files, token or get_token())
+        _refuse_files_with_token(export_dir, token or get_token())
         commit = _upload_folder(
             api,
             hub_vit_model_id,
@@ -138,15 +150,42 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
     return commit
 
 
-def check_can_publish(hub_model_id, hub_vit_model_id=None, token=None) -> HfApi:
+def publish_space(api, output_dir, space_id, model_ids, token, private) -> CommitInfo:
+    """Create or update the Gradio Space `space_id` that demonstrates the run folder `output_dir`
+    (`training.space.write_space`): its app loads the first of `model_ids` that is not None."""
+    model_ids = [model_id for model_id in model_ids if model_id is not None]
+    with tempfile.TemporaryDirectory() as workdir:
+        space_dir = write_space(Path(workdir) / "space", output_dir, model_ids, space_id, CARD_LICENSE)
+        _refuse_files_with_token(space_dir, token or get_token())
+        commit = _upload_folder(
+            api,
+            space_id,
+            space_dir,
+            private,
+            None,
+            repo_type="space",
+            commit_message=f"Demo of {model_ids[0]}",
+            ignore_patterns=NEVER_UPLOAD,
+            delete_patterns=["examples/*"],
+        )
+    logger.info("Published the demo Space %s", commit.commit_url)
+    return commit
+
+
+def check_can_publish(hub_model_id, hub_vit_model_id=None, space_id=None, revision=None, token=None) -> HfApi:
     """Raise within seconds, before any work, unless the repo ids are well formed, the Hub is reachable, and the
-    token may write to both repositories (`check_hub_access`); return the `HfApi` that was checked. `publish_run`
+    token may write to every repository (`check_hub_access`); return the `HfApi` that was checked. `publish_run`
     starts with it, and `scripts/train.py --push_to_hub` calls it before the first step."""
     check_repo_id(hub_model_id)
-    if hub_vit_model_id is not None:
-        check_repo_id(hub_vit_model_id)
+    for repo_id in (hub_vit_model_id, space_id):
+        if repo_id is not None:
+            check_repo_id(repo_id)
+    if space_id is not None and revision not in (None, "main"):
+        raise ValueError(
+            f"a Space shows the main branch of its model, not {revision!r}: publish to main to publish --space_id"
+        )
     api = HfApi(token=token)
-    check_hub_access(api, [hub_model_id, hub_vit_model_id])
+    check_hub_access(api, [hub_model_id, hub_vit_model_id, space_id])
     return api
 
 
@@ -178,7 +217,7 @@ def check_hub_access(api, repo_ids=()):
             )
 
 
-def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, private=False, revision=None):
+def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, space_id=None, private=False, revision=None):
     """The `scripts/push_to_hub.py` command that publishes the run folder `output_dir` as `publish_run` would."""
     command = [
         "python",
@@ -190,6 +229,8 @@ def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, private=Fal
     ]
     if hub_vit_model_id:
         command += ["--hub_vit_model_id", hub_vit_model_id]
+    if space_id:
+        command += ["--space_id", space_id]
     if private:
         command.append("--hub_private_repo")
     if revision:
@@ -213,20 +254,24 @@ def select_upload_files(output_dir) -> list[str]:
     return list(filter_repo_objects(paths, allow_patterns=UPLOAD_PATTERNS, ignore_patterns=NEVER_UPLOAD))
 
 
-def _upload_folder(api, repo_id, folder, private, revision, **upload_options) -> CommitInfo:
-    """Create the model repository `repo_id` (private if `private`, when new) and the branch `revision` when
-    missing, then upload `folder` there in one commit."""
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+def _upload_folder(api, repo_id, folder, private, revision, repo_type="model", **upload_options) -> CommitInfo:
+    """Create the repository `repo_id` (a model, or a Gradio Space; private if `private`, when new) and the branch
+    `revision` when missing, then upload `folder` there in one commit."""
+    space_sdk = "gradio" if repo_type == "space" else None
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
     if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     return api.upload_folder(
-        repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision, **upload_options
+        repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision, **upload_options
     )
 
 
-def _refuse_files_with_token(output_dir: Path, files: list[str], token: str | None):
+def _refuse_files_with_token(folder: Path, token: str | None, files: list[str] | None = None):
+    """Raise unless none of `files` (paths relative to `folder`; default: every file in it) contains `token`."""
     if not token:
         return
-    leaking = [name for name in files if token.encode() in (output_dir / name).read_bytes()]
+    if files is None:
+        files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    leaking = [name for name in files if token.encode() in (folder / name).read_bytes()]
     if leaking:
         raise RuntimeError(f"not uploading: the Hub token appears in {', '.join(leaking)}")

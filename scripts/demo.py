@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Try a VTLM model in the browser: a Gradio app with the top-5 classes and what the model attended to.
+
+    python scripts/demo.py runs/vtlm-37m                  # then open http://127.0.0.1:7860
+    python scripts/demo.py you/vtlm-37m --host 0.0.0.0 --port 8080
+
+The app is `endpoint/app.py`, the same file that `push_to_hub.py --space_id` publishes as the demo Space. Its
+examples are the run's own example images (the model card's), from the folder or the Hub repository. Needs Gradio:
+`pip install -e ".[demo]"`.
+"""
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from training.cli import check_model_source, parse_flags, run_cli, setup_logging
+
+logger = logging.getLogger("demo")
+
+
+def parse_arguments(argv):
+    from endpoint.app import add_server_arguments
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="A Hub repository id (`user/name`) or a folder saved by scripts/train.py.")
+    add_server_arguments(parser)
+    return parse_flags(parser, argv)
+
+
+def example_images(model) -> list[Path]:
+    """The example images of a run folder or Hub repository (`examples/*.png`); none where they cannot be had."""
+    if Path(model).is_dir():
+        return sorted(Path(model, "examples").glob("*.png"))
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(model, allow_patterns=["examples/*.png"])
+    except Exception as error:  # offline, private or gone: the app works without examples
+        logger.warning(f"no example images from {model}: {error}")
+        return []
+    return sorted(Path(folder, "examples").glob("*.png"))
+
+
+def main(argv=None):
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("the demo needs Gradio: pip install -e '.[demo]'")
+    check_model_source(args.model)
+    setup_logging()
+    from endpoint.app import Classifier, launch
+
+    launch(Classifier(args.model), example_images(args.model), args.host, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
