@@ -171,14 +171,18 @@ def build_demo(classifier: Classifier, examples=()):
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image")
+                image = gr.Image(
+                    type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image", height=320
+                )
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
                 if examples:
                     gr.Examples([[str(path)] for path in examples], inputs=image, label="The model's examples")
             with gr.Column():
                 top = gr.Label(num_top_classes=TOP_K, label="Top 5", elem_id="top")
                 table = gr.Markdown(elem_id="probabilities")
-                picture = gr.Image(label="What the model attended to", elem_id="attention", interactive=False)
+                picture = gr.Image(
+                    label="What the model attended to", elem_id="attention", interactive=False, height=320
+                )
                 gr.Markdown(classifier.attention_description, elem_id="attention-method")
         button.click(classify, inputs=image, outputs=[top, table, picture])
     return demo

@@ -248,7 +248,7 @@ def photo(path, seed, size=(57, 43)):
 def test_the_demo_in_a_real_browser(browser, tmp_path):
     """Upload, classify, compare with predict.py; click an example; a broken file gets a message and the next upload
     works. `VTLM_DEMO_MODEL` runs it on another saved model (a trained one, for the README's screenshot), and
-    `VTLM_DEMO_SCREENSHOT` saves the page there too."""
+    `VTLM_DEMO_SCREENSHOT` saves the page, as it shows the first example's answer, there too."""
     model = Path(os.environ.get("VTLM_DEMO_MODEL") or make_run_folder(tmp_path / "run"))
     process, url = serve(
         [sys.executable, "scripts/demo.py", str(model), "--port", str(free_port())], REPO_ROOT, tmp_path / "app.log"
@@ -269,6 +269,10 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
         from_example = classify(browser, previous=browser.find_element(By.ID, "probabilities").text)
         label, probability = predicted(model, sorted((model / "examples").glob("*.png"))[0])
         assert from_example[0][0] == label and from_example[0][1] == pytest.approx(probability, abs=1e-4)
+        assert element(browser, "#attention img").get_attribute("src")
+        browser.save_screenshot(str(tmp_path / "demo.png"))
+        if screenshot := os.environ.get("VTLM_DEMO_SCREENSHOT"):
+            shutil.copyfile(tmp_path / "demo.png", screenshot)
 
         broken = tmp_path / "broken.png"
         broken.write_bytes(photo(tmp_path / "whole.png", seed=2).read_bytes()[:150])
@@ -276,11 +280,6 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
         assert message == "Could not classify this file: the image could not be decoded (image file is truncated)"
         again = classify(browser, image, previous=message)
         assert again == first
-        assert browser.find_element(By.CSS_SELECTOR, "#attention img").get_attribute("src")
-
-        browser.save_screenshot(str(tmp_path / "demo.png"))
-        if screenshot := os.environ.get("VTLM_DEMO_SCREENSHOT"):
-            shutil.copyfile(tmp_path / "demo.png", screenshot)
         assert process.poll() is None  # still serving
     finally:
         process.terminate()
