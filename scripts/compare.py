@@ -37,6 +37,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from itertools import pairwise
 
@@ -45,6 +46,7 @@ import torch
 from modeling import VTLMConfig, VTLMForImageClassification
 from training.arguments import RECIPE_SUFFIXES
 from training.cli import parse_flags, run_cli, setup_logging
+from training.export import export_model, vit_refusals
 from training.fashion_mnist import FASHION_MNIST_DIR, prepare_dataset
 from training.flops import flops_per_image
 from training.metrics import wilson_interval
@@ -185,6 +187,7 @@ class RunResult:
     num_parameters: int
     git_commit: str | None
     device: str | None
+    vit_export_difference: float | None  # max |logit difference| of its exact built-in ViT export; None: not exportable
 
     @property
     def test_interval(self):
@@ -220,6 +223,10 @@ def read_run(run_dir, arm, seed):
     seconds, epochs_timed = seconds_per_epoch(state["log_history"])
     config = VTLMConfig.from_pretrained(run_dir)
     flops = flops_per_image(config)
+    vit_export_difference = None
+    if not vit_refusals(config):
+        with tempfile.TemporaryDirectory() as folder:
+            vit_export_difference = export_model(run_dir, os.path.join(folder, "vit"), ("vit",))["vit"]
     with torch.device("meta"):  # counts parameters without allocating them
         num_parameters = VTLMForImageClassification(config).num_parameters()
     return RunResult(
@@ -235,6 +242,7 @@ def read_run(run_dir, arm, seed):
         num_parameters=num_parameters,
         git_commit=run_info.get("git_commit"),
         device=run_info.get("hardware", {}).get("device"),
+        vit_export_difference=vit_export_difference,
     )
 
 
@@ -250,12 +258,15 @@ def code(text):
 
 
 def arm_summaries(runs):
-    """Per arm, in order: (name, runs, mean and sample std of test top-1 over its seeds; std None for one seed)."""
+    """Per arm, in order: (name, runs, mean and sample std of test top-1 over its seeds (std None for one seed), the
+    median of its runs' seconds per epoch)."""
     summaries = []
     for name in dict.fromkeys(run.arm for run in runs):
-        accuracies = [run.test_accuracy for run in runs if run.arm == name]
+        arm_runs = [run for run in runs if run.arm == name]
+        accuracies = [run.test_accuracy for run in arm_runs]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else None
-        summaries.append((name, len(accuracies), statistics.mean(accuracies), spread))
+        seconds = statistics.median(run.seconds_per_epoch for run in arm_runs)
+        summaries.append((name, len(accuracies), statistics.mean(accuracies), spread, seconds))
     return summaries
 
 
@@ -311,19 +322,19 @@ def render_report(command, dataset, machine, common, runs, generated_at):
         "",
         "## Summary",
         "",
-        "| arm | seeds | test top-1, mean ± std over seeds |",
-        "|---|---:|---|",
+        "| arm | seeds | test top-1, mean ± std over seeds | s / epoch, median over seeds |",
+        "|---|---:|---|---:|",
     ]
-    for name, seeds, mean, spread in arm_summaries(runs):
+    for name, seeds, mean, spread, seconds in arm_summaries(runs):
         spread_text = f" ± {100 * spread:.2f}" if spread is not None else " (one seed)"
-        lines.append(f"| {cell(name)} | {seeds} | {100 * mean:.2f}%{spread_text} |")
+        lines.append(f"| {cell(name)} | {seeds} | {100 * mean:.2f}%{spread_text} | {seconds:.1f} |")
     lines += [
         "",
         "## Runs",
         "",
         "| arm | arm flags | seed | test top-1 [95% CI] | s / epoch | forward MFLOPs / image "
-        "| training MFLOPs / image | parameters |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| training MFLOPs / image | parameters | built-in ViT export: max \\|logit difference\\| |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         lower, upper = run.test_interval
@@ -331,7 +342,8 @@ def render_report(command, dataset, machine, common, runs, generated_at):
         lines.append(
             f"| {cell(run.arm)} | {code(run.arm_flags)} | {run.seed} | {100 * run.test_accuracy:.2f}% "
             f"[{100 * lower:.2f}, {100 * upper:.2f}] | {run.seconds_per_epoch:.1f}{marker} | "
-            f"{run.forward_flops / 1e6:,.1f} | {run.training_flops / 1e6:,.1f} | {run.num_parameters:,} |"
+            f"{run.forward_flops / 1e6:,.1f} | {run.training_flops / 1e6:,.1f} | {run.num_parameters:,} | "
+            f"{'custom code only' if run.vit_export_difference is None else f'{run.vit_export_difference:.1e}'} |"
         )
     lines += [
         "",
@@ -341,7 +353,10 @@ def render_report(command, dataset, machine, common, runs, generated_at):
         "epoch ends (an epoch's training, validation and checkpoint; `training_seconds` in each run's "
         "`trainer_state.json`); * marks a run of one epoch, where it is the training time / epochs. FLOPs: "
         "`training.flops.flops_per_image` of each run's saved config, a multiply-add counting 2; training is forward "
-        "plus backward.",
+        "plus backward, of the trained model only: a run taught by a teacher also runs the teacher's forward on every "
+        "batch, which its s / epoch includes. ViT export: each run's saved model exported by "
+        "`training.export.export_model` to transformers' `ViTForImageClassification` and run on the same check "
+        "images; 0.0e+00 is identical logits, and a layout the built-in ViT cannot express needs custom code.",
         "",
     ]
     return "\n".join(lines)
