@@ -276,6 +276,15 @@ def test_train_push_to_hub_without_a_token_fails_before_loading_any_data(tmp_pat
     assert error.startswith("error: no Hub token") and "/no/such/data" not in error  # before the data was looked at
 
 
+def test_train_push_to_hub_with_a_bad_space_fails_before_loading_any_data(hub, tmp_path, token, capsys):
+    train = load_script("train")
+    argv = ["--dataset_name=/no/such/data", "--push_to_hub", "--hub_model_id=someone/vtlm", f"--output_dir={tmp_path}"]
+    assert train.run_cli(train.main, [*argv, f"--hub_token={token}", "--space_id=vtlm-demo"]) == 2
+    error = capsys.readouterr().err
+    assert error == "error: the Hub repo id must be 'namespace/name' (a user or organization), got 'vtlm-demo'\n"
+    assert hub.repos == {}
+
+
 def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub, run_dir, token):
     from huggingface_hub import metadata_load
 
