@@ -138,10 +138,20 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(cifar100_dir, tmp_path)
     output_dir = tmp_path / "run"
     flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=50", *TINY_RUN]
     command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, f"--output_dir={output_dir}"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default disposition, as in a terminal, whatever the runner's: a process started with it ignored
+    # (a shell's background job) never turns Ctrl-C into KeyboardInterrupt.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while not list(output_dir.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before its first checkpoint was seen"
         time.sleep(0.5)
+    assert list(output_dir.glob("checkpoint-*/trainer_state.json")), "no checkpoint within 240 s"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
