@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, TINY_RUN, load_script
 from safetensors.torch import load_file
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.arguments import (
@@ -174,6 +175,31 @@ def test_a_teacher_with_other_labels_is_refused_before_training(cifar100_dir, tm
     assert error.startswith(f"error: --teacher_model_name_or_path {teacher}: its label 3 is")
     assert "same names in the same order" in error and stderr.count("error:") == 1 and "Traceback" not in stderr
     assert not any(output_dir.glob("checkpoint-*"))
+
+
+def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path):
+    """transformers' own ResNet, loaded by the Auto classes: its stages' 4-D feature maps guide the model's blocks
+    (the last, coarser map resized up to the model's grid), and with no VTLM run record the card does not call the
+    model trained from scratch."""
+    resnet = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    resnet.id2label = dict(enumerate(CIFAR100_LABELS))
+    teacher = tmp_path / "tiny-resnet"
+    ResNetForImageClassification(resnet).save_pretrained(teacher)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(teacher)
+    output_dir = tmp_path / "student"
+    train.main(student_argv(cifar100_dir, output_dir, teacher, "--distillation_type=none"))
+
+    projections = load_file(output_dir / "checkpoint-4" / GUIDANCE_FILE)
+    hidden_size = TINY_CONFIG["hidden_size"]
+    # block 0 is matched to the first stage (8 channels, 8x8), block 1 to the second (16 channels, 4x4)
+    assert projections["projections.0.weight"].shape == (8, hidden_size)
+    assert projections["projections.1.weight"].shape == (16, hidden_size)
+    logs = [entry for entry in read_json(output_dir / "trainer_state.json")["log_history"] if "loss" in entry]
+    assert logs and all(0 < entry["feature_guidance_loss"] < float("inf") for entry in logs)
+    plain_keys = set(VTLMForImageClassification(VTLMConfig.from_pretrained(output_dir)).state_dict())
+    assert set(load_file(output_dir / "model.safetensors")) == plain_keys
+    card = (output_dir / "README.md").read_text()
+    assert "| teacher trained on | not recorded" in card and "this model is not one trained from scratch" in card
 
 
 def test_a_teacher_defaults_to_mimetic_init_which_flags_can_turn_off():
