@@ -244,9 +244,9 @@ DISTILLATION_TYPES = ("none", "soft", "hard")
 @dataclass
 class DistillationArguments:
     """Teaching the model from a trained teacher (`training.distillation`). Giving only --teacher_model_name_or_path
-    uses it the way found best: feature guidance at weight 1 on every block, mimetic attention init, no output
-    distillation (on Fashion-MNIST, 3.2 to 5.4 points over plain training, two seeds; hard distillation did not help
-    at 30 epochs). Each part turns off with 0 or `none`; they combine."""
+    uses it the way that measured best on the project's proxy (docs/compare-teacher-30-epochs.md and
+    docs/compare-teacher-100-epochs.md): feature guidance at weight 1 on every block, mimetic attention init, no
+    output distillation. Each part turns off with 0 or `none`; they combine."""
 
     teacher_model_name_or_path: str | None = field(
         default=None,
