@@ -14,7 +14,7 @@ import os
 import sys
 
 from training.arguments import parse_arguments
-from training.cli import USER_ERRORS, run_cli, setup_logging
+from training.cli import USER_ERRORS, check_model_source, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ def main(argv=None):
         return
     if previous.checkpoint:
         logger.info(f"resuming from {previous.checkpoint}")
+
+    if distillation_args.teacher_model_name_or_path:  # now, not after the dataset is decoded
+        check_model_source(distillation_args.teacher_model_name_or_path)
 
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)

@@ -177,6 +177,18 @@ def test_a_teacher_with_other_labels_is_refused_before_training(cifar100_dir, tm
     assert not any(output_dir.glob("checkpoint-*"))
 
 
+def test_a_missing_teacher_is_refused_before_the_dataset_is_loaded(cifar100_dir, tmp_path, capsys, monkeypatch):
+    def load_image_datasets(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the teacher was checked")
+
+    monkeypatch.setattr("training.data.load_image_datasets", load_image_datasets)
+    missing = tmp_path / "no-such-teacher"
+    assert run_cli(train.main, student_argv(cifar100_dir, tmp_path / "student", missing)) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip().splitlines()[-1] == f"error: {missing} is neither a folder nor a Hub id (user/name)"
+    assert "Traceback" not in stderr
+
+
 def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path):
     """transformers' own ResNet, loaded by the Auto classes: its stages' 4-D feature maps guide the model's blocks
     (the last, coarser map resized up to the model's grid), and with no VTLM run record the card does not call the
