@@ -404,16 +404,68 @@ class VTLMTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+@dataclass
+class PretrainingArguments:
+    """Masked image modelling (`scripts/pretrain.py`), as MAE (He et al. 2022) and transformers' `ViTMAEConfig` name
+    it. The decoder exists only in pre-training; MAE found a narrow decoder enough (its fine-tuning accuracy barely
+    moves between 1 and 8 blocks), so the default is half of vtlm-37m's width, 4 blocks."""
+
+    mask_ratio: float = field(default=0.75, metadata={"help": "Share of each image's patches hidden from the encoder."})
+    norm_pix_loss: bool = field(
+        default=True,
+        metadata={"help": "Predict each patch's pixels normalised by their own mean and std (MAE's best setting)."},
+    )
+    decoder_hidden_size: int = field(default=256, metadata={"help": "Width of the decoder's blocks."})
+    decoder_num_hidden_layers: int = field(default=4, metadata={"help": "Blocks of the decoder."})
+    decoder_num_attention_heads: int = field(default=8, metadata={"help": "Attention heads of the decoder's blocks."})
+    decoder_intermediate_size: int = field(default=1024, metadata={"help": "MLP width of the decoder's blocks."})
+
+    def __post_init__(self):
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"--mask_ratio must be between 0 and 1, got {self.mask_ratio}")
+
+
+PRETRAINING_ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    AugmentationArguments,
+    VTLMTrainingArguments,
+    PretrainingArguments,
+)
+# `scripts/pretrain.py`'s recipe where it differs from train.py's: MAE's optimiser (lr 1.5e-4 x batch / 256 at batch
+# 512, AdamW betas (0.9, 0.95), weight decay 0.05, 5% warm-up, cosine), no stochastic depth, and crop and flip only
+# (MAE's augmentation; CIFAR's pad-and-crop rather than its RandomResizedCrop, for the reason
+# `AugmentationArguments.crop_padding` gives). No evaluation: pre-training reads the training split only.
+PRETRAINING_DEFAULTS = {
+    "output_dir": "runs/vtlm-37m-mae",
+    "learning_rate": 3e-4,
+    "adam_beta2": 0.95,
+    "drop_path_rate": 0.0,
+    "randaugment_num_ops": 0,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+    "random_erasing_prob": 0.0,
+    "label_smoothing_factor": 0.0,
+    "eval_strategy": "no",
+    "load_best_model_at_end": False,
+    "metric_for_best_model": None,
+    "greater_is_better": None,
+    "save_total_limit": 1,
+}
+
+
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments, DistillationArguments)
 
 
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def parse_arguments(argv):
-    """`ARGUMENT_CLASSES` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
-    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
+def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None):
+    """`argument_classes` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
+    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`. `defaults` replace the classes'
+    own (`PRETRAINING_DEFAULTS`), and the recipe file replaces those."""
+    parser = HfArgumentParser(argument_classes, exit_on_error=False)
+    parser.set_defaults(**(defaults or {}))
     if argv and argv[0].endswith(RECIPE_SUFFIXES) and not argv[0].startswith("-"):
         parser.set_defaults(**read_recipe(argv[0], parser))
         argv = argv[1:]

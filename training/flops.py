@@ -51,12 +51,17 @@ def flops_per_image(config) -> ImageFlops:
     # `from_config` writes the implementation into the config it gets: give it a copy.
     with torch.device("meta"):
         model = AutoModelForImageClassification.from_config(copy.deepcopy(config), attn_implementation="eager")
-    model.train()
     pixel_values = torch.zeros(1, config.num_channels, config.image_size, config.image_size, device="meta")
+    return count_training_flops(model, lambda: model(pixel_values).logits.sum())
 
+
+def count_training_flops(model, loss) -> ImageFlops:
+    """The FLOPs of `loss()`, a scalar that `model` computes in training mode, and of its backward pass: what
+    `flops_per_image` counts, for any model and objective (`training.pretraining` counts masked image modelling)."""
+    model.train()
     with FlopCounterMode(display=False) as forward_counter:
-        logits = model(pixel_values).logits
+        value = loss()
     custom_mapping = {torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
     with FlopCounterMode(display=False, custom_mapping=custom_mapping) as backward_counter:
-        logits.sum().backward()
+        value.backward()
     return ImageFlops(forward=forward_counter.get_total_flops(), backward=backward_counter.get_total_flops())
