@@ -509,9 +509,8 @@ def write_pretraining_card(output_dir) -> Path:
         f"`python scripts/train.py --model_name_or_path {output_dir.resolve().name}`.",
         "",
         f"- Data: the training split of {_dataset_link(dataset)} only "
-        f"({dataset.get('images', {}).get('train', 'not recorded')} images; labels unused), after holding out the "
-        f"validation images that `scripts/train.py` holds out with seed {training['seed']}. No validation or test "
-        "image was read.",
+        f"({dataset.get('images', {}).get('train', 'not recorded')} images; labels unused). No validation or test "
+        f"image was read: the validation images are those that `scripts/train.py` uses with seed {training['seed']}.",
         f"- Schedule: {training['num_train_epochs']:g} epochs, batch {training['per_device_train_batch_size']} per "
         f"device, peak learning rate {training['learning_rate']:g}.",
         f"- Final training loss (mean squared error on the hidden patches): "
