@@ -5,6 +5,7 @@ and a bad flag answer before the model code, `datasets` or the Trainer load.
 """
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -397,6 +398,10 @@ class VTLMTrainingArguments(TrainingArguments):
             raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        # A launcher's processes (torchrun, `accelerate launch`) on a machine without CUDA train as one DDP run over
+        # gloo: without `use_cpu` each would train alone, all into one output_dir.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
         # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
         on_cuda = torch.cuda.is_available() and not self.use_cpu
         self.fp16 = self.fp16 and not self.bf16 and on_cuda
