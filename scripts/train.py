@@ -51,6 +51,8 @@ def main(argv=None):
         "private": training_args.hub_private_repo,
         "revision": training_args.hub_revision,
     }
+    if model_args.model_name_or_path:  # a missing folder or an unreachable Hub said in seconds, before any work
+        check_model_source(model_args.model_name_or_path)
     config = build_config(model_args, distillation_args)
     if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
         if publish["hub_vit_model_id"]:

@@ -17,7 +17,7 @@ from modeling import CIFAR100_LABELS, VTLMConfig
 from training.arguments import ModelArguments, parse_arguments
 from training.build import build_config, build_model
 from training.flops import flops_per_image
-from training.run_info import is_all_of_cifar100
+from training.run_info import is_all_of_cifar100, run_arguments
 
 TRAIN = str(REPO_ROOT / "scripts" / "train.py")
 train = load_script("train")
@@ -255,6 +255,15 @@ def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher
     assert read_json(tmp_path / "ddp" / "run_info.json")["hardware"]["num_processes"] == 2
     # 300 training images in batches of 32 on each of 2 ranks: 5 steps; one process alone would take 10.
     assert read_json(tmp_path / "ddp" / "trainer_state.json")["global_step"] == math.ceil(300 / (2 * 32))
+
+
+def test_a_saved_model_records_no_preset_it_did_not_use():
+    """--model_name_or_path's config is the architecture: a preset given with it (a recipe sets one) is not recorded,
+    so the card does not show a preset above another model's fields."""
+    arguments = parse_arguments(["--model_name_or_path=runs/saved", "--model_preset=vtlm-dhvt-t2"])
+    assert arguments[0].model_preset is None
+    assert run_arguments(arguments)["model_arguments"]["model_preset"] is None
+    assert parse_arguments(["--model_preset=vtlm-dhvt-t2"])[0].model_preset == "vtlm-dhvt-t2"
 
 
 def test_config_overrides_are_typed_and_checked():
