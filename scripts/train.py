@@ -33,7 +33,7 @@ def main(argv=None):
     from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
-    from training.rerun import SaveRunArguments, last_complete_checkpoint, prepare_output_dir
+    from training.rerun import SaveRunArguments, check_teacher_hold_out, last_complete_checkpoint, prepare_output_dir
     from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
@@ -82,6 +82,10 @@ def main(argv=None):
 
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)
+    if distillation_args.teacher_model_name_or_path:  # the data says whether its validation split was held out
+        check_teacher_hold_out(
+            distillation_args.teacher_model_name_or_path, data_args, training_args.seed, data.validation_held_out
+        )
     # Before the model is built: the Trainer seeds only in its __init__, after the weights are drawn.
     set_seed(training_args.seed)
     model = build_model(model_args, config, data.label_names)
