@@ -1,9 +1,9 @@
 """What a rerun finds in its output folder, and what it may do there: start afresh, resume this run from its newest
 complete checkpoint, or stop because the run is finished, another run is there, or the folder is not a run's.
 
-`scripts/train.py` calls `prepare_output_dir` once, before any data is loaded; `scripts/evaluate_model.py` asks
-`check_same_hold_out` whether a validation split is the run's own. The run's record itself (`run_arguments.json`,
-`run_info.json`) is written and read by `training.run_info`.
+`scripts/train.py` calls `prepare_output_dir` once, before any data is loaded, and `check_teacher_hold_out` before
+training; `scripts/evaluate_model.py` asks `check_same_hold_out` whether a validation split is the run's own. The
+run's record itself (`run_arguments.json`, `run_info.json`) is written and read by `training.run_info`.
 """
 
 import json
@@ -136,8 +136,8 @@ def teacher_validation_split(teacher, data_args, seed, held_out=True):
         return "another dataset", []
     if not held_out:
         return "same", []
-    held_out = hold_out_arguments(teacher_run["data_arguments"], teacher_run["training_arguments"].get("seed"))
-    differences = differing_arguments(held_out, hold_out_arguments(current, seed))
+    teachers = hold_out_arguments(teacher_run["data_arguments"], teacher_run["training_arguments"].get("seed"))
+    differences = differing_arguments(teachers, hold_out_arguments(current, seed))
     return ("other" if differences else "same"), differences
 
 
