@@ -149,10 +149,31 @@ def run(command, cwd=REPO_ROOT):
     return result
 
 
+@pytest.fixture(scope="module")
+def pretrained(cifar100_dir, tmp_path_factory):
+    """A tiny pre-training of two epochs, seed 42, with 100 validation images held out."""
+    folder = tmp_path_factory.mktemp("pretrained") / "mae"
+    run(pretrain_command(cifar100_dir, folder, "--num_train_epochs=2"))
+    return folder
+
+
+def fine_tune_command(dataset, pretrained, output_dir, *flags):
+    return [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "train.py"),
+        f"--dataset_name={dataset}",
+        "--validation_split_size=100",
+        f"--model_name_or_path={pretrained}",
+        *(flag for flag in TINY_RUN if not flag.startswith("--config_overrides")),
+        "--num_train_epochs=1",
+        f"--output_dir={output_dir}",
+        *flags,
+    ]
+
+
 @pytest.mark.slow  # scripts in fresh interpreters
-def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, tmp_path):
-    pretrained, fine_tuned = tmp_path / "mae", tmp_path / "classifier"
-    run(pretrain_command(cifar100_dir, pretrained, "--num_train_epochs=2"))
+def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, pretrained, tmp_path):
+    fine_tuned = tmp_path / "classifier"
 
     # The folder holds the encoder alone, key for key a VTLMModel's: no decoder, no mask token.
     weights = load_file(pretrained / "model.safetensors")
@@ -166,18 +187,7 @@ def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, 
     for name, tensor in weights.items():
         torch.testing.assert_close(classifier.vtlm.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
 
-    run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "scripts" / "train.py"),
-            f"--dataset_name={cifar100_dir}",
-            "--validation_split_size=100",
-            f"--model_name_or_path={pretrained}",
-            *(flag for flag in TINY_RUN if not flag.startswith("--config_overrides")),
-            "--num_train_epochs=1",
-            f"--output_dir={fine_tuned}",
-        ]
-    )
+    run(fine_tune_command(cifar100_dir, pretrained, fine_tuned))
     assert set(load_file(fine_tuned / "model.safetensors")) == set(
         VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).state_dict()
     )
@@ -224,3 +234,15 @@ def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "patch_embedding_type" in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_fine_tuning_on_images_the_pretraining_read_is_refused(cifar100_dir, pretrained, tmp_path):
+    # Another seed holds out other validation images: some of them were pre-trained on.
+    result = subprocess.run(
+        fine_tune_command(cifar100_dir, pretrained, tmp_path / "run", "--seed=1"),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: --model_name_or_path" in result.stderr and "--seed 42 -> 1" in result.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
