@@ -28,8 +28,9 @@ def main(argv=None):
     from modeling import build_image_processor
     from training.build import build_augmentation, build_config, build_pretraining_trainer
     from training.data import load_image_datasets
+    from training.flops import describe_compute
     from training.model_card import write_pretraining_card
-    from training.pretraining import VTLMForMaskedImageModeling, check_maskable
+    from training.pretraining import VTLMForMaskedImageModeling, check_maskable, pretraining_flops_per_image
     from training.rerun import SaveRunArguments, last_complete_checkpoint, prepare_output_dir
     from training.run_info import run_arguments, write_run_info
 
@@ -87,7 +88,12 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         model.vtlm.save_pretrained(training_args.output_dir)  # the encoder alone: the decoder stays in checkpoints
         image_processor.save_pretrained(training_args.output_dir)
-        write_run_info(training_args.output_dir, arguments, config, data, resumed_from=previous.checkpoint)
+        compute = describe_compute(
+            pretraining_flops_per_image(config, pretraining_args),
+            model.vtlm.num_parameters(),
+            trainer.state.total_flos,
+        )
+        write_run_info(training_args.output_dir, arguments, config, data, compute, resumed_from=previous.checkpoint)
         write_pretraining_card(training_args.output_dir)
     logger.info(
         f"pre-trained {training_args.output_dir}: fine-tune it with "

@@ -180,7 +180,10 @@ def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, 
     assert set(weights) == set(VTLMModel(VTLMConfig(**TINY_CONFIG)).state_dict())
     record = json.loads((pretrained / "run_info.json").read_text())
     assert record["pretraining_arguments"]["decoder_hidden_size"] == 16
-    assert record["pretraining_flops_per_image"]["training"] > 0
+    compute = record["compute"]
+    # 2 epochs of 300 images, each costing the masked encoder and the decoder, forward and backward.
+    assert compute["training_images"] == 600 and compute["training_flops"] == 600 * compute["training_flops_per_image"]
+    assert compute["num_parameters"] == VTLMModel(VTLMConfig(**TINY_CONFIG)).num_parameters()
     assert "decoder is not in this folder" in (pretrained / "README.md").read_text()
     # Loaded as a classifier, as train.py loads it: the encoder's weights, a fresh head.
     classifier = VTLMForImageClassification.from_pretrained(pretrained)

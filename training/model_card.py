@@ -47,7 +47,7 @@ RUN_INFO_GROUPS = (
 # hardware table states as what happened (`use_cpu` false on a CPU run would read as untrue).
 NOT_SHOWN = ("do_train", "do_eval", "do_predict", "use_cpu")
 # run_info.json groups shown elsewhere on the card: the architecture (from config.json) and the hardware.
-NOT_RECIPE = ("config", "hardware", "dataset", "teacher", "initialized_from", "pretraining_flops_per_image")
+NOT_RECIPE = ("config", "hardware", "dataset", "teacher", "initialized_from", "compute")
 WIDGET_TOP_K = 3
 
 
@@ -540,8 +540,8 @@ def write_pretraining_card(output_dir) -> Path:
         f"device, peak learning rate {training['learning_rate']:g}.",
         f"- Final training loss (mean squared error on the hidden patches): "
         f"{f'{losses[-1]:.4f}' if losses else NOT_MEASURED}.",
-        f"- Compute: {_flops(run_info['pretraining_flops_per_image']['training'])} per image per step, "
-        f"{_flops(int(trainer_state['total_flos']))} in all; "
+        f"- Compute: {_flops(run_info['compute']['training_flops_per_image'])} per image per step, "
+        f"{_flops(run_info['compute']['total_flops'])} in all; "
         f"{_duration(seconds) if seconds is not None else NOT_MEASURED} of training.",
         f"- Code: commit `{run_info.get('git_commit') or 'not recorded'}`.",
     ]

@@ -142,14 +142,14 @@ def publishable_run_info(run_info, data_args):
     return run_info
 
 
-def write_run_info(output_dir, arguments, config, data, examples=(), resumed_from=None):
+def write_run_info(output_dir, arguments, config, data, compute, examples=(), resumed_from=None):
     """Write the run's record into `output_dir`, once, at the end of the run: `run_info.json`, published with the
     model (the arguments without local paths, the dataset, config, code, hardware, whether and why it is a smoke run,
     whether it resumed, its teacher (`training.distillation.describe_teacher`, and whether it held out this run's
     validation split: `training.rerun.source_validation_split`), the model it started from
     (`describe_initialization`), and the true labels of its `examples`, from `training.model_card.save_example_images`),
     and `run_arguments.json`, the arguments exactly as given (it stays on this machine: reruns and
-    `scripts/evaluate_model.py` read it)."""
+    `scripts/evaluate_model.py` read it). `compute` is what the run cost (`training.flops.describe_compute`)."""
     from .rerun import source_validation_split  # here: rerun reads the records this module writes
 
     model_args, data_args, augmentation_args, training_args, last_args = arguments
@@ -175,12 +175,8 @@ def write_run_info(output_dir, arguments, config, data, examples=(), resumed_fro
         "smoke_run_reasons": reasons,
         "resumed_from_checkpoint": os.path.basename(os.path.normpath(resumed_from)) if resumed_from else None,
         "examples": list(examples),
+        "compute": compute,
     }
-    if pretraining:  # what a comparison at equal compute adds for this stage (`training.pretraining`)
-        from .pretraining import pretraining_flops_per_image
-
-        flops = pretraining_flops_per_image(config, last_args)
-        run_info["pretraining_flops_per_image"] = {"forward": flops.forward, "training": flops.training}
     with open(os.path.join(output_dir, RUN_INFO_FILE), "w") as file:
         json.dump(publishable_run_info(run_info, data_args), file, indent=2, default=str)
     with open(os.path.join(output_dir, ARGUMENTS_FILE), "w") as file:  # last: it marks the run as finished
