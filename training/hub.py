@@ -94,10 +94,7 @@ def publish_run(
             hub_vit_model_id=hub_vit_model_id,
             space_id=space_id,
         )
-    for name in ENDPOINT_FILES:
-        target = output_dir / name
-        if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
-            shutil.copyfile(ENDPOINT_DIR / name, target)
+    add_endpoint_files(output_dir)
 
     files = select_upload_files(output_dir)
     _refuse_files_with_token(output_dir, token or get_token(), files)
@@ -135,8 +132,7 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = Path(workdir) / "vit"
         export_model(output_dir, export_dir, formats, source=hub_model_id)
-        for name in ENDPOINT_FILES:
-            shutil.copyfile(ENDPOINT_DIR / name, export_dir / name)
+        add_endpoint_files(export_dir)
         _refuse_files_with_token(export_dir, token or get_token())
         commit = _upload_folder(
             api,
@@ -247,6 +243,15 @@ def check_repo_id(repo_id, flag):
         raise ValueError(f"{flag} is missing: the Hub repo id must be 'namespace/name' (a user or organization)")
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"{flag}: the Hub repo id must be 'namespace/name' (a user or organization), got {repo_id!r}")
+
+
+def add_endpoint_files(folder):
+    """Put the Inference Endpoint's `handler.py` and `requirements.txt` (`endpoint/`) into the model folder `folder`,
+    as every published repository has them; a file already the same is left untouched."""
+    for name in ENDPOINT_FILES:
+        target = Path(folder) / name
+        if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
+            shutil.copyfile(ENDPOINT_DIR / name, target)
 
 
 def select_upload_files(output_dir) -> list[str]:
