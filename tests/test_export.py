@@ -18,7 +18,15 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Vi
 import training.export
 from modeling import PRESETS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.cli import run_cli
-from training.export import ONNX_FILE, PREPROCESSOR_FILE, ExportError, export_model, source_reference, to_vit
+from training.export import (
+    ONNX_FILE,
+    PREPROCESSOR_FILE,
+    ExportError,
+    export_model,
+    source_reference,
+    to_vit,
+    vit_refusals,
+)
 
 requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
@@ -192,9 +200,39 @@ def test_every_preset_exports_to_onnx(preset, tmp_path):
     model = save_random_run(tmp_path / "run", VTLMConfig.from_preset(preset, **TINY_CONFIG))
     differences = export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
     assert differences["onnx"] <= 1e-4
+    # Typed as the built-in ViT for the clients that run the graph alone (transformers.js, optimum), which refuse a
+    # "vtlm" model type; the labels are the model's, and transformers.js is told to take the full-precision graph.
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
-    assert config["model_type"] == "vtlm" and config["id2label"]["0"] == model.config.id2label[0]
+    assert config["model_type"] == "vit" and config["id2label"]["0"] == model.config.id2label[0]
+    assert config["transformers.js_config"] == {"dtype": "fp32"} and "_name_or_path" not in config
     assert_onnx_matches(tmp_path / "onnx" / ONNX_FILE, model, processed_images(tmp_path / "onnx"))
+    # No weights: transformers' own classes refuse the folder rather than fill a ViT with random weights.
+    assert not (tmp_path / "onnx" / "model.safetensors").exists()
+    with pytest.raises(OSError):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "onnx")
+    exportable = not vit_refusals(model.config)
+    assert ("vtlm_config" in config) != exportable  # a graph that is no ViT says what it is
+    assert ("is not a built-in ViT" in (tmp_path / "onnx" / "README.md").read_text()) != exportable
+
+
+def test_no_path_of_this_machine_is_in_an_export(tmp_path):
+    save_random_run(tmp_path / "run", VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG))
+    export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
+    save_random_run(tmp_path / "plain", VTLMConfig(**TINY_CONFIG))
+    export_model(tmp_path / "plain", tmp_path / "vit", ("vit", "onnx"))
+    for path in [*(tmp_path / "onnx").rglob("*"), *(tmp_path / "vit").rglob("*")]:
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
+
+
+def test_a_field_the_layout_does_not_read_blocks_no_export():
+    # conv_hidden_size belongs to the conv tokenizer: a patch-4 model ignores it, and CCT's one conv block outputs
+    # hidden_size channels whatever it says.
+    plain = VTLMConfig(**TINY_CONFIG, conv_hidden_size=32)
+    assert vit_refusals(plain) == []
+    cct = VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG, conv_hidden_size=32)
+    assert not any(refusal.startswith("conv_hidden_size") for refusal in vit_refusals(cct))
+    assert any(refusal.startswith("patch_embedding_type") for refusal in vit_refusals(cct))
 
 
 @pytest.mark.parametrize(

@@ -130,9 +130,10 @@ def vit_refusals(config) -> list[str]:
     """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
 
     The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
-    original model's value, until it is mapped here.
+    original model's value, until it is mapped here. A field this layout does not read (`VTLMConfig.unused_fields`:
+    another tokenizer's, say) changes nothing, whatever its value.
     """
-    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS)
+    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *config.unused_fields)  # unused: no effect on the model
     return [
         f"{name}={getattr(config, name)!r} (exportable only at the original model's {default!r})"
         for name, default in original_defaults(type(config)).items()
@@ -309,20 +310,19 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     staging.chmod(0o755)  # mkdtemp's 0o700 would keep the finished folder from everyone else
     try:
         differences = {}
+        exported = to_vit(model) if not vit_refusals(config) else model  # the ViT's graph where there is one
         if "vit" in formats:
-            exported = to_vit(model)
             with torch.no_grad():
                 differences["vit"] = _check(exported(images).logits, expected, "vit")
             exported.save_pretrained(staging)
-        else:
-            exported = model
-            config_dict = {key: value for key, value in model.config.to_dict().items() if key != "auto_map"}
-            (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
         if "onnx" in formats:
             export_onnx(exported, staging / ONNX_FILE)
             differences["onnx"] = _check(onnx_logits(onnx_session(staging / ONNX_FILE), images), expected, "onnx")
+        write_export_config(staging, config, weights="vit" in formats, graph="onnx" in formats)
         shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
-        card = render_export_card(source_reference(source or model_name_or_path), differences, len(images))
+        card = render_export_card(
+            source_reference(source or model_name_or_path), differences, len(images), graph_of=_graph_of(config)
+        )
         card.save(staging / "README.md")
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -330,6 +330,37 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return differences
+
+
+def write_export_config(folder, config, weights, graph):
+    """The exported folder's `config.json`, for the clients that load it without custom code: the built-in ViT's
+    config, the one that `ViTForImageClassification` reads with the weights (`weights`), or, for an ONNX graph alone,
+    the one that transformers.js and optimum read to find the task, the input size and the labels before they run
+    `onnx/model.onnx`. A layout the ViT cannot express gets a ViT-typed config that records what the graph really is
+    (`vtlm_config`) and comes with no weights, so transformers' Python classes fail to load it instead of filling a
+    ViT with random weights. With the graph, `transformers.js_config` names its full-precision file, which
+    transformers.js in a browser would otherwise look for as `onnx/model_quantized.onnx`. No path of this machine
+    (`_name_or_path`) is written."""
+    exported = vit_config(config) if not vit_refusals(config) else ViTConfig(
+        image_size=config.image_size, num_channels=config.num_channels, id2label=config.id2label,
+        label2id=config.label2id,
+    )  # fmt: skip
+    exported.architectures = ["ViTForImageClassification"]
+    content = exported.to_dict()
+    content.pop("_name_or_path", None)
+    if vit_refusals(config):
+        vtlm = {key: value for key, value in config.to_dict().items() if key not in ("auto_map", "_name_or_path")}
+        content["vtlm_config"] = vtlm  # the graph's own architecture, for a reader: nothing loads from it
+    if graph:
+        content["transformers.js_config"] = {"dtype": "fp32"}
+    if weights or graph:
+        (Path(folder) / "config.json").write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def _graph_of(config):
+    """How the card names a graph that is no built-in ViT: the layout's fields that the ViT cannot express."""
+    refused = vit_refusals(config)
+    return ", ".join(field.split(" (")[0] for field in refused) if refused else None
 
 
 def _check(logits, expected, name) -> float:
@@ -342,9 +373,10 @@ def _check(logits, expected, name) -> float:
     return difference
 
 
-def render_export_card(source, differences, num_images) -> ModelCard:
+def render_export_card(source, differences, num_images, graph_of=None) -> ModelCard:
     """The exported folder's README.md: its source (`source_reference`), what it holds, and how exact each format
-    was measured to be (`differences`, by format)."""
+    was measured to be (`differences`, by format). `graph_of` names the layout of an ONNX graph that is no built-in
+    ViT (`_graph_of`)."""
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     if "onnx" in differences:
         import onnxruntime
@@ -372,10 +404,22 @@ source's; see the source's model card. The preprocessing (`{PREPROCESSOR_FILE}`)
 {table}
 
 The differences were measured at export time, in fp32 on a CPU, on {num_images} random images, with {versions}.
-
+{_graph_note(graph_of)}
 ## Usage
 
 Replace `MODEL` with this folder or its Hub id.
 
 {usage}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _graph_note(graph_of):
+    if graph_of is None:
+        return ""
+    return f"""
+**The ONNX graph is not a built-in ViT.** It computes VTLM's own layout ({graph_of}), which no transformers class
+expresses, so this folder holds the graph and no PyTorch weights. Its `config.json` is typed `vit` only so that
+the clients that run the graph alone (transformers.js, optimum's ONNX Runtime classes) find the task, the input size
+and the labels; its `vtlm_config` records the graph's real architecture. transformers' Python classes cannot load
+this folder (there are no weights): load the source with `trust_remote_code=True` instead.
+"""
