@@ -20,7 +20,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, save_tiny_model
+from conftest import REPO_ROOT, free_port, save_tiny_model
 from PIL import Image
 
 from training.export import export_model
@@ -36,12 +36,6 @@ if not (TOOLKIT_PYTHON and os.path.isfile(TOOLKIT_PYTHON)):
 START_TIMEOUT_S = 180
 # What the container image has before it installs a model's requirements (the toolkit's setup.py pins).
 CONTAINER_PINS = ["transformers==4.51.3", "huggingface_hub==0.30.2"]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(port, body, content_type):
