@@ -6,6 +6,7 @@ fused qkv projection, which the ViT keeps as three. A config the ViT cannot expr
 written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is asked for.
 """
 
+import importlib.util
 import inspect
 import json
 import logging
@@ -148,6 +149,21 @@ def check_vit_exportable(config):
         raise ExportError(
             f"transformers' built-in ViT cannot express {', '.join(refused)}; --format onnx exports any VTLM model"
         )
+
+
+def published_export_formats(config) -> tuple:
+    """What the export that publishing ships (`--hub_vit_model_id`) holds for `config`: the built-in ViT and its ONNX
+    graph, the ViT alone where onnxruntime is not installed, or the ONNX graph alone for a layout the ViT cannot
+    express, which then needs the export extra (an `ExportError` here, before anything is trained or uploaded)."""
+    has_onnx = importlib.util.find_spec("onnxruntime") is not None
+    if not vit_refusals(config):
+        return ("vit", "onnx") if has_onnx else ("vit",)
+    if not has_onnx:
+        raise ExportError(
+            f"transformers' built-in ViT cannot express {', '.join(vit_refusals(config))}: --hub_vit_model_id "
+            "publishes its ONNX graph, which needs the export extra (pip install -e '.[export]')"
+        )
+    return ("onnx",)
 
 
 def _plain(value):

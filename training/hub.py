@@ -5,7 +5,6 @@ What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and ch
 `checkpoint-*/` holds optimizer and RNG state that no user of the model needs.
 """
 
-import importlib.util
 import logging
 import shlex
 import shutil
@@ -18,7 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
 from training.data import hub_unreachable_reason
-from training.export import check_vit_exportable, export_model
+from training.export import export_model, published_export_formats, vit_refusals
 from training.model_card import CARD_LICENSE, is_generated_card, write_model_card
 from training.space import write_space
 
@@ -79,8 +78,8 @@ def publish_run(
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
-    if hub_vit_model_id is not None:  # a config the built-in ViT cannot express is refused before anything changes
-        check_vit_exportable(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
+    if hub_vit_model_id is not None:  # what cannot be exported is refused before anything changes
+        published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
     api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
 
     readme = output_dir / "README.md"
@@ -117,14 +116,17 @@ def publish_run(
     if hub_vit_model_id is not None:
         publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision)
     if space_id is not None:
-        publish_space(api, output_dir, space_id, [hub_vit_model_id, hub_model_id], token, private)
+        # The Space's Gradio app loads a model with transformers: an ONNX graph alone is not one.
+        config = AutoConfig.from_pretrained(output_dir, trust_remote_code=True)
+        vit_model_id = None if vit_refusals(config) else hub_vit_model_id
+        publish_space(api, output_dir, space_id, [vit_model_id, hub_model_id], token, private)
     return commit
 
 
 def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision):
     """Export `output_dir` to the built-in ViT (and ONNX when its packages are installed) and upload it, with the
     endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id` as the source."""
-    formats = ("vit", "onnx") if importlib.util.find_spec("onnxruntime") else ("vit",)
+    formats = published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
     if "onnx" not in formats:
         logger.warning(
             "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", hub_vit_model_id
@@ -132,7 +134,8 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = Path(workdir) / "vit"
         export_model(output_dir, export_dir, formats, source=hub_model_id)
-        add_endpoint_files(export_dir)
+        if "vit" in formats:  # an ONNX graph alone has no weights for the endpoint's handler to load
+            add_endpoint_files(export_dir)
         _refuse_files_with_token(export_dir, token or get_token())
         commit = _upload_folder(
             api,
@@ -140,7 +143,7 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
             export_dir,
             private,
             revision,
-            commit_message=f"Exact export of {hub_model_id} to transformers' built-in ViT",
+            commit_message=f"Exact export of {hub_model_id} to {' and '.join(formats)}",
         )
     logger.info("Published the ViT export %s", commit.commit_url)
     return commit
