@@ -33,7 +33,7 @@ def main(argv=None):
     from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
-    from training.rerun import SaveRunArguments, last_complete_checkpoint, prepare_output_dir
+    from training.rerun import SaveRunArguments, check_teacher_hold_out, last_complete_checkpoint, prepare_output_dir
     from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
@@ -51,6 +51,8 @@ def main(argv=None):
         "private": training_args.hub_private_repo,
         "revision": training_args.hub_revision,
     }
+    if model_args.model_name_or_path:  # a missing folder or an unreachable Hub said in seconds, before any work
+        check_model_source(model_args.model_name_or_path)
     config = build_config(model_args, distillation_args)
     if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
         if publish["hub_vit_model_id"]:
@@ -80,6 +82,10 @@ def main(argv=None):
 
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)
+    if distillation_args.teacher_model_name_or_path:  # the data says whether its validation split was held out
+        check_teacher_hold_out(
+            distillation_args.teacher_model_name_or_path, data_args, training_args.seed, data.validation_held_out
+        )
     # Before the model is built: the Trainer seeds only in its __init__, after the weights are drawn.
     set_seed(training_args.seed)
     model = build_model(model_args, config, data.label_names)

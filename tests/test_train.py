@@ -231,6 +231,41 @@ def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path, pres
     assert abs(first_loss - math.log(100)) < 0.5
 
 
+@pytest.mark.slow  # two scripts in fresh interpreters
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a launcher does on a machine without CUDA")
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher):
+    """Two processes from the README's launcher (no ACCELERATE_USE_CPU) or torchrun are one DDP run over gloo, each
+    rank with half of every epoch, not two runs writing one output_dir."""
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    launch = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"],
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"],
+    }[launcher]
+    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=1", *TINY_RUN]
+    run = subprocess.run(
+        [*launch, TRAIN, *args, f"--output_dir={tmp_path / 'ddp'}"],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in run.stderr
+    assert read_json(tmp_path / "ddp" / "run_info.json")["hardware"]["num_processes"] == 2
+    # 300 training images in batches of 32 on each of 2 ranks: 5 steps; one process alone would take 10.
+    assert read_json(tmp_path / "ddp" / "trainer_state.json")["global_step"] == math.ceil(300 / (2 * 32))
+
+
+def test_a_saved_model_records_no_preset_it_did_not_use():
+    """--model_name_or_path's config is the architecture: a preset given with it (a recipe sets one) is not recorded,
+    so the card does not show a preset above another model's fields."""
+    arguments = parse_arguments(["--model_name_or_path=runs/saved", "--model_preset=vtlm-dhvt-t2"])
+    assert arguments[0].model_preset is None
+    assert run_arguments(arguments)["model_arguments"]["model_preset"] is None
+    assert parse_arguments(["--model_preset=vtlm-dhvt-t2"])[0].model_preset == "vtlm-dhvt-t2"
+
+
 def test_config_overrides_are_typed_and_checked():
     def overridden(text):
         return build_config(ModelArguments(model_preset="vtlm-5m", config_overrides=text))

@@ -5,6 +5,7 @@ and a bad flag answer before the model code, `datasets` or the Trainer load.
 """
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +21,12 @@ from .image_ops import AUTO_AUGMENT_POLICIES
 
 @dataclass
 class ModelArguments:
-    model_preset: str = field(
-        default="vtlm-37m", metadata={"help": f"Architecture to train from scratch, one of {sorted(PRESETS)}."}
+    model_preset: str | None = field(
+        default="vtlm-37m",
+        metadata={
+            "help": f"Architecture to train from scratch, one of {sorted(PRESETS)}; none with --model_name_or_path, "
+            "whose saved config is the architecture."
+        },
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -55,6 +60,8 @@ class ModelArguments:
     def __post_init__(self):
         if self.model_preset not in PRESETS:
             raise ValueError(f"--model_preset must be one of {sorted(PRESETS)}, got {self.model_preset!r}")
+        if self.model_name_or_path:  # its config is the architecture: record no preset the run did not use
+            self.model_preset = None
         if self.attention_initializer not in (None, *ATTENTION_INITIALIZERS):
             raise ValueError(
                 f"--attention_initializer must be one of {ATTENTION_INITIALIZERS}, got {self.attention_initializer!r}"
@@ -390,6 +397,10 @@ class VTLMTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         # Checked here, before any data is decoded; the Trainer would find some of these only when it starts.
+        for name in ("hub_vit_model_id", "space_id"):
+            if getattr(self, name) and not self.push_to_hub:
+                raise ValueError(f"--{name} is published with --push_to_hub only: add it, or publish the finished run "
+                                 f"later with `scripts/push_to_hub.py --{name} ...`")  # fmt: skip
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -397,10 +408,15 @@ class VTLMTrainingArguments(TrainingArguments):
             raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
-        # --bf16 replaces the default fp16. The Trainer gets what this host can run (fp16 and pinned memory on CUDA
-        # only: a CPU trains in fp32); the record keeps what was asked for (`to_dict`), the same on every host.
+        # --bf16 replaces the default fp16. The Trainer gets what this host can run; the record keeps what was asked
+        # for (`to_dict`), the same on every host.
         self.fp16 = self.fp16 and not self.bf16
-        self.asked_for = {"fp16": self.fp16, "dataloader_pin_memory": self.dataloader_pin_memory}
+        self.asked_for = {name: getattr(self, name) for name in ("fp16", "dataloader_pin_memory", "use_cpu")}
+        # A launcher's processes (torchrun, `accelerate launch`) on a machine without CUDA train as one DDP run over
+        # gloo: without `use_cpu` each would train alone, all into one output_dir.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
+        # fp16 and pinned memory on CUDA only: a CPU trains in fp32.
         on_cuda = torch.cuda.is_available() and not self.use_cpu
         self.fp16 = self.fp16 and on_cuda
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
@@ -441,14 +457,27 @@ def parse_arguments(argv):
         argv = argv[1:]
     # Flags first, as one line for any mistake: HfArgumentParser finds an unknown flag only after building every
     # dataclass, and building TrainingArguments loads transformers' integrations (seconds).
-    parse_flags(parser, argv)
+    try:
+        parse_flags(parser, argv)
+    except ValueError as error:  # a recipe after the flags is an unknown argument to argparse: say where it goes
+        named = str(error).replace(";", " ").split()
+        misplaced = [argument for argument in argv if argument.endswith(RECIPE_SUFFIXES) and argument in named]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]}: a recipe file comes first, before any flag "
+                             f"(`train.py {misplaced[0]} --flag value`)") from None  # fmt: skip
+        raise
     return parser.parse_args_into_dataclasses(argv)
 
 
 def read_recipe(path, parser):
     """A recipe file's `{flag name: value}`, every name one of `parser`'s."""
     with open(path) as file:
-        recipe = yaml.safe_load(file)  # JSON is YAML
+        try:
+            recipe = yaml.safe_load(file)  # JSON is YAML
+        except yaml.MarkedYAMLError as error:  # where and what, not the parser's stack
+            mark = error.problem_mark
+            raise ValueError(f"{path} is not valid YAML: line {mark.line + 1}, column {mark.column + 1}: "
+                             f"{error.problem}") from None  # fmt: skip
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe maps train.py's flag names to values")
     if unknown := [name for name in recipe if name not in {action.dest for action in parser._actions}]:

@@ -144,7 +144,9 @@ def render_model_card(output_dir, hub_model_id=None, revision=None, hub_vit_mode
         card_data,
         template_path=str(CARD_TEMPLATE),
         model_name=model_name,
-        model_id=hub_model_id or model_name,
+        # Unpublished, the folder's name alone loads only from its parent folder: the snippets show a path to fill in.
+        model_id=hub_model_id or f"path/to/{model_name}",
+        published=hub_model_id is not None,
         hub_vit_model_id=hub_vit_model_id,
         space_id=space_id,
         vit_refusals=vit_refusals(config),
@@ -337,7 +339,8 @@ def _teacher(run_info: dict, dataset: dict) -> dict | None:
         guidance = (
             f"weight {method['feature_guidance_weight']:g}, blocks {_text(method.get('feature_guidance_layers'))}: the "
             "patch tokens after each block, layer-normalised, pulled (MSE) through a Linear that exists only in "
-            "training to the teacher's layer-normalised tokens at the same positions"
+            "training to the teacher's layer-normalised tokens at the same places in the image (the teacher's token "
+            "grid average-pooled, or resized, to this model's where the two differ)"
         )
     distillation = method.get("distillation_type") or "none"
     if distillation != "none":
@@ -352,14 +355,36 @@ def _teacher(run_info: dict, dataset: dict) -> dict | None:
         ("output distillation (through this model's one head)", distillation),
         ("attention initialisation", _text(method.get("attention_initializer"))),
     ]
+    saw = _what_the_teacher_saw(teacher, dataset)
     if teacher.get("saw_only_this_dataset"):
         note = f"The teacher was itself trained from scratch on {dataset['name']}: this model saw no other data."
     else:
-        note = (
-            f"The teacher saw data beyond {dataset['name']}, or what it saw is not recorded: this model is not one "
-            f"trained from scratch on {dataset['name']} alone."
-        )
-    return {"link": link, "rows": rows, "note": note}
+        note = f"The teacher {saw}: this model is not one trained from scratch on {dataset['name']} alone."
+    note += " " + VALIDATION_SPLIT_NOTES[teacher.get("validation_split") or "not recorded"].format(dataset["name"])
+    return {"link": link, "rows": rows, "note": note, "saw": saw}
+
+
+# What the teacher's record says of this run's validation images (`training.rerun.teacher_validation_split`); a
+# teacher that trained on them ("other") is refused before training.
+VALIDATION_SPLIT_NOTES = {
+    "same": "It held out the same validation images as this model: the best epoch was chosen on images neither "
+    "trained on.",
+    "another dataset": "Its record cannot tell whether its training images include this model's validation images "
+    "(it names another dataset): the validation accuracy may be optimistic; the test accuracy is not affected.",
+    "not recorded": "Its record cannot tell whether its training images include this model's validation images: the "
+    "validation accuracy may be optimistic; the test accuracy is not affected.",
+}
+
+
+def _what_the_teacher_saw(teacher: dict, dataset: dict) -> str:
+    """What the teacher learned from, beyond this run's dataset, as its record says (a verb phrase)."""
+    if not teacher.get("trained_on"):
+        return "left no record of what it was trained on"
+    if teacher.get("started_from"):
+        return f"started from the weights of `{teacher['started_from']}`"
+    if teacher["trained_on"] != dataset["name"]:
+        return f"was trained on {teacher['trained_on']}"
+    return f"is not shown by its record to have seen only {dataset['name']}"  # its own teacher, or another copy
 
 
 def _dataset_link(dataset: dict) -> str:

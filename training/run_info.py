@@ -144,18 +144,26 @@ def publishable_run_info(run_info, data_args):
 def write_run_info(output_dir, arguments, config, data, examples=(), resumed_from=None):
     """Write the run's record into `output_dir`, once, at the end of the run: `run_info.json`, published with the
     model (the arguments without local paths, the dataset, config, code, hardware, whether and why it is a smoke run,
-    whether it resumed, its teacher (`training.distillation.describe_teacher`), and the true labels of its
-    `examples`, from `training.model_card.save_example_images`), and `run_arguments.json`, the arguments exactly as
-    given (it stays on this machine: reruns and `scripts/evaluate_model.py` read it)."""
+    whether it resumed, its teacher (`training.distillation.describe_teacher`, and whether it held out this run's
+    validation split: `training.rerun.teacher_validation_split`), and the true labels of its `examples`, from
+    `training.model_card.save_example_images`), and `run_arguments.json`, the arguments exactly as given (it stays on
+    this machine: reruns and `scripts/evaluate_model.py` read it)."""
+    from .rerun import teacher_validation_split  # here: rerun reads the records this module writes
+
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
     recorded = run_arguments(arguments)
     reasons = smoke_run_reasons(data_args, training_args)
     dataset = describe_dataset(data_args, data)
+    if teacher := describe_teacher(distillation_args, dataset, config):  # whether it trained on the validation images
+        source = distillation_args.teacher_model_name_or_path
+        teacher["validation_split"] = teacher_validation_split(
+            source, data_args, training_args.seed, data.validation_held_out
+        )[0]
     run_info = {
         "git_commit": git_commit(),
         **recorded,
         "dataset": dataset,
-        "teacher": describe_teacher(distillation_args, dataset, config),
+        "teacher": teacher,
         "config": config.to_dict(),
         "hardware": {
             "device": device_name(training_args.device),
