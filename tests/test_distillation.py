@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, TINY_RUN, load_script
 from safetensors.torch import load_file
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.arguments import (
@@ -228,7 +228,7 @@ def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path)
     resnet.id2label = dict(enumerate(CIFAR100_LABELS))
     teacher = tmp_path / "tiny-resnet"
     ResNetForImageClassification(resnet).save_pretrained(teacher)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(teacher)
+    build_image_processor(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)).save_pretrained(teacher)
     output_dir = tmp_path / "student"
     train.main(student_argv(cifar100_dir, output_dir, teacher, "--distillation_type=none"))
 

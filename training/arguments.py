@@ -409,15 +409,38 @@ class VTLMTrainingArguments(TrainingArguments):
             raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        # --bf16 replaces the default fp16. The Trainer gets what this host can run; the record keeps what was asked
+        # for (`to_dict`), the same on every host.
+        self.fp16 = self.fp16 and not self.bf16
+        self.asked_for = {name: getattr(self, name) for name in ("fp16", "dataloader_pin_memory", "use_cpu")}
         # A launcher's processes (torchrun, `accelerate launch`) on a machine without CUDA train as one DDP run over
         # gloo: without `use_cpu` each would train alone, all into one output_dir.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
-        # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
+        # fp16 and pinned memory on CUDA only: a CPU trains in fp32.
         on_cuda = torch.cuda.is_available() and not self.use_cpu
-        self.fp16 = self.fp16 and not self.bf16 and on_cuda
+        self.fp16 = self.fp16 and on_cuda
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
         super().__post_init__()
+
+    def to_dict(self):
+        """The arguments as asked for, whatever the host: the recipe that `run_arguments.json`, the card and a
+        rerun's comparison read."""
+        return {**super().to_dict(), **self.asked_for}
+
+    @property
+    def precision(self):
+        """The precision this host trains in: `fp16` or `bf16` (mixed), or `fp32`."""
+        return _precision_name(self.fp16, self.bf16)
+
+    @property
+    def precision_asked(self):
+        """The precision the arguments ask for: the default fp16 trains in fp32 on a CPU."""
+        return _precision_name(self.asked_for["fp16"], self.bf16)
+
+
+def _precision_name(fp16, bf16):
+    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
 
 
 @dataclass

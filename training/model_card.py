@@ -459,6 +459,7 @@ def _hardware_rows(results: dict, run_info: dict, trainer_state: dict) -> list:
     return [
         ("device", _text(hardware.get("device"))),
         ("processes", _text(hardware.get("num_processes"))),
+        ("precision", _precision(hardware)),
         ("training wall time", wall_time),
         ("optimizer steps", NOT_MEASURED if steps is None else f"{steps:,}"),
         ("epochs", NOT_MEASURED if epochs is None else f"{epochs:g}"),
@@ -466,6 +467,14 @@ def _hardware_rows(results: dict, run_info: dict, trainer_state: dict) -> list:
         ("validation throughput", throughput("eval_samples_per_second")),
         ("test throughput", throughput("test_samples_per_second")),
     ]
+
+
+def _precision(hardware: dict) -> str:
+    """The precision the run trained in, and the one asked for where that differs (fp16 on a machine without CUDA)."""
+    used, asked = hardware.get("precision"), hardware.get("precision_asked")
+    if used is None:
+        return "not recorded"
+    return used if asked in (None, used) else f"{used} (asked for {asked}, which trains on CUDA only)"
 
 
 def _measured(results: dict, key: str) -> float | None:

@@ -170,7 +170,12 @@ def write_run_info(output_dir, arguments, config, data, compute, examples=(), re
         "teacher": teacher,
         "initialized_from": describe_initialization(model_args),
         "config": config.to_dict(),
-        "hardware": {"device": device_name(training_args.device), "num_processes": training_args.world_size},
+        "hardware": {
+            "device": device_name(training_args.device),
+            "num_processes": training_args.world_size,
+            "precision": training_args.precision,  # what this host ran: fp16 runs on CUDA only
+            "precision_asked": training_args.precision_asked,
+        },
         "smoke_run": bool(reasons),
         "smoke_run_reasons": reasons,
         "resumed_from_checkpoint": os.path.basename(os.path.normpath(resumed_from)) if resumed_from else None,
