@@ -16,8 +16,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
-from training.data import hub_unreachable_reason
 from training.export import export_model, published_export_formats, vit_refusals
+from training.hub_access import hub_unreachable_reason
 from training.model_card import CARD_LICENSE, is_generated_card, write_model_card
 from training.space import write_space
 
