@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import transformers
 from datasets import ClassLabel, Dataset, Features, Image
-from transformers import HfArgumentParser, PrinterCallback, TrainerCallback, set_seed
+from transformers import AutoConfig, HfArgumentParser, PrinterCallback, TrainerCallback, set_seed
 
 from modeling import CIFAR100_LABELS, build_image_processor
 from training.arguments import (
@@ -44,7 +44,7 @@ from training.arguments import (
 )
 from training.augmentation import augmentation_seed
 from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
-from training.cli import parse_flags, run_cli, setup_logging
+from training.cli import check_model_source, parse_flags, run_cli, setup_logging
 from training.data import load_image_datasets
 from training.flops import flops_per_image
 from training.run_info import machine_info
@@ -112,19 +112,19 @@ class StepClock(TrainerCallback):
         return times[untimed_steps - 1 :]
 
 
-def synthetic_data(bench, image_size, root):
-    """Random images in `uoft-cs/cifar100`'s schema, loaded as `scripts/train.py` loads CIFAR-100. The train split
-    holds one more batch than a phase reads, so no phase crosses an epoch boundary."""
+def synthetic_data(bench, image_size, root, label_names=CIFAR100_LABELS):
+    """Random images in `uoft-cs/cifar100`'s schema (with `label_names`), loaded as `scripts/train.py` loads
+    CIFAR-100. The train split holds one more batch than a phase reads, so no phase crosses an epoch boundary."""
     train_rows = bench.batch_size * (bench.untimed_steps + bench.steps + 1)
     eval_rows = bench.eval_batch_size * bench.eval_batches
-    held_out = max(eval_rows, len(CIFAR100_LABELS))  # the stratified hold-out needs every class on both sides
-    rows = math.ceil((max(train_rows, len(CIFAR100_LABELS)) + held_out) / 100) * 100
+    held_out = max(eval_rows, len(label_names))  # the stratified hold-out needs every class on both sides
+    rows = math.ceil((max(train_rows, len(label_names)) + held_out) / 100) * 100
     rng = np.random.default_rng(bench.seed)
-    features = Features({"img": Image(), "fine_label": ClassLabel(names=list(CIFAR100_LABELS))})
+    features = Features({"img": Image(), "fine_label": ClassLabel(names=list(label_names))})
     os.makedirs(os.path.join(root, "data"))
     for split, count in (("train", rows), ("test", 1)):
         images = rng.integers(0, 256, (count, image_size, image_size, 3), dtype=np.uint8)
-        columns = {"img": list(images), "fine_label": (np.arange(count) % len(CIFAR100_LABELS)).tolist()}
+        columns = {"img": list(images), "fine_label": (np.arange(count) % len(label_names)).tolist()}
         Dataset.from_dict(columns, features=features).to_parquet(os.path.join(root, "data", f"{split}.parquet"))
     data_args = DataArguments(
         dataset_name=root,
@@ -235,8 +235,15 @@ def run(model_args, augmentation_args, bench, distillation_args=None):
     distillation_args = distillation_args or DistillationArguments()
     samples = {phase: [] for phase in ("training", "bare_loop", "input_pipeline", "evaluation", "teacher_forward")}
     config = build_config(model_args, distillation_args)
+    label_names = CIFAR100_LABELS
+    if teacher := distillation_args.teacher_model_name_or_path:  # no dataset is named: random images of its labels
+        check_model_source(teacher)
+        teacher_config = AutoConfig.from_pretrained(
+            teacher, trust_remote_code=distillation_args.teacher_trust_remote_code
+        )
+        label_names = [teacher_config.id2label[index] for index in range(teacher_config.num_labels)]
     with tempfile.TemporaryDirectory(prefix="vtlm-benchmark-") as workdir:
-        data = synthetic_data(bench, config.image_size, os.path.join(workdir, "synthetic"))
+        data = synthetic_data(bench, config.image_size, os.path.join(workdir, "synthetic"), label_names)
         args = training_arguments(bench, os.path.join(workdir, "trainer"))
         image_processor = build_image_processor(config.image_size)
         train = data.tensors("train")
@@ -266,7 +273,7 @@ def run(model_args, augmentation_args, bench, distillation_args=None):
             samples["evaluation"] += clock.step_times(untimed_steps=1)
             del trainer, model  # before the next repeat builds its own
 
-    precision, machine = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", machine_info(args.device)
+    precision, machine = args.precision, machine_info(args.device)
     peak, peak_source = bench.peak_tflops, "--peak_tflops"
     if peak is None:
         peak, peak_source = known_peak_tflops(machine["device_name"], precision)

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -22,6 +23,8 @@ import onnxruntime
 import torch
 
 from modeling import VTLMConfig, VTLMForImageClassification
+from training.build import apply_config_overrides
+from training.cli import parse_flags, run_cli
 from training.export import ExportError, export_onnx, onnx_logits, onnx_session, to_vit
 from training.run_info import machine_info
 
@@ -38,7 +41,22 @@ def parse_arguments(argv=None):
     parser.add_argument("--min_time", type=float, default=0.5, help="Seconds of calls in one timing, at least.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="Threads of every runtime.")
     parser.add_argument("--output_json", default="runs/benchmark-inference.json")
-    return parser.parse_args(argv)
+    args = parse_flags(parser, argv)
+    if min(args.batch_sizes) < 1:
+        raise ValueError(f"--batch_sizes must each be at least 1, got {' '.join(map(str, args.batch_sizes))}")
+    for name in ("repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def build_config(preset, config_overrides):
+    """The config of `preset` with `--config_overrides`: a bad preset, key or value fails before any timing."""
+    config = VTLMConfig.from_preset(preset)
+    if config_overrides:
+        apply_config_overrides(config, config_overrides)
+    config.validate_architecture()
+    return config
 
 
 def build_runtimes(config, folder, threads) -> dict:
@@ -113,15 +131,12 @@ def markdown_table(results) -> str:
 
 
 def main(argv=None):
-    args = parse_arguments(argv)
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    configs = {preset: build_config(preset, args.config_overrides) for preset in args.model_presets}
     torch.set_num_threads(args.threads)
     machine = {**machine_info(torch.device("cpu")), "onnxruntime": onnxruntime.__version__}
     results = {"machine": machine, "settings": vars(args), "models": []}
-    for preset in args.model_presets:
-        config = VTLMConfig.from_preset(preset)
-        if args.config_overrides:
-            config.update_from_string(args.config_overrides)
-            config.validate_architecture()
+    for preset, config in configs.items():
         name = preset + (f" ({args.config_overrides})" if args.config_overrides else "")
         results["models"].append({"name": name, "config": config.to_diff_dict(), "rows": benchmark(config, args)})
     os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
@@ -132,4 +147,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -44,6 +44,8 @@ class EvaluationArguments:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
 
 
 def main(argv=None):

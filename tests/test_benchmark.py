@@ -12,7 +12,7 @@ import transformers
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, load_script
 from test_flops import hand_derived_flops
 
-from modeling import VTLMConfig, VTLMForImageClassification
+from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
 STEPS, UNTIMED_STEPS, REPEATS, BATCH, EVAL_BATCH, EVAL_BATCHES, PEAK = 2, 1, 2, 8, 24, 2, 0.5
 
@@ -144,3 +144,19 @@ def test_table_of_the_run_and_of_saved_results(tiny_run, tmp_path, benchmark_mod
     machine = results["machine"]
     assert f"| {machine['torch_num_threads']}, {machine['load_average_1min']:.1f} |" in table[2]
     assert machine["torch_num_threads"] == 1 or torch.cuda.is_available()
+
+
+@pytest.mark.slow  # a script in a fresh interpreter
+def test_a_teacher_with_its_own_labels_is_timed(tmp_path):
+    """No dataset is named: the random images carry the teacher's labels, whatever they are, not CIFAR-100's."""
+    teacher = tmp_path / "ten-label-teacher"
+    labels = [f"class {index}" for index in range(10)]
+    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, id2label=dict(enumerate(labels)))).save_pretrained(teacher)
+    build_image_processor().save_pretrained(teacher)
+    output = tmp_path / "benchmark.json"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), f"--config_overrides={TINY_OVERRIDES}"]
+    command += ["--batch_size=4", "--eval_batch_size=4", "--eval_batches=1", "--steps=1", "--untimed_steps=1"]
+    command += ["--repeats=1", f"--teacher_model_name_or_path={teacher}", f"--output_json={output}"]
+    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert positive_finite(json.loads(output.read_text())["teacher_forward"]["median_s"])

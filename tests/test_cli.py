@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, save_tiny_model
 
 from training.metrics import describe_accuracy
 
@@ -46,6 +46,22 @@ def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
         ("push_to_hub", ["--output_dir", "x", "--hub_model_id", "a/b", "--privat"], "(did you mean --hub_private_repo"),
         ("compare", ["--arm", "a=", "--seed", "1"], "--seed (did you mean --seeds?)"),
         ("push_to_hub", ["--output_dir", "x"], "the following arguments are required: --hub_model_id"),
+        ("benchmark_inference", ["--repets", "3"], "--repets (did you mean --repeats?)"),
+        ("benchmark_inference", ["--model_presets", "vtlm-99"], "unknown preset 'vtlm-99'"),
+        ("benchmark_inference", ["--config_overrides", "hiden_size=32"], "hiden_size is not a field of the config"),
+        ("benchmark_inference", ["--batch_sizes", "1", "0"], "--batch_sizes must each be at least 1, got 1 0"),
+        ("benchmark_inference", ["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        # A recipe after the flags, and flags that publish nothing without --push_to_hub.
+        ("train", ["--num_train_epochs=1", REPO_ROOT / "recipes" / "vtlm-37m.yaml"], "a recipe file comes first"),
+        ("train", ["--space_id=you/demo"], "--space_id is published with --push_to_hub only"),
+        ("train", ["--hub_vit_model_id=you/vit"], "--hub_vit_model_id is published with --push_to_hub only"),
+        # The flag that named the bad repo id; a missing folder named as one, not as a malformed Hub id.
+        ("train", ["--push_to_hub", "--hub_token=hf_x"], "error: --hub_model_id is missing: the Hub repo id must be"),
+        ("train", ["--model_name_or_path=./missing"], "error: ./missing is neither a folder nor a Hub id"),
+        ("train", ["--model_name_or_path=someone/vtlm"], "error: there is no folder someone/vtlm here, and the Hub id"),
+        # Dashed flags, as train.py takes them; the folder checked before the (offline) Hub.
+        ("push_to_hub", ["--output_dir=x", "--hub-model-id=a/b", "--hub_token=hf_x"], "x is not a saved model folder"),
+        ("predict", ["runs/x", "x.png", "--top-k", "0"], "--top_k must be at least 1, got 0"),
     ],
 )
 def test_every_script_answers_a_mistake_like_train_py(script, args, message, tmp_path):
@@ -106,6 +122,51 @@ def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path)
     # Each `datasets` message once: not also through the root logger, which prefixes its time, level and logger name.
     messages = Counter(re.sub(r"^\S+ \S+ \w+ [\w.]+: ", "", line) for line in log.splitlines() if "dataset" in line)
     assert [message for message, count in messages.items() if count > 1] == []
+
+
+def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_path):
+    """What a user runs first, with the stderr the user sees: a tiny run, a prediction, an export to both formats,
+    and a user's own script that builds the image processor (the README's `build_image_processor()`) and loads the
+    run through the pipeline. Without torchvision, transformers warns at any import of `ViTImageProcessor`."""
+    run = tmp_path / "run"
+    flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--max_steps=1", *TINY_RUN]
+    processes = {"train": run_script("train", *flags, f"--output_dir={run}")}
+    processes["predict"] = run_script("predict", run, run / "examples" / "00.png")
+    processes["export"] = run_script("export", run, "--format=vit,onnx", f"--output_dir={tmp_path / 'export'}")
+    script = (
+        "import sys\n"
+        "from transformers import pipeline\n"
+        "from modeling import build_image_processor\n"
+        "build_image_processor().save_pretrained(sys.argv[1])\n"
+        "pipeline('image-classification', model=sys.argv[2], trust_remote_code=True)\n"
+    )
+    processes["user script"] = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "processor"), str(run)], capture_output=True, text=True
+    )
+    for name, process in processes.items():
+        assert process.returncode == 0, f"{name}: {process.stderr[-2000:]}"
+        warnings = [line for line in process.stderr.splitlines() if re.search("warn|requires torchvision", line, re.I)]
+        assert warnings == [], f"{name}: {warnings}"
+
+
+def test_the_log_names_an_image_processor_without_printing_it(tmp_path):
+    """transformers logs a loaded image processor's whole JSON at info level: a teacher's in a taught run's log, the
+    model's in the demo's. The scripts' logging drops that line and keeps every other."""
+    script = (
+        "import logging, sys\n"
+        "from transformers import AutoImageProcessor\n"
+        "from modeling import build_image_processor\n"
+        "from training.cli import setup_logging\n"
+        "setup_logging()\n"
+        "build_image_processor().save_pretrained(sys.argv[1])\n"
+        "AutoImageProcessor.from_pretrained(sys.argv[1])\n"
+        "logging.getLogger('training').info('our own line')\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "Image processor saved in" in process.stderr and "loading configuration file" in process.stderr
+    assert "our own line" in process.stderr
+    assert '"image_mean"' not in process.stderr, process.stderr
 
 
 def test_help_lists_the_recipe_flags():
@@ -171,3 +232,34 @@ def test_a_mistyped_config_override_lists_the_fields(tmp_path):
     process = run_script("train", "--config_overrides=hiden_size=30", f"--output_dir={tmp_path / 'run'}")
     assert_short_error(process, "hiden_size is not a field of the config (did you mean hidden_size?); the fields are")
     assert "num_attention_heads" in process.stderr and "use_head_tokens" in process.stderr
+
+
+def test_a_recipe_that_is_not_valid_yaml_is_one_line(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("learning_rate: 1e-3\nnum_train_epochs: [1\n")
+    process = run_script("train", recipe, f"--output_dir={tmp_path / 'run'}")
+    assert_short_error(process, f"error: {recipe} is not valid YAML: line 3, column 1: expected ',' or ']'")
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("train", ["--model_name_or_path={folder}", "--output_dir=run"]),
+        ("train", ["--teacher_model_name_or_path={folder}", "--output_dir=run"]),
+        ("evaluate_model", ["{folder}"]),
+        ("export", ["{folder}", "--output_dir=out"]),
+        ("demo", ["{folder}"]),
+    ],
+)
+def test_a_folder_without_config_json_is_named_as_such(tmp_path, script, args):
+    folder = tmp_path / "no-model-here"
+    folder.mkdir()
+    process = run_script(script, *(arg.format(folder=folder) for arg in args), cwd=tmp_path)
+    assert_short_error(process, f"error: {folder} has no config.json: it is not a saved model folder")
+
+
+def test_a_bad_evaluation_batch_size_leaves_nothing_behind(tmp_path):
+    save_tiny_model(tmp_path / "model")
+    process = run_script("evaluate_model", tmp_path / "model", "--batch_size=0", f"--output_dir={tmp_path / 'out'}")
+    assert_short_error(process, "error: --batch_size must be at least 1, got 0")
+    assert not (tmp_path / "out").exists()

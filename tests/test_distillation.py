@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, TINY_RUN, load_script
 from safetensors.torch import load_file
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.arguments import (
@@ -35,7 +35,7 @@ from training.distillation import (
     patch_token_map,
 )
 from training.export import to_vit
-from training.rerun import NOT_DEFINING, RunMismatchError, differing_arguments
+from training.rerun import NOT_DEFINING, RunMismatchError, differing_arguments, source_validation_split
 from training.run_info import run_arguments
 
 train = load_script("train")
@@ -189,6 +189,37 @@ def test_a_missing_teacher_is_refused_before_the_dataset_is_loaded(cifar100_dir,
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    "flag, difference",
+    [("--seed=1", "--seed 42 -> 1"), ("--validation_split_size=101", "--validation_split_size 100.0 -> 101.0")],
+)
+def test_a_teacher_that_trained_on_the_validation_images_is_refused(
+    cifar100_dir, teacher_run, tmp_path, capsys, monkeypatch, flag, difference
+):
+    """Another hold-out of the same dataset: some of this run's validation images are in the teacher's training
+    split, and the best epoch would be chosen on them."""
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the model was built before the teacher's hold-out was checked")
+
+    monkeypatch.setattr("training.build.build_model", build_model)
+    assert run_cli(train.main, student_argv(cifar100_dir, tmp_path / "student", teacher_run, flag)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: --teacher_model_name_or_path {teacher_run} held out another validation split")
+    assert difference in error
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_datasets_own_validation_split_is_the_same_for_any_seed(cifar100_dir, teacher_run):
+    data_args = DataArguments(dataset_name=cifar100_dir, validation_split_size=100)
+    assert source_validation_split(teacher_run, data_args, seed=42) == ("same", [])
+    assert source_validation_split(teacher_run, data_args, seed=1)[0] == "other"
+    assert source_validation_split(teacher_run, data_args, seed=1, held_out=False) == ("same", [])  # no hold-out
+    other = DataArguments(dataset_name="someone/other-data", validation_split_size=100)
+    assert source_validation_split(teacher_run, other, seed=42) == ("another dataset", [])
+    assert source_validation_split("someone/no-record", data_args, seed=42) == ("not recorded", [])
+
+
 def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path):
     """transformers' own ResNet, loaded by the Auto classes: its stages' 4-D feature maps guide the model's blocks
     (the last, coarser map resized up to the model's grid), and with no VTLM run record the card does not call the
@@ -197,7 +228,7 @@ def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path)
     resnet.id2label = dict(enumerate(CIFAR100_LABELS))
     teacher = tmp_path / "tiny-resnet"
     ResNetForImageClassification(resnet).save_pretrained(teacher)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(teacher)
+    build_image_processor(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)).save_pretrained(teacher)
     output_dir = tmp_path / "student"
     train.main(student_argv(cifar100_dir, output_dir, teacher, "--distillation_type=none"))
 

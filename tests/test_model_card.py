@@ -360,8 +360,12 @@ def test_a_student_is_trained_from_scratch_only_when_its_teacher_saw_only_its_da
             assert "CIFAR-100's training images alone" in body
         else:
             assert "trained from scratch" not in intro
-            assert "not from scratch: its teacher saw more than CIFAR-100" in intro
-            assert "with a teacher that saw more data, on CIFAR-100's training images\n" in body
+            saw = {other: "was trained on ImageNet-1k (32x32)"}.get(teacher, "left no record of what it was trained on")
+            assert f"classes apart. Its teacher\n{saw}." in intro  # what its record says, no more
+            assert f"with a teacher that {saw}, on CIFAR-100's training images\n" in body
+        # Whether the teacher trained on this run's validation images: the same hold-out, or a record that cannot tell.
+        validation = "It held out the same validation images" if teacher == same else "Its record cannot tell whether"
+        assert validation in section(body, "Teacher")
         if teacher == other:
             assert table_row(rows, "teacher trained on")[1] == "ImageNet-1k (32x32), from scratch"
         if teacher == "someone/vit-in21k":
@@ -372,3 +376,42 @@ def test_a_student_is_trained_from_scratch_only_when_its_teacher_saw_only_its_da
         assert table_row(section(body, "Training recipe"), "`distillation_type`")[1] == "none"
     plain = card_body(write_model_card(make_run_folder(tmp_path / "plain")))
     assert "## Teacher" not in plain and "Distillation arguments" not in plain and "taught by" not in plain
+
+
+@pytest.mark.parametrize(
+    "flags, recorded, shown",
+    [
+        (["--use_cpu"], ("fp32", "fp16"), "fp32 (asked for fp16, which trains on CUDA only)"),  # the default recipe
+        (["--no_fp16"], ("fp32", "fp32"), "fp32"),
+        (["--bf16", "--use_cpu"], ("bf16", "bf16"), "bf16"),
+    ],
+    ids=["fp16-on-a-cpu", "fp32", "bf16"],
+)
+def test_the_run_records_the_precision_used_beside_the_one_asked_for_and_the_card_shows_both(
+    tmp_path, flags, recorded, shown
+):
+    run_dir = make_run_folder(tmp_path / "run", flags=flags)
+    run_info = json.loads((run_dir / "run_info.json").read_text())
+    assert (run_info["hardware"]["precision"], run_info["hardware"]["precision_asked"]) == recorded
+    assert run_info["training_arguments"]["fp16"] is (recorded[1] == "fp16")  # the recipe, as asked for
+    assert table_row(section(card_body(write_model_card(run_dir)), "Hardware and speed"), "precision")[1] == shown
+
+
+def test_an_unpublished_card_says_only_what_its_folder_holds(run_dir):
+    """Unpublished: the snippets load from a path to fill in (the folder's bare name loads only from its parent),
+    and the endpoint's files are what publishing adds; published: the Hub id, and the files the repository holds."""
+    body = card_body(write_model_card(run_dir))
+    assert f'from_pretrained("path/to/{run_dir.name}", trust_remote_code=True)' in body
+    assert f'from_pretrained("{run_dir.name}"' not in body and str(run_dir) not in body
+    assert "Publishing this folder (`scripts/push_to_hub.py`) adds `handler.py` and `requirements.txt`" in body
+    assert "The repository also holds" not in body
+    body = card_body(write_model_card(run_dir, hub_model_id="someone/vtlm-tiny"))
+    assert "The repository also holds `handler.py` and `requirements.txt`" in body and "path/to/" not in body
+
+
+def test_feature_guidance_is_worded_for_a_teacher_with_another_token_grid(tmp_path):
+    teacher = make_run_folder(tmp_path / "teacher")
+    run_dir = make_run_folder(tmp_path / "student", flags=[f"--teacher_model_name_or_path={teacher}"])
+    guidance = table_row(section(card_body(write_model_card(run_dir)), "Teacher"), "feature guidance")[1]
+    assert "at the same positions" not in guidance  # untrue of a DHVT teacher's 256 tokens, pooled to 64
+    assert "token grid average-pooled, or resized, to this model's where the two differ" in guidance

@@ -281,7 +281,10 @@ def test_train_push_to_hub_with_a_bad_space_fails_before_loading_any_data(hub, t
     argv = ["--dataset_name=/no/such/data", "--push_to_hub", "--hub_model_id=someone/vtlm", f"--output_dir={tmp_path}"]
     assert train.run_cli(train.main, [*argv, f"--hub_token={token}", "--space_id=vtlm-demo"]) == 2
     error = capsys.readouterr().err
-    assert error == "error: the Hub repo id must be 'namespace/name' (a user or organization), got 'vtlm-demo'\n"
+    assert (
+        error
+        == "error: --space_id: the Hub repo id must be 'namespace/name' (a user or organization), got 'vtlm-demo'\n"
+    )
     assert hub.repos == {}
 
 

@@ -17,7 +17,7 @@ from modeling import CIFAR100_LABELS, VTLMConfig
 from training.arguments import ModelArguments, parse_arguments
 from training.build import build_config, build_model
 from training.flops import flops_per_image
-from training.run_info import is_all_of_cifar100
+from training.run_info import is_all_of_cifar100, run_arguments
 
 TRAIN = str(REPO_ROOT / "scripts" / "train.py")
 train = load_script("train")
@@ -231,6 +231,41 @@ def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path, pres
     assert abs(first_loss - math.log(100)) < 0.5
 
 
+@pytest.mark.slow  # two scripts in fresh interpreters
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a launcher does on a machine without CUDA")
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher):
+    """Two processes from the README's launcher (no ACCELERATE_USE_CPU) or torchrun are one DDP run over gloo, each
+    rank with half of every epoch, not two runs writing one output_dir."""
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    launch = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"],
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"],
+    }[launcher]
+    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=1", *TINY_RUN]
+    run = subprocess.run(
+        [*launch, TRAIN, *args, f"--output_dir={tmp_path / 'ddp'}"],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in run.stderr
+    assert read_json(tmp_path / "ddp" / "run_info.json")["hardware"]["num_processes"] == 2
+    # 300 training images in batches of 32 on each of 2 ranks: 5 steps; one process alone would take 10.
+    assert read_json(tmp_path / "ddp" / "trainer_state.json")["global_step"] == math.ceil(300 / (2 * 32))
+
+
+def test_a_saved_model_records_no_preset_it_did_not_use():
+    """--model_name_or_path's config is the architecture: a preset given with it (a recipe sets one) is not recorded,
+    so the card does not show a preset above another model's fields."""
+    arguments = parse_arguments(["--model_name_or_path=runs/saved", "--model_preset=vtlm-dhvt-t2"])
+    assert arguments[0].model_preset is None
+    assert run_arguments(arguments)["model_arguments"]["model_preset"] is None
+    assert parse_arguments(["--model_preset=vtlm-dhvt-t2"])[0].model_preset == "vtlm-dhvt-t2"
+
+
 def test_config_overrides_are_typed_and_checked():
     def overridden(text):
         return build_config(ModelArguments(model_preset="vtlm-5m", config_overrides=text))
@@ -301,4 +336,40 @@ def test_defaults_are_the_headline_recipe():
     assert training_args.output_dir == "runs/vtlm-37m-cifar100"
     assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 0.1
     assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "accuracy"
-    assert training_args.fp16 is False  # no CUDA here: fp32 on a CPU
+    # fp16 as asked for, whatever the host: a CPU trains in fp32 (`test_the_recipe_is_recorded_as_asked_on_any_host`).
+    assert training_args.precision_asked == "fp16" and training_args.to_dict()["fp16"] is True
+
+
+@pytest.fixture
+def simulated_host(monkeypatch):
+    """`simulated_host(cuda)` makes the arguments see a host with or without CUDA (TrainingArguments then picks
+    cuda:0 or the CPU). Accelerate's process state, shared by every TrainingArguments, is rebuilt each time and after
+    the test: no other test meets a simulated host."""
+    from accelerate.state import PartialState
+
+    def simulate(cuda):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+        PartialState._reset_state()
+
+    yield simulate
+    PartialState._reset_state()
+
+
+def test_the_recipe_is_recorded_as_asked_on_any_host(simulated_host):
+    """fp16 trains on CUDA only; the recorded recipe (and so a rerun's comparison) is the same on either host."""
+    simulated_host(cuda=True)
+    on_cuda = parse_arguments(["--report_to=none"])
+    simulated_host(cuda=False)
+    on_cpu = parse_arguments(["--report_to=none"])
+    assert (on_cuda[3].fp16, on_cuda[3].precision, on_cuda[3].dataloader_pin_memory) == (True, "fp16", True)
+    assert (on_cpu[3].fp16, on_cpu[3].precision, on_cpu[3].dataloader_pin_memory) == (False, "fp32", False)
+    assert on_cuda[3].precision_asked == on_cpu[3].precision_asked == "fp16"
+    assert run_arguments(on_cuda) == run_arguments(on_cpu)
+    assert run_arguments(on_cpu)["training_arguments"]["fp16"] is True
+
+
+def test_bf16_replaces_the_default_fp16_in_the_record_too():
+    training_args = parse_arguments(["--report_to=none", "--bf16", "--use_cpu"])[3]
+    assert (training_args.precision, training_args.precision_asked) == ("bf16", "bf16")
+    assert training_args.to_dict()["fp16"] is False

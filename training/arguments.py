@@ -5,6 +5,7 @@ and a bad flag answer before the model code, `datasets` or the Trainer load.
 """
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +21,12 @@ from .image_ops import AUTO_AUGMENT_POLICIES
 
 @dataclass
 class ModelArguments:
-    model_preset: str = field(
-        default="vtlm-37m", metadata={"help": f"Architecture to train from scratch, one of {sorted(PRESETS)}."}
+    model_preset: str | None = field(
+        default="vtlm-37m",
+        metadata={
+            "help": f"Architecture to train from scratch, one of {sorted(PRESETS)}; none with --model_name_or_path, "
+            "whose saved config is the architecture."
+        },
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -55,6 +60,8 @@ class ModelArguments:
     def __post_init__(self):
         if self.model_preset not in PRESETS:
             raise ValueError(f"--model_preset must be one of {sorted(PRESETS)}, got {self.model_preset!r}")
+        if self.model_name_or_path:  # its config is the architecture: record no preset the run did not use
+            self.model_preset = None
         if self.attention_initializer not in (None, *ATTENTION_INITIALIZERS):
             raise ValueError(
                 f"--attention_initializer must be one of {ATTENTION_INITIALIZERS}, got {self.attention_initializer!r}"
@@ -390,6 +397,10 @@ class VTLMTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         # Checked here, before any data is decoded; the Trainer would find some of these only when it starts.
+        for name in ("hub_vit_model_id", "space_id"):
+            if getattr(self, name) and not self.push_to_hub:
+                raise ValueError(f"--{name} is published with --push_to_hub only: add it, or publish the finished run "
+                                 f"later with `scripts/push_to_hub.py --{name} ...`")  # fmt: skip
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -397,11 +408,88 @@ class VTLMTrainingArguments(TrainingArguments):
             raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
-        # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
+        # --bf16 replaces the default fp16. The Trainer gets what this host can run; the record keeps what was asked
+        # for (`to_dict`), the same on every host.
+        self.fp16 = self.fp16 and not self.bf16
+        self.asked_for = {name: getattr(self, name) for name in ("fp16", "dataloader_pin_memory", "use_cpu")}
+        # A launcher's processes (torchrun, `accelerate launch`) on a machine without CUDA train as one DDP run over
+        # gloo: without `use_cpu` each would train alone, all into one output_dir.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
+        # fp16 and pinned memory on CUDA only: a CPU trains in fp32.
         on_cuda = torch.cuda.is_available() and not self.use_cpu
-        self.fp16 = self.fp16 and not self.bf16 and on_cuda
+        self.fp16 = self.fp16 and on_cuda
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
         super().__post_init__()
+
+    def to_dict(self):
+        """The arguments as asked for, whatever the host: the recipe that `run_arguments.json`, the card and a
+        rerun's comparison read."""
+        return {**super().to_dict(), **self.asked_for}
+
+    @property
+    def precision(self):
+        """The precision this host trains in: `fp16` or `bf16` (mixed), or `fp32`."""
+        return _precision_name(self.fp16, self.bf16)
+
+    @property
+    def precision_asked(self):
+        """The precision the arguments ask for: the default fp16 trains in fp32 on a CPU."""
+        return _precision_name(self.asked_for["fp16"], self.bf16)
+
+
+def _precision_name(fp16, bf16):
+    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
+
+
+@dataclass
+class PretrainingArguments:
+    """Masked image modelling (`scripts/pretrain.py`), as MAE (He et al. 2022) and transformers' `ViTMAEConfig` name
+    it. The decoder exists only in pre-training; MAE found a narrow decoder enough (its fine-tuning accuracy barely
+    moves between 1 and 8 blocks), so the default is half of vtlm-37m's width, 4 blocks."""
+
+    mask_ratio: float = field(default=0.75, metadata={"help": "Share of each image's patches hidden from the encoder."})
+    norm_pix_loss: bool = field(
+        default=True,
+        metadata={"help": "Predict each patch's pixels normalised by their own mean and std (MAE's best setting)."},
+    )
+    decoder_hidden_size: int = field(default=256, metadata={"help": "Width of the decoder's blocks."})
+    decoder_num_hidden_layers: int = field(default=4, metadata={"help": "Blocks of the decoder."})
+    decoder_num_attention_heads: int = field(default=8, metadata={"help": "Attention heads of the decoder's blocks."})
+    decoder_intermediate_size: int = field(default=1024, metadata={"help": "MLP width of the decoder's blocks."})
+
+    def __post_init__(self):
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"--mask_ratio must be between 0 and 1, got {self.mask_ratio}")
+
+
+PRETRAINING_ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    AugmentationArguments,
+    VTLMTrainingArguments,
+    PretrainingArguments,
+)
+# `scripts/pretrain.py`'s recipe where it differs from train.py's: MAE's optimiser (lr 1.5e-4 x batch / 256 at batch
+# 512, AdamW betas (0.9, 0.95), weight decay 0.05, 5% warm-up, cosine), no stochastic depth, and crop and flip only
+# (MAE's augmentation; CIFAR's pad-and-crop rather than its RandomResizedCrop, for the reason
+# `AugmentationArguments.crop_padding` gives). No evaluation: pre-training reads the training split only.
+PRETRAINING_DEFAULTS = {
+    "output_dir": "runs/vtlm-37m-mae",
+    "learning_rate": 3e-4,
+    "adam_beta2": 0.95,
+    "drop_path_rate": 0.0,
+    "randaugment_num_ops": 0,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+    "random_erasing_prob": 0.0,
+    "label_smoothing_factor": 0.0,
+    "eval_strategy": "no",
+    "load_best_model_at_end": False,
+    "metric_for_best_model": None,
+    "greater_is_better": None,
+    "save_total_limit": 1,
+}
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments, DistillationArguments)
@@ -410,23 +498,38 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTr
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def parse_arguments(argv):
-    """`ARGUMENT_CLASSES` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
-    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
+def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None):
+    """`argument_classes` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
+    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`. `defaults` replace the classes'
+    own (`PRETRAINING_DEFAULTS`), and the recipe file replaces those."""
+    parser = HfArgumentParser(argument_classes, exit_on_error=False)
+    parser.set_defaults(**(defaults or {}))
     if argv and argv[0].endswith(RECIPE_SUFFIXES) and not argv[0].startswith("-"):
         parser.set_defaults(**read_recipe(argv[0], parser))
         argv = argv[1:]
     # Flags first, as one line for any mistake: HfArgumentParser finds an unknown flag only after building every
     # dataclass, and building TrainingArguments loads transformers' integrations (seconds).
-    parse_flags(parser, argv)
+    try:
+        parse_flags(parser, argv)
+    except ValueError as error:  # a recipe after the flags is an unknown argument to argparse: say where it goes
+        named = str(error).replace(";", " ").split()
+        misplaced = [argument for argument in argv if argument.endswith(RECIPE_SUFFIXES) and argument in named]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]}: a recipe file comes first, before any flag "
+                             f"(`train.py {misplaced[0]} --flag value`)") from None  # fmt: skip
+        raise
     return parser.parse_args_into_dataclasses(argv)
 
 
 def read_recipe(path, parser):
     """A recipe file's `{flag name: value}`, every name one of `parser`'s."""
     with open(path) as file:
-        recipe = yaml.safe_load(file)  # JSON is YAML
+        try:
+            recipe = yaml.safe_load(file)  # JSON is YAML
+        except yaml.MarkedYAMLError as error:  # where and what, not the parser's stack
+            mark = error.problem_mark
+            raise ValueError(f"{path} is not valid YAML: line {mark.line + 1}, column {mark.column + 1}: "
+                             f"{error.problem}") from None  # fmt: skip
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe maps train.py's flag names to values")
     if unknown := [name for name in recipe if name not in {action.dest for action in parser._actions}]:

@@ -16,6 +16,7 @@ from .augmentation import BatchAugmentation
 from .data import collate_batch
 from .distillation import Distillation, load_teacher
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
+from .pretraining import MaskedImageModelingTrainer
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
 
 # Fields of the config that the recipe sets with flags of their own (`ModelArguments`), not --config_overrides.
@@ -44,24 +45,30 @@ def build_config(model_args, distillation_args=None):
     else:
         config = VTLMConfig.from_preset(model_args.model_preset, **recipe)
     if model_args.config_overrides:
-        pairs = model_args.config_overrides.replace(" ", "").split(",")
-        if any(pair.count("=") != 1 for pair in pairs):
-            raise ValueError(f"--config_overrides: expected key=value,key=value, got {model_args.config_overrides!r}")
-        overridden = {pair.partition("=")[0] for pair in pairs}
-        if twice := sorted(overridden & set(RECIPE_CONFIG_FIELDS)):
-            raise ValueError(f"--config_overrides: set {', '.join(twice)} with its own flag (--{twice[0]}), not here")
-        if unknown := sorted(overridden - set(config.field_names())):
-            close = difflib.get_close_matches(unknown[0], config.field_names(), n=1)
-            raise ValueError(
-                f"--config_overrides: {', '.join(unknown)} is not a field of the config"
-                f"{f' (did you mean {close[0]}?)' if close else ''}; the fields are {', '.join(config.field_names())}"
-            )
-        try:
-            config.update_from_string(",".join(pairs))
-        except ValueError as error:
-            raise ValueError(f"--config_overrides {model_args.config_overrides!r}: {error}") from None
+        apply_config_overrides(config, model_args.config_overrides)
     config.validate_architecture()  # update_from_string sets fields after construction
     return config
+
+
+def apply_config_overrides(config, overrides):
+    """Set `config`'s fields from `--config_overrides` (`key=value,key=value`): a bad pair, a field with a flag of its
+    own or a field the config lacks (with the closest one) is a one-line `ValueError`. Validate the config after."""
+    pairs = overrides.replace(" ", "").split(",")
+    if any(pair.count("=") != 1 for pair in pairs):
+        raise ValueError(f"--config_overrides: expected key=value,key=value, got {overrides!r}")
+    overridden = {pair.partition("=")[0] for pair in pairs}
+    if twice := sorted(overridden & set(RECIPE_CONFIG_FIELDS)):
+        raise ValueError(f"--config_overrides: set {', '.join(twice)} with its own flag (--{twice[0]}), not here")
+    if unknown := sorted(overridden - set(config.field_names())):
+        close = difflib.get_close_matches(unknown[0], config.field_names(), n=1)
+        raise ValueError(
+            f"--config_overrides: {', '.join(unknown)} is not a field of the config"
+            f"{f' (did you mean {close[0]}?)' if close else ''}; the fields are {', '.join(config.field_names())}"
+        )
+    try:
+        config.update_from_string(",".join(pairs))
+    except ValueError as error:
+        raise ValueError(f"--config_overrides {overrides!r}: {error}") from None
 
 
 def build_model(model_args, config, label_names):
@@ -143,4 +150,18 @@ def build_evaluation_trainer(model, image_processor, data, output_dir, batch_siz
         compute_metrics=build_compute_metrics(data.fine_to_coarse),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         processing_class=image_processor,
+    )
+
+
+def build_pretraining_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
+    """The `MaskedImageModelingTrainer` of a pre-training run (`training.pretraining`): it reads the train split
+    only, augmented as `augmentation` says and normalised as `image_processor` normalises, and never evaluates."""
+    return MaskedImageModelingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.tensors("train"),
+        data_collator=collate_batch,
+        processing_class=image_processor,
+        augmentation=augmentation,
+        callbacks=[StopOnNonFiniteLoss(), *callbacks],
     )

@@ -23,10 +23,14 @@ def setup_logging(level=logging.INFO):
     transformers.utils.logging.set_verbosity(level)
     # At info level transformers prints the whole config (100 labels) at every load; the rest of its lines stay.
     logging.getLogger("transformers.configuration_utils").setLevel(max(level, logging.WARNING))
-    # Without torchvision, ViTImageProcessor warns that it uses its PIL backend: the one this project wants there.
-    logging.getLogger("transformers.utils.import_utils").addFilter(
-        lambda record: "requires torchvision" not in record.getMessage()
-    )
+    # ... and the whole image processor at every load; its "loading" and "saved in" lines stay.
+    logging.getLogger("transformers.image_processing_base").addFilter(_not_an_image_processor_dump)
+
+
+def _not_an_image_processor_dump(record):
+    """False for transformers' info line `Image processor <class> {<its JSON>}`."""
+    message = record.getMessage()
+    return not (message.startswith("Image processor ") and message.rstrip().endswith("}"))
 
 
 # What a user's mistake raises: a bad flag or value (ValueError), a missing or unreadable file or folder, an
@@ -62,6 +66,8 @@ def parse_flags(parser, argv):
         raise ValueError(f"{message}; see --help")
 
     parser.error = error  # argparse calls it for a missing argument even with exit_on_error=False (Python < 3.12)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    argv = [underscored_flag(argument, flags) for argument in argv]
     parser.allow_abbrev = False  # `--lr` is a mistyped flag, not an ambiguous abbreviation of five
     for action in parser._actions:  # HfArgumentParser gives a bool's `--no_` flag the help of the flag itself
         if action.option_strings and action.option_strings[0].startswith("--no_") and action.const is False:
@@ -75,15 +81,28 @@ def parse_flags(parser, argv):
     return namespace
 
 
+def underscored_flag(argument, flags):
+    """`--hub-model-id` (or `--hub-model-id=x`) as `--hub_model_id` where only that is one of `flags`: transformers'
+    parser takes both spellings of every flag, so every script does."""
+    name, equals, value = argument.partition("=")
+    underscored = "--" + name[2:].replace("-", "_")
+    if name.startswith("--") and name not in flags and underscored in flags:
+        return underscored + equals + value
+    return argument
+
+
 def check_model_source(model_name_or_path):
-    """Raise one line unless `model_name_or_path` is a folder, a Hub id already cached, or a Hub id and the Hub can
-    be reached: a missing folder is named as missing, not as a Hub id that failed to download."""
+    """Raise one line unless `model_name_or_path` is a saved model's folder (with its config.json), a Hub id already
+    cached, or a Hub id and the Hub can be reached: a missing folder is named as missing, not as a Hub id that failed
+    to download."""
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     path = str(model_name_or_path)
     if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path} has no config.json: it is not a saved model folder")
         return
     if os.path.exists(path):
         raise ValueError(f"{path} is a file: expected a model folder or a Hub id (user/name)")

@@ -41,11 +41,13 @@ class ImageDatasets:
             `{"images": uint8 tensor (3, image_size, image_size), "labels": int}`.
         label_names (`list[str]`): class names in label order, as they should be published.
         fine_to_coarse (`list[int]` or `None`): the superclass of each label, or `None` without a superclass column.
+        validation_held_out (`bool`): whether "validation" was held out of train (by the seed), not the dataset's own.
     """
 
     datasets: DatasetDict
     label_names: list[str]
     fine_to_coarse: list[int] | None
+    validation_held_out: bool = True
 
     @property
     def id2label(self):
@@ -120,7 +122,8 @@ def load_image_datasets(data_args, image_size=32, seed=42):
     splits = DatasetDict(
         {split: _decode_split(dataset, split, data_args, label_names, image_size) for split, dataset in raw.items()}
     )
-    if "validation" not in splits:
+    validation_held_out = "validation" not in splits
+    if validation_held_out:
         splits["train"], splits["validation"] = _hold_out(splits["train"], data_args.validation_split_size, seed)
     limits = {
         "train": data_args.max_train_samples,
@@ -133,7 +136,7 @@ def load_image_datasets(data_args, image_size=32, seed=42):
     splits = DatasetDict({split: splits[split] for split in limits})
     # The torch formatter would widen uint8 pixels to int64 (8x the memory): pin the images' dtype, labels stay ints.
     splits.set_format("torch", columns=["images"], dtype=torch.uint8, output_all_columns=True)
-    return ImageDatasets(datasets=splits, label_names=label_names, fine_to_coarse=fine_to_coarse)
+    return ImageDatasets(splits, label_names, fine_to_coarse, validation_held_out)
 
 
 # The Trainer's `data_collator`: `ImageTensorDataset.__getitems__` already returns the batch, which passes through.

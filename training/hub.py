@@ -74,14 +74,14 @@ def publish_run(
     With `space_id`, a Gradio Space that demonstrates the model is published too (`publish_space`), and the model
     card links it.
     """
-    # Before the folder is touched: a failed publish changes nothing.
-    api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
+    # Before the folder is touched, so a failed publish changes nothing; what this machine holds first.
     output_dir = Path(output_dir)
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
     if hub_vit_model_id is not None:  # a config the built-in ViT cannot express is refused before anything changes
         check_vit_exportable(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
+    api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
 
     readme = output_dir / "README.md"
     if readme.is_file() and not is_generated_card(readme):
@@ -176,10 +176,10 @@ def check_can_publish(hub_model_id, hub_vit_model_id=None, space_id=None, revisi
     """Raise within seconds, before any work, unless the repo ids are well formed, the Hub is reachable, and the
     token may write to every repository (`check_hub_access`); return the `HfApi` that was checked. `publish_run`
     starts with it, and `scripts/train.py --push_to_hub` calls it before the first step."""
-    check_repo_id(hub_model_id)
-    for repo_id in (hub_vit_model_id, space_id):
+    check_repo_id(hub_model_id, "--hub_model_id")
+    for repo_id, flag in ((hub_vit_model_id, "--hub_vit_model_id"), (space_id, "--space_id")):
         if repo_id is not None:
-            check_repo_id(repo_id)
+            check_repo_id(repo_id, flag)
     if space_id is not None and revision not in (None, "main"):
         raise ValueError(
             f"a Space shows the main branch of its model, not {revision!r}: publish to main to publish --space_id"
@@ -238,13 +238,15 @@ def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, space_id=No
     return shlex.join(command)
 
 
-def check_repo_id(repo_id):
-    """Raise a `ValueError` unless `repo_id` is `namespace/name`.
+def check_repo_id(repo_id, flag):
+    """Raise a `ValueError`, naming the `flag` that gave it, unless `repo_id` is `namespace/name`.
 
     The namespace is needed before the repository exists: the card links its example images by full URL.
     """
+    if repo_id is None:
+        raise ValueError(f"{flag} is missing: the Hub repo id must be 'namespace/name' (a user or organization)")
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"the Hub repo id must be 'namespace/name' (a user or organization), got {repo_id!r}")
+        raise ValueError(f"{flag}: the Hub repo id must be 'namespace/name' (a user or organization), got {repo_id!r}")
 
 
 def select_upload_files(output_dir) -> list[str]:
