@@ -333,7 +333,7 @@ class VTLMDropPath(nn.Module):
 
 
 class VTLMLayer(GradientCheckpointingLayer):
-    """A pre-norm transformer block: two residual branches, attention then MLP."""
+    """A pre-norm transformer block: two residual branches, attention then the feed-forward (MLP or DAFF)."""
 
     def __init__(self, config: VTLMConfig, drop_path_rate: float = 0.0):
         super().__init__()
@@ -414,7 +414,7 @@ def _mimetic_factors(size, alpha, beta, device):
     return u * s.sqrt(), vh.T * s.sqrt()
 
 
-def _attention_weights(attention):
+def _attention_projections_and_weights(attention):
     return attention.qkv, attention.proj, attention.qkv.weight, attention.proj.weight
 
 
@@ -485,7 +485,9 @@ class VTLMPreTrainedModel(PreTrainedModel):
             attention
             for attention in self.modules()
             if isinstance(attention, VTLMAttention)
-            and any(getattr(item, "_is_hf_initialized", False) for item in _attention_weights(attention))
+            and any(
+                getattr(item, "_is_hf_initialized", False) for item in _attention_projections_and_weights(attention)
+            )
         }
         super().initialize_weights()
         if self.config.attention_initializer == "mimetic":
