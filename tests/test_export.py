@@ -183,6 +183,7 @@ def test_vit_and_onnx_export_replaces_the_folder_and_puts_the_onnx_file_inside(t
     assert exit_code == 0
     assert not (tmp_path / "vit" / "stale.txt").exists()
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path / "vit")) is ViTForImageClassification
+    assert json.loads((tmp_path / "vit" / "config.json").read_text())["transformers.js_config"] == {"dtype": "fp32"}
     assert_onnx_matches(tmp_path / "vit" / ONNX_FILE, model, processed_images(tmp_path / "vit"))
 
 
@@ -193,8 +194,37 @@ def test_every_preset_exports_to_onnx(preset, tmp_path):
     differences = export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
     assert differences["onnx"] <= 1e-4
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
-    assert config["model_type"] == "vtlm" and config["id2label"]["0"] == model.config.id2label[0]
+    assert config["model_type"] == "vit" and config["id2label"]["0"] == model.config.id2label[0]
+    assert config["transformers.js_config"] == {"dtype": "fp32"}
     assert_onnx_matches(tmp_path / "onnx" / ONNX_FILE, model, processed_images(tmp_path / "onnx"))
+
+
+@requires_onnx
+@pytest.mark.parametrize(
+    "preset, graph", [("vtlm-37m", "transformers' `ViTForImageClassification`"), ("vtlm-37m-conv", "the VTLM model")]
+)
+def test_an_onnx_export_is_labelled_for_the_graphs_runtimes_and_refused_by_transformers(preset, graph, tmp_path):
+    """transformers.js and optimum read a ViT-typed config.json beside the graph; transformers' classes, which would
+    need weights, refuse the folder; no file names the machine's paths (the source, the staging folder)."""
+    config = VTLMConfig.from_preset(preset, **TINY_CONFIG)
+    save_random_run(tmp_path / "run", config)
+    export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
+    folder = tmp_path / "onnx"
+    written = json.loads((folder / "config.json").read_text())
+    assert written["model_type"] == "vit" and written["transformers.js_config"] == {"dtype": "fp32"}
+    assert (written["image_size"], written["num_channels"]) == (config.image_size, config.num_channels)
+    assert written["id2label"] == {str(index): label for index, label in config.id2label.items()}
+    assert ("hidden_size" in written) == (preset == "vtlm-37m")  # a ViT config describes only the ViT's graph
+    assert sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()) == sorted(
+        ["README.md", "config.json", ONNX_FILE, PREPROCESSOR_FILE]
+    )
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        AutoModelForImageClassification.from_pretrained(folder)
+    card = (folder / "README.md").read_text()
+    assert "library_name: transformers.js" in card and f"The graph is {graph}" in card
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
 
 
 @pytest.mark.parametrize(
@@ -344,6 +374,18 @@ def test_a_hub_id_is_exported_and_linked_from_the_card(tmp_path):
     assert (logits_of(vit, pixel_values) - logits_of(model, pixel_values)).abs().max() <= 1e-5
     card = (tmp_path / "vit" / "README.md").read_text()
     assert "[`you/vtlm-export-test`](https://huggingface.co/you/vtlm-export-test)" in card
+
+
+def test_a_field_the_layout_does_not_read_blocks_no_export(tmp_path):
+    """The conv tokenizer's width does nothing in a patchify model, nor in a one-block tokenizer (CCT)."""
+    model = save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG, conv_hidden_size=32))
+    assert export_model(tmp_path / "run", tmp_path / "vit", ("vit",))["vit"] <= 1e-5
+    vit = AutoModelForImageClassification.from_pretrained(tmp_path / "vit")
+    pixel_values = processed_images(tmp_path / "vit")
+    assert (logits_of(vit, pixel_values) - logits_of(model, pixel_values)).abs().max() <= 1e-5
+    cct = VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG, conv_hidden_size=32)
+    refused = " ".join(training.export.vit_refusals(cct))
+    assert "patch_embedding_type='conv'" in refused and "conv_hidden_size" not in refused
 
 
 def test_a_dhvt_preset_is_refused_naming_each_dhvt_field():

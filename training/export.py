@@ -32,6 +32,9 @@ from .cli import check_model_source
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = "onnx/model.onnx"  # where optimum and transformers.js look
+# transformers.js reads this from config.json to pick the graph: without it, in a browser (its wasm device) it asks for
+# 8-bit weights, `onnx/model_quantized.onnx`, which no export writes.
+TRANSFORMERS_JS_CONFIG = {"dtype": "fp32"}
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # VTLM config fields that ViTConfig has under the same name and meaning, whatever their value.
 VIT_FIELDS = (
@@ -104,6 +107,16 @@ session = onnxruntime.InferenceSession(onnx_file)
 pixel_values = processor(Image.open("cat.png"), return_tensors="np")["pixel_values"]
 logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]  # (batch, num_labels)
 ```
+
+In a browser or Node, transformers.js runs the same graph with its default options (`config.json` names the fp32
+graph for it):
+
+```js
+import {{ pipeline }} from "@huggingface/transformers";
+
+const classify = await pipeline("image-classification", "MODEL");
+console.log(await classify("cat.png", {{ top_k: 5 }}));
+```
 """,
     ),
 }
@@ -130,9 +143,10 @@ def vit_refusals(config) -> list[str]:
     """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
 
     The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
-    original model's value, until it is mapped here.
+    original model's value, until it is mapped here. A field this layout does not read (`unused_fields`, such as the
+    conv tokenizer's width in a patchify model) changes nothing, so it is never refused.
     """
-    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS)
+    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *config.unused_fields)
     return [
         f"{name}={getattr(config, name)!r} (exportable only at the original model's {default!r})"
         for name, default in original_defaults(type(config)).items()
@@ -157,6 +171,26 @@ def vit_config(config) -> ViTConfig:
     return ViTConfig(
         **{name: getattr(config, name) for name in VIT_FIELDS}, id2label=config.id2label, label2id=config.label2id
     )
+
+
+def graph_config(config) -> dict:
+    """The config.json of an ONNX export without ViT weights: a ViT config for the runtimes that run the graph
+    (transformers.js, optimum), which read its type, input size and labels.
+
+    The plain layout's graph is the ViT's, so it gets the whole ViT config. Any other layout's graph also takes
+    `pixel_values` and returns `logits`, but no ViT config describes its inside: it gets only the input size and the
+    labels. The folder holds no weights either way, so transformers' Python classes refuse it (no weights file)
+    rather than load random ones.
+    """
+    if not vit_refusals(config):
+        return json.loads(vit_config(config).to_json_string())
+    return {
+        "model_type": "vit",
+        "image_size": config.image_size,
+        "num_channels": config.num_channels,
+        "id2label": {str(index): label for index, label in config.id2label.items()},
+        "label2id": dict(config.label2id),
+    }
 
 
 def vit_state_dict(state_dict) -> dict:
@@ -274,8 +308,9 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     The card names the source as `source` (a Hub id or folder, default `model_name_or_path`) would be named.
 
     `"vit"` writes a folder for the built-in `ViTForImageClassification` (config.json, model.safetensors); `"onnx"`
-    writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model (with its config.json,
-    minus the code map, for the labels). Both copy the source's `preprocessor_config.json` and write a model card.
+    writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model with a `graph_config`. Both
+    copy the source's `preprocessor_config.json` and write a model card; a folder with the graph names it for
+    transformers.js (`TRANSFORMERS_JS_CONFIG`).
     The folder is built aside and moved into place complete: a refusal or a failure leaves nothing behind.
     """
     formats = tuple(dict.fromkeys(formats))
@@ -316,13 +351,16 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
             exported.save_pretrained(staging)
         else:
             exported = model
-            config_dict = {key: value for key, value in model.config.to_dict().items() if key != "auto_map"}
-            (staging / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+            _write_json(staging / "config.json", graph_config(model.config))
         if "onnx" in formats:
             export_onnx(exported, staging / ONNX_FILE)
             differences["onnx"] = _check(onnx_logits(onnx_session(staging / ONNX_FILE), images), expected, "onnx")
+            config_dict = json.loads((staging / "config.json").read_text())
+            _write_json(staging / "config.json", {**config_dict, "transformers.js_config": TRANSFORMERS_JS_CONFIG})
         shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
-        card = render_export_card(source_reference(source or model_name_or_path), differences, len(images))
+        card = render_export_card(
+            source_reference(source or model_name_or_path), differences, len(images), vit_refusals(config)
+        )
         card.save(staging / "README.md")
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -330,6 +368,10 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return differences
+
+
+def _write_json(path, data):
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _check(logits, expected, name) -> float:
@@ -342,9 +384,10 @@ def _check(logits, expected, name) -> float:
     return difference
 
 
-def render_export_card(source, differences, num_images) -> ModelCard:
-    """The exported folder's README.md: its source (`source_reference`), what it holds, and how exact each format
-    was measured to be (`differences`, by format)."""
+def render_export_card(source, differences, num_images, refusals=()) -> ModelCard:
+    """The exported folder's README.md: its source (`source_reference`), what it holds, what its ONNX graph is (the
+    ViT's, or the VTLM model's when the ViT cannot express it: `refusals`), and how exact each format was measured to
+    be (`differences`, by format)."""
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     if "onnx" in differences:
         import onnxruntime
@@ -357,16 +400,32 @@ def render_export_card(source, differences, num_images) -> ModelCard:
     usage = "\n".join(CARD_FORMATS[name][2] for name in differences)
     title = "transformers' built-in ViT" if "vit" in differences else "ONNX"
     tags = ["image-classification", "vision", "vtlm", *differences]  # the formats' names: "vit", "onnx"
+    # Without ViT weights, transformers' Python classes refuse the folder: only the graph's runtimes load it.
+    library = "transformers" if "vit" in differences else "transformers.js"
     # The license is the source's: VTLM models are published under Apache-2.0 (`model_card.md`).
-    data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", tags=tags, license="apache-2.0"
-    )
+    data = ModelCardData(library_name=library, pipeline_tag="image-classification", tags=tags, license="apache-2.0")
+    if "vit" in differences:
+        graph = ""
+    elif not refusals:
+        graph = """
+The graph is transformers' `ViTForImageClassification`, and `config.json` is its ViT config. The weights are only
+inside the graph: transformers' Python classes find no weights file and refuse this folder (`--format vit,onnx`
+exports a folder they load).
+"""
+    else:
+        graph = f"""
+The graph is the VTLM model itself, which transformers' built-in ViT cannot express: {", ".join(refusals)}. It
+takes `pixel_values` and returns `logits` as a ViT does, so `config.json` is ViT-typed and holds only what the
+graph's runtimes read (the input size and the labels) for transformers.js and optimum. It describes nothing
+inside the graph, and there is no weights file: transformers' Python classes refuse this folder. To run the model
+in PyTorch, load the source with `trust_remote_code=True`.
+"""
     body = f"""
 # VTLM, exported to {title}
 
 An exact export of the VTLM model {source}: the same weights, computing the same function. Its accuracy is the
 source's; see the source's model card. The preprocessing (`{PREPROCESSOR_FILE}`) is the source's, copied.
-
+{graph}
 | format | file | max logit difference from the source |
 |---|---|---|
 {table}
