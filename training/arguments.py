@@ -335,7 +335,8 @@ class VTLMTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "With --push_to_hub: also publish the run's exact export to transformers' built-in ViT (and "
-            "ONNX) to this `user/name`, for serving without custom code."
+            "ONNX) to this `user/name`, for serving without custom code; a layout the ViT cannot express gets its "
+            "ONNX graph alone, for transformers.js and optimum."
         },
     )
     space_id: str | None = field(
