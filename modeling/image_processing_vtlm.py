@@ -9,10 +9,13 @@ def build_image_processor(image_size=32, image_mean=CIFAR100_MEAN, image_std=CIF
     """A built-in `ViTImageProcessor`: any PIL image is converted to RGB, resized to `image_size`, and normalised.
 
     It needs no code file on the Hub, and the `image-classification` pipeline picks it up from
-    `preprocessor_config.json`.
+    `preprocessor_config.json`. Built on PIL whatever is installed: its `preprocessor_config.json` says
+    `ViTImageProcessor` either way, which transformers 4 and 5 and transformers.js load.
     """
-    # Imported here: without torchvision, transformers warns about its PIL fallback on every import of the class.
-    from transformers import ViTImageProcessor
+    try:  # transformers 5 names its PIL backend; `ViTImageProcessor` warns and falls back to it without torchvision
+        from transformers import ViTImageProcessorPil as ViTImageProcessor
+    except ImportError:  # transformers 4: `ViTImageProcessor` is PIL-based
+        from transformers import ViTImageProcessor
 
     return ViTImageProcessor(
         do_resize=True,

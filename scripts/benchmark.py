@@ -273,7 +273,7 @@ def run(model_args, augmentation_args, bench, distillation_args=None):
             samples["evaluation"] += clock.step_times(untimed_steps=1)
             del trainer, model  # before the next repeat builds its own
 
-    precision, machine = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", machine_info(args.device)
+    precision, machine = args.precision, machine_info(args.device)
     peak, peak_source = bench.peak_tflops, "--peak_tflops"
     if peak is None:
         peak, peak_source = known_peak_tflops(machine["device_name"], precision)

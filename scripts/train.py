@@ -29,10 +29,11 @@ def main(argv=None):
     from modeling import build_image_processor
     from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
     from training.data import load_image_datasets
+    from training.flops import count_parameters, describe_compute, flops_per_image
     from training.hub import check_can_publish, publish_command, vit_export_formats
     from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
-    from training.rerun import SaveRunArguments, check_teacher_hold_out, last_complete_checkpoint, prepare_output_dir
+    from training.rerun import SaveRunArguments, check_source_hold_out, last_complete_checkpoint, prepare_output_dir
     from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
@@ -81,10 +82,14 @@ def main(argv=None):
 
     with training_args.main_process_first(desc="loading and decoding the dataset"):
         data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)
-    if distillation_args.teacher_model_name_or_path:  # the data says whether its validation split was held out
-        check_teacher_hold_out(
-            distillation_args.teacher_model_name_or_path, data_args, training_args.seed, data.validation_held_out
-        )
+    # The data says whether its validation split was held out; a teacher or a saved model (a pre-training included)
+    # that trained on those images is refused.
+    for flag, source in (
+        ("teacher_model_name_or_path", distillation_args.teacher_model_name_or_path),
+        ("model_name_or_path", model_args.model_name_or_path),
+    ):
+        if source:
+            check_source_hold_out(flag, source, data_args, training_args.seed, data.validation_held_out)
     # Before the model is built: the Trainer seeds only in its __init__, after the weights are drawn.
     set_seed(training_args.seed)
     model = build_model(model_args, config, data.label_names)
@@ -122,8 +127,14 @@ def main(argv=None):
 
     if trainer.is_world_process_zero():
         examples = save_example_images(training_args.output_dir, *data.examples("test"))
+        compute = describe_compute(
+            flops_per_image(model.config),
+            count_parameters(model.config),
+            trainer.state.total_flos,
+            distillation.teacher_forward_flops_per_image() if distillation else None,
+        )
         write_run_info(
-            training_args.output_dir, arguments, model.config, data, examples, resumed_from=previous.checkpoint
+            training_args.output_dir, arguments, model.config, data, compute, examples, resumed_from=previous.checkpoint
         )
         if not push_to_hub:
             write_model_card(training_args.output_dir)

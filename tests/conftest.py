@@ -27,7 +27,9 @@ from transformers import TrainerState  # noqa: E402
 import training.hub  # noqa: E402
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
 from training.data import LABEL_NAME_FIXES  # noqa: E402
+from training.metrics import wilson_interval  # noqa: E402
 from training.model_card import save_example_images  # noqa: E402
+from training.trainer import TRAINING_SECONDS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The Hub's spelling of CIFAR-100's names, typo included, and its 20 superclasses.
@@ -139,12 +141,13 @@ RESULTS = {
     "test_superclass_accuracy": 0.5402,
     "test_samples_per_second": 3012.7,
     "eval_num_images": 5000,
-    "eval_accuracy_ci_low": 0.4100,
-    "eval_accuracy_ci_high": 0.4375,
     "test_num_images": 10000,
-    "test_accuracy_ci_low": 0.4022,
-    "test_accuracy_ci_high": 0.4216,
 }
+# Each split's interval as the metric computes it (`training.metrics`), from its accuracy and number of images.
+for _split in ("eval", "test"):
+    _correct = round(RESULTS[f"{_split}_accuracy"] * RESULTS[f"{_split}_num_images"])
+    _interval = wilson_interval(_correct, RESULTS[f"{_split}_num_images"])
+    RESULTS[f"{_split}_accuracy_ci_low"], RESULTS[f"{_split}_accuracy_ci_high"] = _interval
 EXAMPLE_CLASSES = (0, 1, 30)
 
 
@@ -160,6 +163,7 @@ def make_run_folder(
     flags=(),
     sizes=None,
     superclasses=True,
+    teacher_forward_flops_per_image=None,
 ):
     """A run folder as scripts/train.py leaves it, written by the project's own writers (`write_run_info`,
     `save_example_images`, the Trainer's `TrainerState`) from a tiny model, made-up results, the run's `flags`
@@ -169,12 +173,17 @@ def make_run_folder(
 
     from training.arguments import parse_arguments
     from training.data import ImageDatasets
+    from training.flops import count_parameters, describe_compute, flops_per_image
     from training.run_info import write_run_info
 
     model = save_tiny_model(path)
     (path / "all_results.json").write_text(json.dumps(results))
     (path / "test_results.json").write_text(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}))
-    state = TrainerState(global_step=30, epoch=3.0)
+    flops = flops_per_image(model.config)
+    images_per_epoch = 64 if smoke_run else (sizes or CIFAR100_SIZES)["train"]
+    state = TrainerState(
+        global_step=30, epoch=3.0, num_train_epochs=3, total_flos=3 * images_per_epoch * flops.training
+    )
     for epoch in (1, 2, 3):
         state.log_history.append({"loss": 4.6 - epoch / 2, "learning_rate": 1e-3 / epoch, "epoch": epoch - 0.5})
         state.log_history.append(
@@ -183,7 +192,7 @@ def make_run_folder(
                 "eval_accuracy": 0.1 * epoch,
                 "eval_top5_accuracy": 0.25 * epoch,
                 "epoch": epoch,
-                "training_seconds": 1675.1 * epoch,
+                TRAINING_SECONDS: 1675.1 * epoch,
             }
         )
     state.save_to_json(str(path / "trainer_state.json"))
@@ -205,7 +214,8 @@ def make_run_folder(
         records = save_example_images(
             path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES]
         )
-    write_run_info(path, arguments, model.config, data, records)
+    compute = describe_compute(flops, count_parameters(model.config), state.total_flos, teacher_forward_flops_per_image)
+    write_run_info(path, arguments, model.config, data, compute, records)
     return path
 
 

@@ -124,6 +124,51 @@ def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path)
     assert [message for message, count in messages.items() if count > 1] == []
 
 
+def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_path):
+    """What a user runs first, with the stderr the user sees: a tiny run, a prediction, an export to both formats,
+    and a user's own script that builds the image processor (the README's `build_image_processor()`) and loads the
+    run through the pipeline. Without torchvision, transformers warns at any import of `ViTImageProcessor`."""
+    run = tmp_path / "run"
+    flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--max_steps=1", *TINY_RUN]
+    processes = {"train": run_script("train", *flags, f"--output_dir={run}")}
+    processes["predict"] = run_script("predict", run, run / "examples" / "00.png")
+    processes["export"] = run_script("export", run, "--format=vit,onnx", f"--output_dir={tmp_path / 'export'}")
+    script = (
+        "import sys\n"
+        "from transformers import pipeline\n"
+        "from modeling import build_image_processor\n"
+        "build_image_processor().save_pretrained(sys.argv[1])\n"
+        "pipeline('image-classification', model=sys.argv[2], trust_remote_code=True)\n"
+    )
+    processes["user script"] = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "processor"), str(run)], capture_output=True, text=True
+    )
+    for name, process in processes.items():
+        assert process.returncode == 0, f"{name}: {process.stderr[-2000:]}"
+        warnings = [line for line in process.stderr.splitlines() if re.search("warn|requires torchvision", line, re.I)]
+        assert warnings == [], f"{name}: {warnings}"
+
+
+def test_the_log_names_an_image_processor_without_printing_it(tmp_path):
+    """transformers logs a loaded image processor's whole JSON at info level: a teacher's in a taught run's log, the
+    model's in the demo's. The scripts' logging drops that line and keeps every other."""
+    script = (
+        "import logging, sys\n"
+        "from transformers import AutoImageProcessor\n"
+        "from modeling import build_image_processor\n"
+        "from training.cli import setup_logging\n"
+        "setup_logging()\n"
+        "build_image_processor().save_pretrained(sys.argv[1])\n"
+        "AutoImageProcessor.from_pretrained(sys.argv[1])\n"
+        "logging.getLogger('training').info('our own line')\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "Image processor saved in" in process.stderr and "loading configuration file" in process.stderr
+    assert "our own line" in process.stderr
+    assert '"image_mean"' not in process.stderr, process.stderr
+
+
 def test_help_lists_the_recipe_flags():
     process = run_script("train", "--help")
     assert process.returncode == 0

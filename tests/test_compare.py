@@ -1,110 +1,26 @@
-"""scripts/compare.py: the dataset it writes, the commands it builds, the report it renders, and one real run."""
+"""training/compare.py and scripts/compare.py: the commands it builds, the compute it adds up, the report it renders,
+and one real comparison with a pre-training stage and an arm at another's compute."""
 
-import gzip
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, load_script
-from datasets import ClassLabel, Features, Image, load_dataset
+from conftest import REPO_ROOT, TINY_OVERRIDES, make_run_folder
 from transformers import TrainerState
 
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
-from training import fashion_mnist
-from training.arguments import DataArguments, parse_arguments
-from training.data import load_image_datasets
-from training.flops import flops_per_image
+from training import compare, fashion_mnist
+from training.arguments import parse_arguments
 from training.metrics import wilson_interval
 from training.run_info import machine_info
+from training.trainer import TRAINING_SECONDS
 
-compare = load_script("compare")
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.isdir(fashion_mnist.FASHION_MNIST_DIR),
     reason=f"Fashion-MNIST is not installed: apt-get install {fashion_mnist.FASHION_MNIST_PACKAGE}",
 )
-
-
-def write_idx(path, array, type_code=0x08):
-    """An IDX file as LeCun's page describes it: 0, 0, the type, the number of dimensions, big-endian int32 sizes."""
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
-    with gzip.open(path, "wb") as file:
-        file.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_read_idx(tmp_path):
-    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    write_idx(tmp_path / "images.gz", array)
-    read = fashion_mnist.read_idx(str(tmp_path / "images.gz"))
-    assert read.dtype == np.uint8 and read.shape == (2, 3, 4) and (read == array).all()
-    write_idx(tmp_path / "floats.gz", array, type_code=0x0D)
-    with pytest.raises(ValueError, match="not an IDX file of unsigned bytes"):
-        fashion_mnist.read_idx(str(tmp_path / "floats.gz"))
-
-
-def test_stratified_samples_are_disjoint_balanced_and_seeded():
-    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(3), 10))
-    train, validation, rest = fashion_mnist.stratified_samples(labels, [4, 2, None], np.random.default_rng(1))
-    assert [np.bincount(labels[sample], minlength=3).tolist() for sample in (train, validation, rest)] == [
-        [4, 4, 4],
-        [2, 2, 2],
-        [4, 4, 4],
-    ]
-    assert sorted(np.concatenate([train, validation, rest]).tolist()) == list(range(30))  # disjoint, all of them
-    again = fashion_mnist.stratified_samples(labels, [4, 2, None], np.random.default_rng(1))
-    other = fashion_mnist.stratified_samples(labels, [4, 2, None], np.random.default_rng(2))
-    assert (again[0] == train).all() and (other[0] != train).any()
-    with pytest.raises(ValueError, match="fewer than the 11 asked for"):
-        fashion_mnist.stratified_samples(labels, [6, 5], np.random.default_rng(1))
-
-
-@needs_fashion_mnist
-def test_dataset_is_fashion_mnist_in_the_hub_schema(tmp_path):
-    images_per_class = {"train": 7, "validation": 3, "test": 2}
-    manifest = fashion_mnist.prepare_dataset(str(tmp_path), images_per_class, seed=1)
-    for split in ("train", "validation", "test"):
-        assert (tmp_path / "data" / f"{split}-00000-of-00001.parquet").is_file()
-    raw = load_dataset(str(tmp_path))
-    expected_features = Features({"img": Image(), "label": ClassLabel(names=fashion_mnist.FASHION_MNIST_LABELS)})
-    assert {split: dataset.features for split, dataset in raw.items()} == dict.fromkeys(raw, expected_features)
-    for split, per_class in images_per_class.items():
-        assert np.bincount(raw[split]["label"], minlength=10).tolist() == [per_class] * 10
-        assert manifest["num_images"][split] == 10 * per_class
-    assert manifest["label_names"] == fashion_mnist.FASHION_MNIST_LABELS and manifest["image_shape"] == [28, 28]
-
-    # Every image is one of the official split's, with its label; train and validation share none.
-    official = fashion_mnist.load_fashion_mnist()
-    seen = {}
-    for split, source in (("train", "train"), ("validation", "train"), ("test", "test")):
-        images, labels = official[source]
-        by_bytes = {image.tobytes(): label for image, label in zip(images, labels, strict=True)}
-        rows = raw[split]
-        assert {row["img"].mode for row in rows} == {"L"}
-        pixels = [np.asarray(row["img"]).tobytes() for row in rows]
-        assert [by_bytes.get(image) for image in pixels] == rows["label"]
-        seen[split] = set(pixels)
-    assert not seen["train"] & seen["validation"]
-
-    # train.py's loader keeps the validation split as it is, and converts the images to RGB at the model's size.
-    data = load_image_datasets(DataArguments(dataset_name=str(tmp_path), label_column_name="label"), image_size=32)
-    assert data.label_names == fashion_mnist.FASHION_MNIST_LABELS
-    assert {split: len(dataset) for split, dataset in data.datasets.items()} == {
-        "train": 70,
-        "validation": 30,
-        "test": 20,
-    }
-    row = data.tensors("train")[0]  # an RGB image and its label, whatever the loader names them
-    assert sorted(tuple(value.shape) for value in row.values()) == [(), (3, 32, 32)]
-
-    # The same sample is reused as it is; another one in the same folder is refused.
-    written = os.path.getmtime(tmp_path / "data" / "train-00000-of-00001.parquet")
-    assert fashion_mnist.prepare_dataset(str(tmp_path), images_per_class, seed=1) == manifest
-    assert os.path.getmtime(tmp_path / "data" / "train-00000-of-00001.parquet") == written
-    with pytest.raises(ValueError, match="holds another sample"):
-        fashion_mnist.prepare_dataset(str(tmp_path), images_per_class, seed=2)
 
 
 def test_arm_flags_reach_train_py_in_order(tmp_path):
@@ -116,12 +32,14 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
     arm = compare.parse_arm(f"my recipe={recipe} --num_train_epochs 3 --mixup_alpha 0.5")
     assert arm.name == "my recipe" and arm.flags == [str(recipe), "--num_train_epochs", "3", "--mixup_alpha", "0.5"]
     common = ["--num_train_epochs", "2", "--learning_rate", "0.002"]
-    arguments = compare.train_arguments(arm, common, tmp_path / "data", tmp_path / "run", seed=7)
+    comparison = compare.Comparison(str(tmp_path), (str(tmp_path / "data"), "label"), {}, common)
+    comparison.arms = [arm]
+    arguments = comparison.train_arguments(arm, seed=7)
     model_args, data_args, augmentation_args, training_args, _ = parse_arguments(arguments)
     assert training_args.learning_rate == 0.002  # --common replaces the recipe's value
     assert training_args.num_train_epochs == 3 and augmentation_args.mixup_alpha == 0.5  # the arm's replace both
     assert not augmentation_args.horizontal_flip and training_args.report_to == []  # the recipe's "none", kept
-    assert training_args.output_dir == str(tmp_path / "run") and training_args.seed == 7  # the script's own
+    assert training_args.output_dir == comparison.run_dir(arm, 7) and training_args.seed == 7  # the script's own
     assert data_args.dataset_name == str(tmp_path / "data") and data_args.label_column_name == "label"
     assert training_args.disable_tqdm
 
@@ -153,10 +71,33 @@ def test_schedule_reverses_the_arms_every_round():
 
 def test_a_folder_of_another_command_is_not_reused(tmp_path):
     arm = compare.parse_arm("a=--mixup_alpha 0")
+    comparison = compare.Comparison(str(tmp_path), ("data", "label"), {}, [])
     (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "a-seed42.json").write_text(json.dumps({"train_arguments": ["--mixup_alpha", "1"]}))
+    (tmp_path / "logs" / "a-seed42.json").write_text(json.dumps({"arguments": ["--mixup_alpha", "1"], "dataset": {}}))
     with pytest.raises(ValueError, match="holds a run of another command"):
-        compare.run_arm(arm, [], tmp_path / "data", str(tmp_path), 42, {}, "a")
+        comparison.run_script("train", comparison.train_arguments(arm, 42), arm, 42, "a")
+
+
+@pytest.mark.parametrize(
+    "pretrain, match, message",
+    [
+        (["nope=--num_train_epochs 1"], [], "NAME one of the arms"),
+        ([], ["b=a"], "must be an arm given before 'b'"),  # a is after b
+        ([], ["a=missing"], "must be an arm given before 'a'"),
+    ],
+)
+def test_stages_and_matches_name_arms_that_exist(pretrain, match, message):
+    with pytest.raises(ValueError, match=message):
+        compare.parse_arms(["b=", "a="], pretrain, match)
+
+
+def test_an_arm_matching_another_runs_after_it_in_every_round():
+    arms = compare.parse_arms(
+        ["cheap=", "costly=", "cheap at costly=--num_train_epochs 1"], [], ["cheap at costly=costly"]
+    )
+    order = [(arm.name, seed) for arm, seed in compare.schedule(arms, [1, 2])]
+    assert order == [("cheap", 1), ("costly", 1), ("cheap at costly", 1),
+                     ("costly", 2), ("cheap", 2), ("cheap at costly", 2)]  # fmt: skip
 
 
 def log_history(epoch_ends, final_epoch=None):
@@ -164,11 +105,11 @@ def log_history(epoch_ends, final_epoch=None):
     seconds)`, as `training.trainer.VTLMTrainer` logs them; the final evaluation repeats the last epoch."""
     history = []
     for epoch, seconds in epoch_ends:
-        history.append({"loss": 1.0, "epoch": epoch - 0.5, "training_seconds": seconds - 1})
-        history.append({"eval_loss": 0.5, "epoch": epoch, "training_seconds": seconds})
+        history.append({"loss": 1.0, "epoch": epoch - 0.5, TRAINING_SECONDS: seconds - 1})
+        history.append({"eval_loss": 0.5, "epoch": epoch, TRAINING_SECONDS: seconds})
     if final_epoch is not None:
-        history.append({"train_runtime": 1.0, "epoch": final_epoch, "training_seconds": epoch_ends[-1][1] + 5})
-        history.append({"eval_loss": 0.5, "epoch": final_epoch, "training_seconds": epoch_ends[-1][1] + 9})
+        history.append({"train_runtime": 1.0, "epoch": final_epoch, TRAINING_SECONDS: epoch_ends[-1][1] + 5})
+        history.append({"eval_loss": 0.5, "epoch": final_epoch, TRAINING_SECONDS: epoch_ends[-1][1] + 9})
     return history
 
 
@@ -181,39 +122,52 @@ def test_seconds_per_epoch():
     assert compare.seconds_per_epoch(log_history([(2.0, 300.0)])) == (150.0, 0)
 
 
-def fake_run(folder, accuracy, num_images, epoch_ends, **fields):
-    """A run folder with the files train.py leaves, with made-up results, for the report to read."""
-    os.makedirs(folder)
-    config = VTLMConfig(**TINY_CONFIG, num_labels=10, **fields)
-    VTLMForImageClassification(config).save_pretrained(folder)
-    build_image_processor().save_pretrained(folder)
-    TrainerState(log_history=log_history(epoch_ends)).save_to_json(os.path.join(folder, "trainer_state.json"))
-    results = {
-        "test_results.json": {"test_accuracy": accuracy, "test_num_images": num_images},
-        "run_info.json": {"git_commit": "abc123", "hardware": {"device": "cpu"}},
+def run_folder(path, accuracy, epoch_ends, flags=(), teacher_forward_flops_per_image=None):
+    """A run folder as train.py leaves it (`conftest.make_run_folder`, the project's writers), with `accuracy` on
+    10,000 test images and its epochs ending at `epoch_ends`, and the comparison's record of its ViT export."""
+    low, high = wilson_interval(round(accuracy * 10_000), 10_000)
+    results = {"test_accuracy": accuracy, "test_num_images": 10_000, "test_accuracy_ci_low": low,
+               "test_accuracy_ci_high": high}  # fmt: skip
+    make_run_folder(path, results=results, flags=flags, teacher_forward_flops_per_image=teacher_forward_flops_per_image)
+    state = TrainerState.load_from_json(str(path / "trainer_state.json"))
+    state.log_history = log_history(epoch_ends)
+    state.save_to_json(str(path / "trainer_state.json"))
+    record = path.parent / f"{path.name}.json"
+    record.write_text(json.dumps({"vit_export_difference": 0.0}))
+    return path, str(record)
+
+
+def test_a_taught_run_costs_its_teacher_forward_and_training(tmp_path):
+    teacher, _ = run_folder(tmp_path / "teacher", 0.9, [(1.0, 50.0)])
+    student, _ = run_folder(tmp_path / "student", 0.8, [(1.0, 50.0)], flags=[f"--teacher_model_name_or_path={teacher}"],
+                            teacher_forward_flops_per_image=1_000)  # fmt: skip
+    teacher_compute = json.loads((teacher / "run_info.json").read_text())["compute"]
+    student_compute = json.loads((student / "run_info.json").read_text())["compute"]
+    assert student_compute["teacher_forward_flops"] == 1_000 * student_compute["training_images"] > 0
+    total = compare.read_total_compute(str(student))
+    assert total == {
+        "own": student_compute["training_flops"] + student_compute["teacher_forward_flops"],
+        "teacher_training": teacher_compute["total_flops"],
+        "pretraining": 0,
+        "total": student_compute["total_flops"] + teacher_compute["total_flops"],
     }
-    for name, content in results.items():
-        with open(os.path.join(folder, name), "w") as file:
-            json.dump(content, file)
-    return config
+    assert compare.read_total_compute(str(teacher))["total"] == teacher_compute["total_flops"]
 
 
-def test_report_renders_what_the_run_folders_say(tmp_path):
-    config = fake_run(tmp_path / "a", 0.8123, 10_000, [(1.0, 50.0), (2.0, 150.0), (3.0, 260.0)])
-    fake_run(tmp_path / "b", 0.5, 30, [(1.0, 120.0)])
-    fake_run(tmp_path / "c", 0.6, 30, [(1.0, 120.0)], pooling="mean")  # a layout the built-in ViT cannot express
-    arm_a = compare.parse_arm("old | new=--randaugment_magnitude 5")
+def test_report_renders_what_the_runs_recorded(tmp_path):
+    folder_a, record_a = run_folder(tmp_path / "a", 0.8123, [(1.0, 50.0), (2.0, 150.0), (3.0, 260.0)])
+    folder_b, record_b = run_folder(tmp_path / "b", 0.5, [(1.0, 120.0)])
+    arm_a = compare.parse_arm("old | new @ 3=--randaugment_magnitude 5")
     arm_b = compare.parse_arm("plain=")
-    runs = [compare.read_run(str(tmp_path / "a"), arm_a, 42), compare.read_run(str(tmp_path / "b"), arm_b, 43)]
-    runs.append(compare.read_run(str(tmp_path / "c"), arm_b, 44))
-    flops = flops_per_image(config)
-    num_parameters = VTLMForImageClassification(config).num_parameters()
+    runs = [compare.read_run(str(folder_a), record_a, arm_a, 42), compare.read_run(str(folder_b), record_b, arm_b, 43)]
+    runs.append(compare.read_run(str(folder_b), record_b, arm_b, 44))
+    recorded = json.loads((folder_a / "run_info.json").read_text())["compute"]
     assert (runs[0].seconds_per_epoch, runs[0].epochs_timed) == (105.0, 2)
     assert (runs[1].seconds_per_epoch, runs[1].epochs_timed) == (120.0, 0)
-    assert (runs[0].forward_flops, runs[0].training_flops) == (flops.forward, flops.forward + flops.backward)
-    assert runs[0].num_parameters == num_parameters
+    assert runs[0].compute == recorded and runs[0].total_compute["total"] == recorded["total_flops"]
+    assert runs[0].way == "old | new"
 
-    dataset = {
+    manifest = {
         "name": "Fashion-MNIST",
         "package": "dataset-fashion-mnist",
         "licence": "Expat (MIT), Zalando SE 2017",
@@ -228,34 +182,41 @@ def test_report_renders_what_the_run_folders_say(tmp_path):
     }
     machine = {**machine_info(torch.device("cpu")), "cpu_model": "Some CPU", "cpus_available": 2}
     common = ["--num_train_epochs", "3", "--config_overrides", TINY_OVERRIDES]
-    report = compare.render_report("python scripts/compare.py --arm x=", dataset, machine, common, runs, "today")
+    report = compare.render_report(
+        "python scripts/compare.py --arm x=", manifest, machine, common, runs, "today", "report.png"
+    )
 
-    lower, upper = wilson_interval(8123, 10_000)
-    forward, training = f"{flops.forward / 1e6:,.1f}", f"{(flops.forward + flops.backward) / 1e6:,.1f}"
+    # The interval is the one train.py recorded, not computed again.
+    results = json.loads((folder_a / "test_results.json").read_text())
+    lower, upper = results["test_accuracy_ci_low"], results["test_accuracy_ci_high"]
+    pflops = compare.petaflops(recorded["total_flops"])
     assert (
-        f"| old \\| new | `--randaugment_magnitude 5` | 42 | 81.23% [{100 * lower:.2f}, {100 * upper:.2f}] | 105.0 | "
-        f"{forward} | {training} | {num_parameters:,} | 0.0e+00 |"
+        f"| old \\| new @ 3 | `--randaugment_magnitude 5` | 42 | 3 | 81.23% [{100 * lower:.2f}, {100 * upper:.2f}] | "
+        f"105.0 | {recorded['training_flops_per_image'] / 1e6:,.1f} | {recorded['num_parameters']:,} | "
+        f"{pflops} + 0 + 0 = {pflops} | 0.0e+00 |"
     ) in report.splitlines()
-    lower, upper = wilson_interval(15, 30)
-    assert (
-        f"| plain | (none) | 43 | 50.00% [{100 * lower:.2f}, {100 * upper:.2f}] | 120.0 * | "
-        f"{forward} | {training} | {num_parameters:,} | 0.0e+00 |"
-    ) in report.splitlines()
-    assert runs[2].vit_export_difference is None and report.splitlines()[-3].endswith("| custom code only |")
     assert "python scripts/compare.py --arm x=" in report and "Generated by `scripts/compare.py` on today" in report
     assert "`dataset-fashion-mnist` 1.2-3" in report and "500 images per class (5,000)" in report
     assert "test: 10,000 images, the whole official test split" in report
     assert f"`--num_train_epochs 3 --config_overrides {TINY_OVERRIDES}`" in report
-    assert "Some CPU, 2 available" in report and "`abc123`" in report and "not CIFAR-100" in report
-    # Per arm, the mean and sample std over its seeds; one seed has no spread.
-    assert "| old \\| new | 1 | 81.23% (one seed) | 105.0 |" in report.splitlines()
-    assert "| plain | 2 | 55.00% ± 7.07 | 120.0 |" in report.splitlines()
+    assert "Some CPU, 2 available" in report and "not CIFAR-100" in report and "![Test top-1" in report
+    # Per arm, the mean and sample std over its seeds, and its mean total compute; one seed has no spread.
+    assert f"| old \\| new @ 3 | 1 | 81.23% (one seed) | {pflops} | 105.0 |" in report.splitlines()
+    assert f"| plain | 2 | 50.00% ± 0.00 | {pflops} | 120.0 |" in report.splitlines()
+    png = compare.plot_accuracy_against_compute(compare.arm_summaries(runs), "title")
+    assert png.startswith(b"\x89PNG")
+
+    # Another dataset than the proxy: named as given, and no proxy disclaimer.
+    other = compare.render_report("cmd", {"dataset_name": "uoft-cs/cifar100", "label_column_name": "fine_label"},
+                                  machine, common, runs, "today")  # fmt: skip
+    assert "# Arms compared on uoft-cs/cifar100" in other and "not CIFAR-100" not in other
 
 
 @needs_fashion_mnist
 @pytest.mark.slow
-def test_one_real_arm_end_to_end(tmp_path):
-    """The command line as a user runs it: one tiny arm for 2 epochs through train.py, then the same command again."""
+def test_a_real_comparison_with_a_pretraining_stage_and_a_matched_arm(tmp_path):
+    """The command line as a user runs it: a plain arm, an arm pre-trained first, and a plain arm trained as long as
+    the pre-trained one cost, 2 epochs each on a tiny Fashion-MNIST sample; then the same command again."""
     command = [
         sys.executable,
         os.path.join(REPO_ROOT, "scripts", "compare.py"),
@@ -264,46 +225,55 @@ def test_one_real_arm_end_to_end(tmp_path):
         "--validation_images_per_class=2",
         "--test_images_per_class=3",
         f"--common=--config_overrides {TINY_OVERRIDES} --num_train_epochs 2 --report_to none",
-        "--arm",
-        "no RandAugment=--randaugment_num_ops 0",
+        "--arm=plain @ 2=--randaugment_num_ops 0",
+        "--arm=MAE @ 2=--randaugment_num_ops 0",
+        "--pretrain=MAE @ 2=--num_train_epochs 3 --decoder_hidden_size 16 --decoder_num_hidden_layers 1 "
+        "--decoder_num_attention_heads 2 --decoder_intermediate_size 24",
+        "--arm=plain at MAE's cost=--randaugment_num_ops 0",
+        "--match_compute=plain at MAE's cost=MAE @ 2",
     ]
-    first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "no-randaugment-seed42"
-
-    recorded = json.loads((run_dir / "run_arguments.json").read_text())
+    runs = tmp_path / "runs"
+    assert sorted(os.listdir(runs)) == ["mae-2-seed42", "mae-2-seed42-pretrain", "plain-2-seed42",
+                                        "plain-at-mae-s-cost-seed42"]  # fmt: skip
+    recorded = json.loads((runs / "plain-2-seed42" / "run_arguments.json").read_text())
     assert recorded["augmentation_arguments"]["randaugment_num_ops"] == 0  # the arm's flag reached train.py
     assert recorded["data_arguments"]["dataset_name"] == str(tmp_path / "fashion-mnist")
     # What is published names the dataset folder, not its path on this machine.
-    assert json.loads((run_dir / "run_info.json").read_text())["data_arguments"]["dataset_name"] == "fashion-mnist"
-    test = json.loads((run_dir / "test_results.json").read_text())
-    assert test["test_num_images"] == 30
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    epoch_ends = [(entry["epoch"], entry["training_seconds"]) for entry in history if "eval_loss" in entry]
-    assert [epoch for epoch, _ in epoch_ends[:2]] == [1.0, 2.0]
-    assert sorted(os.listdir(tmp_path / "logs")) == ["no-randaugment-seed42.json", "no-randaugment-seed42.log"]
+    plain_info = json.loads((runs / "plain-2-seed42" / "run_info.json").read_text())
+    assert plain_info["data_arguments"]["dataset_name"] == "fashion-mnist"
+    # The pre-trained arm fine-tuned the pre-training, and its cost includes it.
+    mae_info = json.loads((runs / "mae-2-seed42" / "run_info.json").read_text())
+    assert mae_info["initialized_from"]["source"] == "mae-2-seed42-pretrain"
+    pretraining = json.loads((runs / "mae-2-seed42-pretrain" / "run_info.json").read_text())["compute"]
+    mae_total = compare.read_total_compute(str(runs / "mae-2-seed42"))
+    assert mae_total["pretraining"] == pretraining["total_flops"] > 0
+    # The matched arm trained the whole epochs that come closest to that total.
+    per_epoch = plain_info["compute"]["training_flops_per_image"] * 50
+    matched = json.loads((runs / "plain-at-mae-s-cost-seed42" / "run_arguments.json").read_text())
+    epochs = matched["training_arguments"]["num_train_epochs"]
+    assert epochs == max(1, round(mae_total["total"] / per_epoch)) and epochs != 2
 
     report = (tmp_path / "report.md").read_text()
-    correct = round(test["test_accuracy"] * 30)
-    lower, upper = wilson_interval(correct, 30)
+    assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG") and "![Test top-1" in report
+    test = json.loads((runs / "plain-2-seed42" / "test_results.json").read_text())
+    lower, upper = test["test_accuracy_ci_low"], test["test_accuracy_ci_high"]
     runs_table = report.split("## Runs", 1)[1]
-    row = next(line for line in runs_table.splitlines() if line.startswith("| no RandAugment |"))
+    row = next(line for line in runs_table.splitlines() if line.startswith("| plain @ 2 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[:5] == [
-        "no RandAugment",
-        "`--randaugment_num_ops 0`",
-        "42",
-        f"{100 * correct / 30:.2f}% [{100 * lower:.2f}, {100 * upper:.2f}]",
-        f"{epoch_ends[1][1] - epoch_ends[0][1]:.1f}",
-    ]
-    assert cells[7] == f"{VTLMForImageClassification(VTLMConfig.from_pretrained(run_dir)).num_parameters():,}"
-    assert cells[8] == "0.0e+00"  # the plain layout's built-in ViT export gives identical logits
+    assert cells[:5] == ["plain @ 2", "`--randaugment_num_ops 0`", "42", "2",
+                         f"{100 * test['test_accuracy']:.2f}% [{100 * lower:.2f}, {100 * upper:.2f}]"]  # fmt: skip
+    assert cells[7] == f"{plain_info['compute']['num_parameters']:,}"
+    assert cells[9] == "0.0e+00"  # the plain layout's built-in ViT export gives identical logits
     assert "train: 5 images per class (50)" in report and "test: 30 images, 3 per class" in report
+    mae_row = next(line for line in runs_table.splitlines() if line.startswith("| MAE @ 2 |"))
+    assert f"= {compare.petaflops(mae_total['total'])} |" in mae_row
 
-    # The same command again reuses the run instead of training it again.
-    log = tmp_path / "logs" / "no-randaugment-seed42.log"
+    # The same command again reuses the runs instead of training them again.
+    log = tmp_path / "logs" / "plain-2-seed42.log"
     log_written = os.path.getmtime(log)
     second = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing the results" in second.stderr and os.path.getmtime(log) == log_written
-    assert "'no RandAugment' seed 42: epoch 2 of 2, validation top-1" in first.stderr  # progress from the checkpoints
+    assert "'plain @ 2' seed 42: epoch 2 of 2, validation top-1" in first.stderr  # progress from the checkpoints

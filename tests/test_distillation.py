@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, TINY_RUN, load_script
 from safetensors.torch import load_file
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.arguments import (
@@ -35,7 +35,7 @@ from training.distillation import (
     patch_token_map,
 )
 from training.export import to_vit
-from training.rerun import NOT_DEFINING, RunMismatchError, differing_arguments, teacher_validation_split
+from training.rerun import NOT_DEFINING, RunMismatchError, differing_arguments, source_validation_split
 from training.run_info import run_arguments
 
 train = load_script("train")
@@ -212,12 +212,12 @@ def test_a_teacher_that_trained_on_the_validation_images_is_refused(
 
 def test_a_datasets_own_validation_split_is_the_same_for_any_seed(cifar100_dir, teacher_run):
     data_args = DataArguments(dataset_name=cifar100_dir, validation_split_size=100)
-    assert teacher_validation_split(teacher_run, data_args, seed=42) == ("same", [])
-    assert teacher_validation_split(teacher_run, data_args, seed=1)[0] == "other"
-    assert teacher_validation_split(teacher_run, data_args, seed=1, held_out=False) == ("same", [])  # no hold-out
+    assert source_validation_split(teacher_run, data_args, seed=42) == ("same", [])
+    assert source_validation_split(teacher_run, data_args, seed=1)[0] == "other"
+    assert source_validation_split(teacher_run, data_args, seed=1, held_out=False) == ("same", [])  # no hold-out
     other = DataArguments(dataset_name="someone/other-data", validation_split_size=100)
-    assert teacher_validation_split(teacher_run, other, seed=42) == ("another dataset", [])
-    assert teacher_validation_split("someone/no-record", data_args, seed=42) == ("not recorded", [])
+    assert source_validation_split(teacher_run, other, seed=42) == ("another dataset", [])
+    assert source_validation_split("someone/no-record", data_args, seed=42) == ("not recorded", [])
 
 
 def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path):
@@ -228,7 +228,7 @@ def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path)
     resnet.id2label = dict(enumerate(CIFAR100_LABELS))
     teacher = tmp_path / "tiny-resnet"
     ResNetForImageClassification(resnet).save_pretrained(teacher)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(teacher)
+    build_image_processor(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)).save_pretrained(teacher)
     output_dir = tmp_path / "student"
     train.main(student_argv(cifar100_dir, output_dir, teacher, "--distillation_type=none"))
 

@@ -378,6 +378,25 @@ def test_a_student_is_trained_from_scratch_only_when_its_teacher_saw_only_its_da
     assert "## Teacher" not in plain and "Distillation arguments" not in plain and "taught by" not in plain
 
 
+@pytest.mark.parametrize(
+    "flags, recorded, shown",
+    [
+        (["--use_cpu"], ("fp32", "fp16"), "fp32 (asked for fp16, which trains on CUDA only)"),  # the default recipe
+        (["--no_fp16"], ("fp32", "fp32"), "fp32"),
+        (["--bf16", "--use_cpu"], ("bf16", "bf16"), "bf16"),
+    ],
+    ids=["fp16-on-a-cpu", "fp32", "bf16"],
+)
+def test_the_run_records_the_precision_used_beside_the_one_asked_for_and_the_card_shows_both(
+    tmp_path, flags, recorded, shown
+):
+    run_dir = make_run_folder(tmp_path / "run", flags=flags)
+    run_info = json.loads((run_dir / "run_info.json").read_text())
+    assert (run_info["hardware"]["precision"], run_info["hardware"]["precision_asked"]) == recorded
+    assert run_info["training_arguments"]["fp16"] is (recorded[1] == "fp16")  # the recipe, as asked for
+    assert table_row(section(card_body(write_model_card(run_dir)), "Hardware and speed"), "precision")[1] == shown
+
+
 def test_an_unpublished_card_says_only_what_its_folder_holds(run_dir):
     """Unpublished: the snippets load from a path to fill in (the folder's bare name loads only from its parent),
     and the endpoint's files are what publishing adds; published: the Hub id, and the files the repository holds."""

@@ -336,4 +336,40 @@ def test_defaults_are_the_headline_recipe():
     assert training_args.output_dir == "runs/vtlm-37m-cifar100"
     assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 0.1
     assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "accuracy"
-    assert training_args.fp16 is False  # no CUDA here: fp32 on a CPU
+    # fp16 as asked for, whatever the host: a CPU trains in fp32 (`test_the_recipe_is_recorded_as_asked_on_any_host`).
+    assert training_args.precision_asked == "fp16" and training_args.to_dict()["fp16"] is True
+
+
+@pytest.fixture
+def simulated_host(monkeypatch):
+    """`simulated_host(cuda)` makes the arguments see a host with or without CUDA (TrainingArguments then picks
+    cuda:0 or the CPU). Accelerate's process state, shared by every TrainingArguments, is rebuilt each time and after
+    the test: no other test meets a simulated host."""
+    from accelerate.state import PartialState
+
+    def simulate(cuda):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+        PartialState._reset_state()
+
+    yield simulate
+    PartialState._reset_state()
+
+
+def test_the_recipe_is_recorded_as_asked_on_any_host(simulated_host):
+    """fp16 trains on CUDA only; the recorded recipe (and so a rerun's comparison) is the same on either host."""
+    simulated_host(cuda=True)
+    on_cuda = parse_arguments(["--report_to=none"])
+    simulated_host(cuda=False)
+    on_cpu = parse_arguments(["--report_to=none"])
+    assert (on_cuda[3].fp16, on_cuda[3].precision, on_cuda[3].dataloader_pin_memory) == (True, "fp16", True)
+    assert (on_cpu[3].fp16, on_cpu[3].precision, on_cpu[3].dataloader_pin_memory) == (False, "fp32", False)
+    assert on_cuda[3].precision_asked == on_cpu[3].precision_asked == "fp16"
+    assert run_arguments(on_cuda) == run_arguments(on_cpu)
+    assert run_arguments(on_cpu)["training_arguments"]["fp16"] is True
+
+
+def test_bf16_replaces_the_default_fp16_in_the_record_too():
+    training_args = parse_arguments(["--report_to=none", "--bf16", "--use_cpu"])[3]
+    assert (training_args.precision, training_args.precision_asked) == ("bf16", "bf16")
+    assert training_args.to_dict()["fp16"] is False

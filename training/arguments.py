@@ -409,15 +409,88 @@ class VTLMTrainingArguments(TrainingArguments):
             raise ValueError(f"--num_train_epochs must be positive, got {self.num_train_epochs}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        # --bf16 replaces the default fp16. The Trainer gets what this host can run; the record keeps what was asked
+        # for (`to_dict`), the same on every host.
+        self.fp16 = self.fp16 and not self.bf16
+        self.asked_for = {name: getattr(self, name) for name in ("fp16", "dataloader_pin_memory", "use_cpu")}
         # A launcher's processes (torchrun, `accelerate launch`) on a machine without CUDA train as one DDP run over
         # gloo: without `use_cpu` each would train alone, all into one output_dir.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
-        # fp16 is the default on CUDA only: --bf16 replaces it, and a CPU trains in fp32.
+        # fp16 and pinned memory on CUDA only: a CPU trains in fp32.
         on_cuda = torch.cuda.is_available() and not self.use_cpu
-        self.fp16 = self.fp16 and not self.bf16 and on_cuda
+        self.fp16 = self.fp16 and on_cuda
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
         super().__post_init__()
+
+    def to_dict(self):
+        """The arguments as asked for, whatever the host: the recipe that `run_arguments.json`, the card and a
+        rerun's comparison read."""
+        return {**super().to_dict(), **self.asked_for}
+
+    @property
+    def precision(self):
+        """The precision this host trains in: `fp16` or `bf16` (mixed), or `fp32`."""
+        return _precision_name(self.fp16, self.bf16)
+
+    @property
+    def precision_asked(self):
+        """The precision the arguments ask for: the default fp16 trains in fp32 on a CPU."""
+        return _precision_name(self.asked_for["fp16"], self.bf16)
+
+
+def _precision_name(fp16, bf16):
+    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
+
+
+@dataclass
+class PretrainingArguments:
+    """Masked image modelling (`scripts/pretrain.py`), as MAE (He et al. 2022) and transformers' `ViTMAEConfig` name
+    it. The decoder exists only in pre-training; MAE found a narrow decoder enough (its fine-tuning accuracy barely
+    moves between 1 and 8 blocks), so the default is half of vtlm-37m's width, 4 blocks."""
+
+    mask_ratio: float = field(default=0.75, metadata={"help": "Share of each image's patches hidden from the encoder."})
+    norm_pix_loss: bool = field(
+        default=True,
+        metadata={"help": "Predict each patch's pixels normalised by their own mean and std (MAE's best setting)."},
+    )
+    decoder_hidden_size: int = field(default=256, metadata={"help": "Width of the decoder's blocks."})
+    decoder_num_hidden_layers: int = field(default=4, metadata={"help": "Blocks of the decoder."})
+    decoder_num_attention_heads: int = field(default=8, metadata={"help": "Attention heads of the decoder's blocks."})
+    decoder_intermediate_size: int = field(default=1024, metadata={"help": "MLP width of the decoder's blocks."})
+
+    def __post_init__(self):
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"--mask_ratio must be between 0 and 1, got {self.mask_ratio}")
+
+
+PRETRAINING_ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    AugmentationArguments,
+    VTLMTrainingArguments,
+    PretrainingArguments,
+)
+# `scripts/pretrain.py`'s recipe where it differs from train.py's: MAE's optimiser (lr 1.5e-4 x batch / 256 at batch
+# 512, AdamW betas (0.9, 0.95), weight decay 0.05, 5% warm-up, cosine), no stochastic depth, and crop and flip only
+# (MAE's augmentation; CIFAR's pad-and-crop rather than its RandomResizedCrop, for the reason
+# `AugmentationArguments.crop_padding` gives). No evaluation: pre-training reads the training split only.
+PRETRAINING_DEFAULTS = {
+    "output_dir": "runs/vtlm-37m-mae",
+    "learning_rate": 3e-4,
+    "adam_beta2": 0.95,
+    "drop_path_rate": 0.0,
+    "randaugment_num_ops": 0,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+    "random_erasing_prob": 0.0,
+    "label_smoothing_factor": 0.0,
+    "eval_strategy": "no",
+    "load_best_model_at_end": False,
+    "metric_for_best_model": None,
+    "greater_is_better": None,
+    "save_total_limit": 1,
+}
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments, DistillationArguments)
@@ -426,10 +499,12 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTr
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def parse_arguments(argv):
-    """`ARGUMENT_CLASSES` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
-    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
+def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None):
+    """`argument_classes` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
+    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`. `defaults` replace the classes'
+    own (`PRETRAINING_DEFAULTS`), and the recipe file replaces those."""
+    parser = HfArgumentParser(argument_classes, exit_on_error=False)
+    parser.set_defaults(**(defaults or {}))
     if argv and argv[0].endswith(RECIPE_SUFFIXES) and not argv[0].startswith("-"):
         parser.set_defaults(**read_recipe(argv[0], parser))
         argv = argv[1:]

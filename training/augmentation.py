@@ -47,10 +47,11 @@ from .image_ops import (
 )
 
 
-def augmentation_seed(seed: int, global_step: int, rank: int, micro_step: int) -> int:
+def augmentation_seed(seed: int, global_step: int, rank: int, micro_step: int, stream: str = "augmentation") -> int:
     """The seed of one micro-batch's augmentation: a hash of the run seed, the optimizer step, the process rank and
-    the micro-step within gradient accumulation, so that no two micro-batches of a run share their random choices."""
-    key = f"vtlm-augmentation/{int(seed)}/{int(global_step)}/{int(rank)}/{int(micro_step)}".encode()
+    the micro-step within gradient accumulation, so that no two micro-batches of a run share their random choices.
+    Another `stream` (pre-training's "mask") gives the same micro-batch independent draws of its own."""
+    key = f"vtlm-{stream}/{int(seed)}/{int(global_step)}/{int(rank)}/{int(micro_step)}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # 63 bits: any manual_seed
 
 

@@ -16,6 +16,7 @@ from .augmentation import BatchAugmentation
 from .data import collate_batch
 from .distillation import Distillation, load_teacher
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
+from .pretraining import MaskedImageModelingTrainer
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
 
 # Fields of the config that the recipe sets with flags of their own (`ModelArguments`), not --config_overrides.
@@ -149,4 +150,18 @@ def build_evaluation_trainer(model, image_processor, data, output_dir, batch_siz
         compute_metrics=build_compute_metrics(data.fine_to_coarse),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         processing_class=image_processor,
+    )
+
+
+def build_pretraining_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
+    """The `MaskedImageModelingTrainer` of a pre-training run (`training.pretraining`): it reads the train split
+    only, augmented as `augmentation` says and normalised as `image_processor` normalises, and never evaluates."""
+    return MaskedImageModelingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.tensors("train"),
+        data_collator=collate_batch,
+        processing_class=image_processor,
+        augmentation=augmentation,
+        callbacks=[StopOnNonFiniteLoss(), *callbacks],
     )

@@ -23,10 +23,14 @@ def setup_logging(level=logging.INFO):
     transformers.utils.logging.set_verbosity(level)
     # At info level transformers prints the whole config (100 labels) at every load; the rest of its lines stay.
     logging.getLogger("transformers.configuration_utils").setLevel(max(level, logging.WARNING))
-    # Without torchvision, ViTImageProcessor warns that it uses its PIL backend: the one this project wants there.
-    logging.getLogger("transformers.utils.import_utils").addFilter(
-        lambda record: "requires torchvision" not in record.getMessage()
-    )
+    # ... and the whole image processor at every load; its "loading" and "saved in" lines stay.
+    logging.getLogger("transformers.image_processing_base").addFilter(_not_an_image_processor_dump)
+
+
+def _not_an_image_processor_dump(record):
+    """False for transformers' info line `Image processor <class> {<its JSON>}`."""
+    message = record.getMessage()
+    return not (message.startswith("Image processor ") and message.rstrip().endswith("}"))
 
 
 # What a user's mistake raises: a bad flag or value (ValueError), a missing or unreadable file or folder, an

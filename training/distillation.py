@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from .cli import check_model_source
+from .flops import forward_flops
 
 GUIDANCE_MODULE = "feature_guidance"  # the projections' name on the model while it trains
 GUIDANCE_FILE = "feature_guidance.safetensors"  # the projections' weights in every checkpoint, beside the model's
@@ -204,6 +205,12 @@ class Distillation:
     def place(self, device, dtype):
         """The teacher on the model's device and in its precision."""
         self.teacher.model.to(device=device, dtype=dtype)
+
+    def teacher_forward_flops_per_image(self) -> int:
+        """The teacher's forward FLOPs on one image at its own size, as every training step runs it."""
+        model = self.teacher.model
+        blank = torch.zeros(1, 3, *self.teacher.image_size, dtype=model.dtype, device=model.device)
+        return forward_flops(model, blank)
 
     @property
     def needs_hidden_states(self):

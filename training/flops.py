@@ -51,12 +51,53 @@ def flops_per_image(config) -> ImageFlops:
     # `from_config` writes the implementation into the config it gets: give it a copy.
     with torch.device("meta"):
         model = AutoModelForImageClassification.from_config(copy.deepcopy(config), attn_implementation="eager")
-    model.train()
     pixel_values = torch.zeros(1, config.num_channels, config.image_size, config.image_size, device="meta")
+    return count_training_flops(model, lambda: model(pixel_values).logits.sum())
 
+
+def count_training_flops(model, loss) -> ImageFlops:
+    """The FLOPs of `loss()`, a scalar that `model` computes in training mode, and of its backward pass: what
+    `flops_per_image` counts, for any model and objective (`training.pretraining` counts masked image modelling)."""
+    model.train()
     with FlopCounterMode(display=False) as forward_counter:
-        logits = model(pixel_values).logits
+        value = loss()
     custom_mapping = {torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
     with FlopCounterMode(display=False, custom_mapping=custom_mapping) as backward_counter:
-        logits.sum().backward()
+        value.backward()
     return ImageFlops(forward=forward_counter.get_total_flops(), backward=backward_counter.get_total_flops())
+
+
+def count_parameters(config) -> int:
+    """The parameters of the image classifier for `config`, counted on the meta device (nothing allocated): the
+    saved model's, without what exists only in training (a teacher's feature guidance projections)."""
+    with torch.device("meta"):
+        return AutoModelForImageClassification.from_config(copy.deepcopy(config)).num_parameters()
+
+
+def forward_flops(model, pixel_values) -> int:
+    """The FLOPs of `model`'s forward pass (eval mode, no gradients) on `pixel_values`, as it is: any image classifier,
+    such as a teacher, whose config `flops_per_image` cannot build."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixel_values)
+    return counter.get_total_flops()
+
+
+def describe_compute(flops: ImageFlops, num_parameters: int, total_flos: float, teacher_forward_per_image=None) -> dict:
+    """What a run cost, for `run_info.json`: the trained model's parameters and FLOPs per image (`flops`), the images
+    its steps processed (from the Trainer's `total_flos`, which counts `flops.training` per image), their training
+    FLOPs, and for a taught run its teacher's forward FLOPs on those images; `total_flops` adds them up. Not counted:
+    norms, activations and the like (see `flops_per_image`), and a teacher's feature guidance projections (a Linear
+    per guided block)."""
+    images = round(total_flos / flops.training)
+    compute = {
+        "num_parameters": num_parameters,
+        "forward_flops_per_image": flops.forward,
+        "training_flops_per_image": flops.training,
+        "training_images": images,
+        "training_flops": images * flops.training,
+    }
+    if teacher_forward_per_image is not None:
+        compute["teacher_forward_flops_per_image"] = teacher_forward_per_image
+        compute["teacher_forward_flops"] = images * teacher_forward_per_image
+    compute["total_flops"] = compute["training_flops"] + compute.get("teacher_forward_flops", 0)
+    return compute

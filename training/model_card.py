@@ -47,7 +47,7 @@ RUN_INFO_GROUPS = (
 # hardware table states as what happened (`use_cpu` false on a CPU run would read as untrue).
 NOT_SHOWN = ("do_train", "do_eval", "do_predict", "use_cpu")
 # run_info.json groups shown elsewhere on the card: the architecture (from config.json) and the hardware.
-NOT_RECIPE = ("config", "hardware", "dataset", "teacher")
+NOT_RECIPE = ("config", "hardware", "dataset", "teacher", "initialized_from", "compute")
 WIDGET_TOP_K = 3
 
 
@@ -301,12 +301,21 @@ def _smoke_reason(run_info: dict) -> str | None:
 
 
 def _initialized_from(run_info: dict) -> str | None:
-    """The model a run started from (`--model_name_or_path`, recorded without local paths), in Markdown; None for
-    a run from scratch."""
-    source = (run_info.get("model_arguments") or {}).get("model_name_or_path")
+    """The model a run started from (`run_info.json`'s `initialized_from`, recorded without local paths) and the
+    pre-training that made it, if any, in Markdown; None for a run from scratch."""
+    initialized = run_info.get("initialized_from")
+    # Records older than `initialized_from` name the source in the model arguments only.
+    source = initialized["source"] if initialized else (run_info.get("model_arguments") or {}).get("model_name_or_path")
     if not source or source == "None":
         return None
-    return f"[{source}](https://huggingface.co/{source})" if source.count("/") == 1 else f"`{source}`"
+    text = f"[{source}](https://huggingface.co/{source})" if source.count("/") == 1 else f"`{source}`"
+    if pretraining := (initialized or {}).get("pretraining"):
+        text += (
+            f", an encoder pre-trained by masked image modelling (`scripts/pretrain.py`: "
+            f"{100 * pretraining['mask_ratio']:g}% of patches hidden, {pretraining['num_train_epochs']:g} epochs) on "
+            f"{pretraining['dataset']['name']}'s training images"
+        )
+    return text
 
 
 def _from_scratch(run_info: dict) -> bool:
@@ -364,7 +373,7 @@ def _teacher(run_info: dict, dataset: dict) -> dict | None:
     return {"link": link, "rows": rows, "note": note, "saw": saw}
 
 
-# What the teacher's record says of this run's validation images (`training.rerun.teacher_validation_split`); a
+# What the teacher's record says of this run's validation images (`training.rerun.source_validation_split`); a
 # teacher that trained on them ("other") is refused before training.
 VALIDATION_SPLIT_NOTES = {
     "same": "It held out the same validation images as this model: the best epoch was chosen on images neither "
@@ -450,6 +459,7 @@ def _hardware_rows(results: dict, run_info: dict, trainer_state: dict) -> list:
     return [
         ("device", _text(hardware.get("device"))),
         ("processes", _text(hardware.get("num_processes"))),
+        ("precision", _precision(hardware)),
         ("training wall time", wall_time),
         ("optimizer steps", NOT_MEASURED if steps is None else f"{steps:,}"),
         ("epochs", NOT_MEASURED if epochs is None else f"{epochs:g}"),
@@ -457,6 +467,14 @@ def _hardware_rows(results: dict, run_info: dict, trainer_state: dict) -> list:
         ("validation throughput", throughput("eval_samples_per_second")),
         ("test throughput", throughput("test_samples_per_second")),
     ]
+
+
+def _precision(hardware: dict) -> str:
+    """The precision the run trained in, and the one asked for where that differs (fp16 on a machine without CUDA)."""
+    used, asked = hardware.get("precision"), hardware.get("precision_asked")
+    if used is None:
+        return "not recorded"
+    return used if asked in (None, used) else f"{used} (asked for {asked}, which trains on CUDA only)"
 
 
 def _measured(results: dict, key: str) -> float | None:
@@ -500,3 +518,45 @@ def _read_json(path: Path) -> dict:
 def _write_if_changed(path: Path, content: bytes):
     if not path.is_file() or path.read_bytes() != content:
         path.write_bytes(content)
+
+
+def write_pretraining_card(output_dir) -> Path:
+    """Render `README.md` in the folder of a masked image modelling run (`scripts/pretrain.py`) from its record: what
+    the encoder learned from, how, at what cost, and how to fine-tune it. It has no accuracy to report."""
+    output_dir = Path(output_dir)
+    run_info = _read_json(output_dir / "run_info.json")
+    trainer_state = _read_json(output_dir / "trainer_state.json")
+    pretraining, training = run_info["pretraining_arguments"], run_info["training_arguments"]
+    dataset = run_info.get("dataset") or UNKNOWN_DATASET
+    losses = [entry["loss"] for entry in trainer_state.get("log_history", []) if "loss" in entry]
+    smoke_reason = _smoke_reason(run_info)
+    seconds = training_seconds(trainer_state.get("log_history", []))
+    lines = [
+        f"# {output_dir.resolve().name}",
+        "",
+        "A VTLM encoder pre-trained by masked image modelling (a masked autoencoder, He et al. 2022): "
+        f"{100 * pretraining['mask_ratio']:g}% of each image's patches hidden, a "
+        f"{pretraining['decoder_num_hidden_layers']}-block decoder of width {pretraining['decoder_hidden_size']} "
+        "predicting their "
+        f"{'per-patch normalised ' if pretraining['norm_pix_loss'] else ''}pixels. The decoder is not in this folder: "
+        "it existed only to pre-train. This is no classifier yet: fine-tune it with "
+        f"`python scripts/train.py --model_name_or_path {output_dir.resolve().name}`.",
+        "",
+        f"- Data: the training split of {_dataset_link(dataset)} only "
+        f"({dataset.get('images', {}).get('train', 'not recorded')} images; labels unused). No validation or test "
+        f"image was read: the validation images are those that `scripts/train.py` uses with seed {training['seed']}.",
+        f"- Schedule: {training['num_train_epochs']:g} epochs, batch {training['per_device_train_batch_size']} per "
+        f"device, peak learning rate {training['learning_rate']:g}.",
+        f"- Final training loss (mean squared error on the hidden patches): "
+        f"{f'{losses[-1]:.4f}' if losses else NOT_MEASURED}.",
+        f"- Compute: {_flops(run_info['compute']['training_flops_per_image'])} per image per step, "
+        f"{_flops(run_info['compute']['total_flops'])} in all; "
+        f"{_duration(seconds) if seconds is not None else NOT_MEASURED} of training.",
+        f"- Code: commit `{run_info.get('git_commit') or 'not recorded'}`.",
+    ]
+    if smoke_reason:
+        lines += ["", f"**A smoke run, not a real pre-training.** {smoke_reason}"]
+    card_data = ModelCardData(license=CARD_LICENSE, library_name="transformers", tags=["vtlm", "masked-image-modeling"])
+    readme = output_dir / "README.md"
+    _write_if_changed(readme, str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")).encode())
+    return readme

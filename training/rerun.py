@@ -1,9 +1,10 @@
 """What a rerun finds in its output folder, and what it may do there: start afresh, resume this run from its newest
 complete checkpoint, or stop because the run is finished, another run is there, or the folder is not a run's.
 
-`scripts/train.py` calls `prepare_output_dir` once, before any data is loaded, and `check_teacher_hold_out` before
-training; `scripts/evaluate_model.py` asks `check_same_hold_out` whether a validation split is the run's own. The
-run's record itself (`run_arguments.json`, `run_info.json`) is written and read by `training.run_info`.
+`scripts/train.py` calls `prepare_output_dir` once, before any data is loaded, and `check_source_hold_out` (for its
+teacher and the saved model it starts from) before training; `scripts/evaluate_model.py` asks `check_same_hold_out`
+whether a validation split is the run's own. The run's record itself (`run_arguments.json`, `run_info.json`) is
+written and read by `training.run_info`.
 """
 
 import json
@@ -120,36 +121,38 @@ def check_same_hold_out(run, recorded, data_args, seed):
         )
 
 
-def teacher_validation_split(teacher, data_args, seed, held_out=True):
-    """Whether the teacher `teacher` (a folder or Hub id) held out the validation split that `data_args` and `seed`
-    hold out (`held_out`: False for a dataset's own validation split, which no seed moves), from its `run_info.json`:
-    "same"; "other", with the arguments that differ (it trained on images of this run's split); or, where its record
-    cannot tell, "not recorded" (no VTLM record) or "another dataset" (whose images may still be this one's)."""
-    from .distillation import _run_file  # the teacher's record, from its folder or its Hub repository
+def source_validation_split(source, data_args, seed, held_out=True):
+    """Whether the model `source` (a teacher, or the saved model a run starts from, pre-trained or not: a folder or Hub
+    id) held out the validation split that `data_args` and `seed` hold out (`held_out`: False for a dataset's own
+    validation split, which no seed moves), from its `run_info.json`: "same"; "other", with the arguments that differ
+    (it trained on images of this run's split); or, where its record cannot tell, "not recorded" (no VTLM record) or
+    "another dataset" (whose images may still be this one's)."""
+    from .distillation import _run_file  # the model's record, from its folder or its Hub repository
 
-    teacher_run = _run_file(teacher, RUN_INFO_FILE)
-    if not teacher_run.get("data_arguments") or not teacher_run.get("training_arguments"):
+    recorded = _run_file(source, RUN_INFO_FILE)
+    if not recorded.get("data_arguments") or not recorded.get("training_arguments"):
         return "not recorded", []
     # run_info.json names a local dataset by its folder's name: this run's is compared the same way.
     current = {**vars(data_args), "dataset_name": dataset_source_name(data_args)}
-    if teacher_run["data_arguments"].get("dataset_name") != current["dataset_name"]:
+    if recorded["data_arguments"].get("dataset_name") != current["dataset_name"]:
         return "another dataset", []
     if not held_out:
         return "same", []
-    teachers = hold_out_arguments(teacher_run["data_arguments"], teacher_run["training_arguments"].get("seed"))
+    teachers = hold_out_arguments(recorded["data_arguments"], recorded["training_arguments"].get("seed"))
     differences = differing_arguments(teachers, hold_out_arguments(current, seed))
     return ("other" if differences else "same"), differences
 
 
-def check_teacher_hold_out(teacher, data_args, seed, held_out=True):
-    """Raise, before any training, when the teacher trained on images of this run's validation split (the same
-    dataset, another hold-out): the best epoch would be chosen on images the teacher was trained on."""
-    verdict, differences = teacher_validation_split(teacher, data_args, seed, held_out)
+def check_source_hold_out(flag, source, data_args, seed, held_out=True):
+    """Raise, before any training, when the model `source` given by `--flag` (a teacher, or the saved model to start
+    from) trained on images of this run's validation split (the same dataset, another hold-out): the best epoch would
+    be chosen on images that shaped it."""
+    verdict, differences = source_validation_split(source, data_args, seed, held_out)
     if verdict == "other":
         raise ValueError(
-            f"--teacher_model_name_or_path {teacher} held out another validation split of this dataset "
-            f"({'; '.join(differences)}): it trained on images this run would validate on. Train with the teacher's "
-            "hold-out, or a teacher trained without these images."
+            f"--{flag} {source} held out another validation split of this dataset ({'; '.join(differences)}): it "
+            "trained on images this run would validate on. Train with its hold-out, or from a model trained without "
+            "these images."
         )
 
 

@@ -13,6 +13,7 @@ from torch.utils import collect_env
 
 from modeling import CIFAR100_LABELS
 
+from .arguments import PretrainingArguments
 from .distillation import describe_teacher
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,22 +142,25 @@ def publishable_run_info(run_info, data_args):
     return run_info
 
 
-def write_run_info(output_dir, arguments, config, data, examples=(), resumed_from=None):
+def write_run_info(output_dir, arguments, config, data, compute, examples=(), resumed_from=None):
     """Write the run's record into `output_dir`, once, at the end of the run: `run_info.json`, published with the
     model (the arguments without local paths, the dataset, config, code, hardware, whether and why it is a smoke run,
     whether it resumed, its teacher (`training.distillation.describe_teacher`, and whether it held out this run's
-    validation split: `training.rerun.teacher_validation_split`), and the true labels of its `examples`, from
-    `training.model_card.save_example_images`), and `run_arguments.json`, the arguments exactly as given (it stays on
-    this machine: reruns and `scripts/evaluate_model.py` read it)."""
-    from .rerun import teacher_validation_split  # here: rerun reads the records this module writes
+    validation split: `training.rerun.source_validation_split`), the model it started from
+    (`describe_initialization`), and the true labels of its `examples`, from `training.model_card.save_example_images`),
+    and `run_arguments.json`, the arguments exactly as given (it stays on this machine: reruns and
+    `scripts/evaluate_model.py` read it). `compute` is what the run cost (`training.flops.describe_compute`)."""
+    from .rerun import source_validation_split  # here: rerun reads the records this module writes
 
-    model_args, data_args, augmentation_args, training_args, distillation_args = arguments
+    model_args, data_args, augmentation_args, training_args, last_args = arguments
     recorded = run_arguments(arguments)
     reasons = smoke_run_reasons(data_args, training_args)
     dataset = describe_dataset(data_args, data)
-    if teacher := describe_teacher(distillation_args, dataset, config):  # whether it trained on the validation images
-        source = distillation_args.teacher_model_name_or_path
-        teacher["validation_split"] = teacher_validation_split(
+    pretraining = isinstance(last_args, PretrainingArguments)
+    teacher = None if pretraining else describe_teacher(last_args, dataset, config)
+    if teacher:  # whether it trained on the validation images
+        source = last_args.teacher_model_name_or_path
+        teacher["validation_split"] = source_validation_split(
             source, data_args, training_args.seed, data.validation_held_out
         )[0]
     run_info = {
@@ -164,17 +168,47 @@ def write_run_info(output_dir, arguments, config, data, examples=(), resumed_fro
         **recorded,
         "dataset": dataset,
         "teacher": teacher,
+        "initialized_from": describe_initialization(model_args),
         "config": config.to_dict(),
-        "hardware": {"device": device_name(training_args.device), "num_processes": training_args.world_size},
+        "hardware": {
+            "device": device_name(training_args.device),
+            "num_processes": training_args.world_size,
+            "precision": training_args.precision,  # what this host ran: fp16 runs on CUDA only
+            "precision_asked": training_args.precision_asked,
+        },
         "smoke_run": bool(reasons),
         "smoke_run_reasons": reasons,
         "resumed_from_checkpoint": os.path.basename(os.path.normpath(resumed_from)) if resumed_from else None,
         "examples": list(examples),
+        "compute": compute,
     }
     with open(os.path.join(output_dir, RUN_INFO_FILE), "w") as file:
         json.dump(publishable_run_info(run_info, data_args), file, indent=2, default=str)
     with open(os.path.join(output_dir, ARGUMENTS_FILE), "w") as file:  # last: it marks the run as finished
         json.dump(recorded, file, indent=2)
+
+
+def describe_initialization(model_args):
+    """The saved model a run started from (`--model_name_or_path`, by its folder's name or Hub id) and, where that
+    folder's own `run_info.json` records one, the masked image modelling that pre-trained it (`scripts/pretrain.py`):
+    its dataset, epochs and arguments. None for a run from scratch."""
+    source = model_args.model_name_or_path
+    if not source:
+        return None
+    recorded = {}
+    if os.path.isfile(path := os.path.join(source, RUN_INFO_FILE)):
+        with open(path) as file:
+            recorded = json.load(file)
+    pretraining = None
+    if "pretraining_arguments" in recorded:
+        pretraining = {
+            "dataset": {key: recorded["dataset"][key] for key in ("name", "source", "hub_id", "images")},
+            "num_train_epochs": recorded["training_arguments"]["num_train_epochs"],
+            "seed": recorded["training_arguments"]["seed"],
+            **recorded["pretraining_arguments"],
+        }
+    name = os.path.basename(os.path.normpath(source)) if os.path.exists(source) else source
+    return {"source": name, "pretraining": pretraining}
 
 
 def read_run_arguments(folder):
@@ -190,7 +224,7 @@ def run_arguments(arguments):
     """The argument groups of a run (`ARGUMENT_CLASSES`) and its number of processes, as JSON values. The
     distillation arguments are recorded for a run with a teacher only: a run without one is recorded as before they
     existed, so its checkpoints resume across that change."""
-    model_args, data_args, augmentation_args, training_args, distillation_args = arguments
+    model_args, data_args, augmentation_args, training_args, last_args = arguments
     groups = {
         "model_arguments": asdict(model_args),
         "data_arguments": asdict(data_args),
@@ -198,6 +232,8 @@ def run_arguments(arguments):
         "training_arguments": training_args.to_sanitized_dict(),  # the token is masked
         "num_processes": training_args.world_size,
     }
-    if distillation_args.teacher_model_name_or_path:
-        groups["distillation_arguments"] = asdict(distillation_args)
+    if isinstance(last_args, PretrainingArguments):
+        groups["pretraining_arguments"] = asdict(last_args)
+    elif last_args.teacher_model_name_or_path:
+        groups["distillation_arguments"] = asdict(last_args)
     return json.loads(json.dumps(groups, default=str))

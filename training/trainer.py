@@ -89,9 +89,14 @@ class VTLMTrainer(Trainer):
         step, micro_step = self._micro_step
         micro_step = micro_step + 1 if step == self.state.global_step else 0
         self._micro_step = (self.state.global_step, micro_step)
+        return super().training_step(model, self.training_inputs(inputs, micro_step), num_items_in_batch)
+
+    def training_inputs(self, inputs, micro_step):
+        """The model's inputs for the uint8 training batch `inputs` at `micro_step` of this optimizer step: the
+        augmented, normalised `pixel_values` and their soft-target `labels`."""
         seed = augmentation_seed(self.args.seed, self.state.global_step, self.args.process_index, micro_step)
         pixel_values, targets = self.augmentation(inputs["images"], inputs["labels"], seed, self.normalize)
-        return super().training_step(model, {"pixel_values": pixel_values, "labels": targets}, num_items_in_batch)
+        return {"pixel_values": pixel_values, "labels": targets}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.distillation is None or not model.training:  # evaluation keeps the plain loss on the labels

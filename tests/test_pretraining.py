@@ -1,0 +1,251 @@
+"""Masked image modelling (`training.pretraining`, `scripts/pretrain.py`): what the encoder sees, what it reads, what
+it leaves behind, and that its folder fine-tunes into a classifier that exports exactly to the built-in ViT."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN
+from safetensors.torch import load_file
+
+from modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
+from training.arguments import (
+    PRETRAINING_ARGUMENT_CLASSES,
+    PRETRAINING_DEFAULTS,
+    PretrainingArguments,
+    parse_arguments,
+)
+from training.build import build_augmentation, build_pretraining_trainer
+from training.data import load_image_datasets
+from training.export import export_model
+from training.pretraining import MaskedImageModelingTrainer, VTLMForMaskedImageModeling, check_maskable
+from training.rerun import last_complete_checkpoint
+
+TINY_DECODER = PretrainingArguments(
+    decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=24
+)
+TINY_DECODER_FLAGS = [
+    "--decoder_hidden_size=16",
+    "--decoder_num_hidden_layers=1",
+    "--decoder_num_attention_heads=2",
+    "--decoder_intermediate_size=24",
+]
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return VTLMForMaskedImageModeling(VTLMConfig(**TINY_CONFIG), TINY_DECODER).eval()
+
+
+def test_the_encoder_sees_only_the_kept_patches():
+    model = tiny_model()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 64)
+    output = model(pixel_values, noise=noise)
+    # 75% hidden: the 48 patches of highest noise in each image.
+    assert output.mask.sum(dim=1).tolist() == [48, 48]
+    assert torch.equal(output.mask.bool(), noise >= noise.sort(dim=1).values[:, 16:17])
+
+    hidden = output.mask[0].nonzero()[0].item()  # a hidden patch of image 0: row-major in an 8x8 grid of 4x4 patches
+    kept = (1 - output.mask[0]).nonzero()[0].item()
+    for patch, changes in ((hidden, False), (kept, True)):
+        changed = pixel_values.clone()
+        row, column = divmod(patch, 8)
+        changed[0, :, 4 * row : 4 * row + 4, 4 * column : 4 * column + 4] += 1.0
+        predicted = model(changed, noise=noise).logits
+        assert torch.equal(predicted[1], output.logits[1])  # the other image is untouched
+        assert torch.equal(predicted[0], output.logits[0]) != changes, f"patch {patch}"
+
+
+def test_targets_are_the_patches_that_the_patch_embedding_reads():
+    model = tiny_model()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    # A patch embedding whose output channel (i * 4 + j) * 3 + c copies pixel (c, i, j) of its patch.
+    selector = torch.nn.Conv2d(3, 48, kernel_size=4, stride=4, bias=False)
+    with torch.no_grad():
+        selector.weight.zero_()
+        for i in range(4):
+            for j in range(4):
+                for c in range(3):
+                    selector.weight[(i * 4 + j) * 3 + c, c, i, j] = 1.0
+    tokens = selector(pixel_values).flatten(2).transpose(1, 2)  # (1, 64, 48), as VTLMEmbeddings orders them
+    torch.testing.assert_close(model.patchify(pixel_values), tokens)
+
+
+def test_the_loss_is_the_error_on_hidden_patches_only():
+    model = tiny_model()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    output = model(pixel_values)
+    target = model.patchify(pixel_values)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    errors = ((output.logits - target) ** 2).mean(-1)
+    torch.testing.assert_close(output.loss, errors[output.mask.bool()].mean())
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"patch_embedding_type": "conv", "pooling": "sequence", "use_cls_token": False}, "patch_embedding_type"),
+        ({"feed_forward_type": "daff"}, "feed_forward_type"),
+    ],
+)
+def test_layouts_that_cannot_hide_patches_are_refused_by_name(overrides, named):
+    with pytest.raises(ValueError, match=named):
+        check_maskable(VTLMConfig(**{**TINY_CONFIG, **overrides}))
+
+
+def test_pretraining_reads_no_validation_or_test_image(cifar100_dir, tmp_path, monkeypatch):
+    seen = []
+    training_inputs = MaskedImageModelingTrainer.training_inputs
+
+    def spy(self, inputs, micro_step):
+        seen.append(inputs["images"].clone())
+        return training_inputs(self, inputs, micro_step)
+
+    monkeypatch.setattr(MaskedImageModelingTrainer, "training_inputs", spy)
+    monkeypatch.setattr(MaskedImageModelingTrainer, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated"))
+    # The script's own flags and defaults: the recipe it runs.
+    model_args, data_args, augmentation_args, training_args, _ = parse_arguments(
+        [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", f"--output_dir={tmp_path / 'run'}",
+         "--num_train_epochs=1", "--per_device_train_batch_size=64", "--report_to=none", "--disable_tqdm=true"],
+        PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS,
+    )  # fmt: skip
+    data = load_image_datasets(data_args, seed=training_args.seed)
+    model = tiny_model().train()
+    augmentation = build_augmentation(augmentation_args, model.config, training_args)
+    build_pretraining_trainer(model, training_args, data, augmentation, build_image_processor()).train()
+
+    def rows(split):
+        return {bytes(image.numpy()) for image in data.tensors(split).images}
+
+    seen = {bytes(image.numpy()) for batch in seen for image in batch}
+    assert seen == rows("train")  # every training image, in one epoch
+    assert not seen & rows("validation") and not seen & rows("test")
+
+
+def pretrain_command(dataset, output_dir, *flags):
+    return [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "pretrain.py"),
+        f"--dataset_name={dataset}",
+        "--validation_split_size=100",
+        *(flag for flag in TINY_RUN if not flag.startswith("--per_device_eval")),
+        *TINY_DECODER_FLAGS,
+        f"--output_dir={output_dir}",
+        *flags,
+    ]
+
+
+def run(command, cwd=REPO_ROOT):
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def pretrained(cifar100_dir, tmp_path_factory):
+    """A tiny pre-training of two epochs, seed 42, with 100 validation images held out."""
+    folder = tmp_path_factory.mktemp("pretrained") / "mae"
+    run(pretrain_command(cifar100_dir, folder, "--num_train_epochs=2"))
+    return folder
+
+
+def fine_tune_command(dataset, pretrained, output_dir, *flags):
+    return [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "train.py"),
+        f"--dataset_name={dataset}",
+        "--validation_split_size=100",
+        f"--model_name_or_path={pretrained}",
+        *(flag for flag in TINY_RUN if not flag.startswith("--config_overrides")),
+        "--num_train_epochs=1",
+        f"--output_dir={output_dir}",
+        *flags,
+    ]
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, pretrained, tmp_path):
+    fine_tuned = tmp_path / "classifier"
+
+    # The folder holds the encoder alone, key for key a VTLMModel's: no decoder, no mask token.
+    weights = load_file(pretrained / "model.safetensors")
+    assert set(weights) == set(VTLMModel(VTLMConfig(**TINY_CONFIG)).state_dict())
+    record = json.loads((pretrained / "run_info.json").read_text())
+    assert record["pretraining_arguments"]["decoder_hidden_size"] == 16
+    compute = record["compute"]
+    # 2 epochs of 300 images, each costing the masked encoder and the decoder, forward and backward.
+    assert compute["training_images"] == 600 and compute["training_flops"] == 600 * compute["training_flops_per_image"]
+    assert compute["num_parameters"] == VTLMModel(VTLMConfig(**TINY_CONFIG)).num_parameters()
+    assert "decoder is not in this folder" in (pretrained / "README.md").read_text()
+    # Loaded as a classifier, as train.py loads it: the encoder's weights, a fresh head.
+    classifier = VTLMForImageClassification.from_pretrained(pretrained)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(classifier.vtlm.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+
+    run(fine_tune_command(cifar100_dir, pretrained, fine_tuned))
+    assert set(load_file(fine_tuned / "model.safetensors")) == set(
+        VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).state_dict()
+    )
+    initialized = json.loads((fine_tuned / "run_info.json").read_text())["initialized_from"]
+    assert initialized["source"] == "mae" and initialized["pretraining"]["mask_ratio"] == 0.75
+    assert "pre-trained by masked image modelling" in (fine_tuned / "README.md").read_text()
+    assert export_model(fine_tuned, tmp_path / "vit", ("vit",))["vit"] == 0.0
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_an_interrupted_pretraining_resumes_to_identical_weights(cifar100_dir, tmp_path):
+    flags = ["--num_train_epochs=2", "--save_strategy=steps", "--save_steps=4", "--save_total_limit=10",
+             "--full_determinism"]  # fmt: skip
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    run(pretrain_command(cifar100_dir, clean, *flags))
+
+    command = pretrain_command(cifar100_dir, resumed, *flags)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    deadline = time.monotonic() + 300
+    while last_complete_checkpoint(resumed) is None:
+        assert process.poll() is None, "pre-training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert "resuming from" in run(command).stderr
+
+    # The checkpoints of the last step hold the decoder too: both must match, not only the saved encoder.
+    last = os.path.basename(last_complete_checkpoint(clean))
+    for name in ("model.safetensors", f"{last}/model.safetensors"):
+        clean_weights, resumed_weights = load_file(clean / name), load_file(resumed / name)
+        assert clean_weights.keys() == resumed_weights.keys()
+        for key, tensor in clean_weights.items():
+            torch.testing.assert_close(resumed_weights[key], tensor, atol=0, rtol=0, msg=f"{name}: {key}")
+
+
+def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "pretrain.py"), "--model_preset=vtlm-cct-7-3x1",
+         f"--dataset_name={tmp_path / 'no-such-dataset'}", f"--output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "patch_embedding_type" in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_fine_tuning_on_images_the_pretraining_read_is_refused(cifar100_dir, pretrained, tmp_path):
+    # Another seed holds out other validation images: some of them were pre-trained on.
+    result = subprocess.run(
+        fine_tune_command(cifar100_dir, pretrained, tmp_path / "run", "--seed=1"),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: --model_name_or_path" in result.stderr and "--seed 42 -> 1" in result.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
