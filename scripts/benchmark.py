@@ -77,11 +77,11 @@ class BenchmarkArguments:
     summarize: list[str] | None = field(default=None, metadata={"help": "Print these JSON results' table; no run."})
 
     def __post_init__(self):
-        if too_small := [
-            name for name in ("eval_batches", "steps", "untimed_steps", "repeats", "torch_num_threads")
-            if (getattr(self, name) or 1) < 1
-        ]:  # fmt: skip
+        counts = ("batch_size", "eval_batch_size", "eval_batches", "steps", "untimed_steps", "repeats")
+        if too_small := [name for name in counts if getattr(self, name) < 1]:
             raise ValueError(f"--{too_small[0]} must be at least 1, got {getattr(self, too_small[0])}")
+        if self.torch_num_threads is not None and self.torch_num_threads < 1:  # None: the default
+            raise ValueError(f"--torch_num_threads must be at least 1, got {self.torch_num_threads}")
 
 
 class StepClock(TrainerCallback):

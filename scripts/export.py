@@ -7,10 +7,9 @@
 
 The source is a run folder, a checkpoint-N folder or a Hub id, read from safetensors only. `vit` writes a folder
 that `AutoModelForImageClassification.from_pretrained` and `pipeline("image-classification")` load without
-`trust_remote_code`; `onnx` writes `onnx/model.onnx` (inside that folder when both are asked for), of any layout,
-with a ViT-typed config.json that transformers.js and optimum read and no weights for transformers' Python classes.
-Each export is compared with its source on random images, and the card states the largest logit difference. A model
-the built-in ViT cannot express is refused by `vit`, naming the fields, before anything is written.
+`trust_remote_code`; `onnx` writes `onnx/model.onnx` (inside that folder when both are asked for). Each export is
+compared with its source on random images, and the card states the largest logit difference. A model the built-in
+ViT cannot express is refused, naming the fields, before anything is written.
 """
 
 import argparse

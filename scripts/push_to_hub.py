@@ -31,8 +31,8 @@ def parse_arguments(argv):
         "--hub_vit_model_id",
         default=None,
         help="Also publish the run's exact export to transformers' built-in ViT (and ONNX) to this `user/name`, "
-        "for serving without custom code (a layout the ViT cannot express gets its ONNX graph alone, for "
-        "transformers.js and optimum); the two cards link to each other.",
+        "for serving without custom code (for a layout the ViT cannot express, its ONNX graph alone); the two cards "
+        "link to each other.",
     )
     parser.add_argument(
         "--space_id",

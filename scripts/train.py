@@ -29,8 +29,9 @@ def main(argv=None):
     from modeling import build_image_processor
     from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
     from training.data import load_image_datasets
+    from training.export import published_export_formats
     from training.flops import count_parameters, describe_compute, flops_per_image
-    from training.hub import check_can_publish, publish_command, vit_export_formats
+    from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
     from training.rerun import SaveRunArguments, check_source_hold_out, last_complete_checkpoint, prepare_output_dir
@@ -56,7 +57,7 @@ def main(argv=None):
     config = build_config(model_args, distillation_args)
     if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
         if publish["hub_vit_model_id"]:
-            vit_export_formats(config)
+            published_export_formats(config)
         check_can_publish(
             publish["hub_model_id"], publish["hub_vit_model_id"], publish["space_id"], publish["revision"], hub_token
         )

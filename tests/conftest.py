@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -315,3 +316,43 @@ def tiny_config():
 def cifar100_dir(tmp_path_factory):
     """A small dataset in `uoft-cs/cifar100`'s exact schema: 400 train and 200 test images."""
     return write_hub_dataset(tmp_path_factory.mktemp("cifar100"), {"train": 400, "test": 200})
+
+
+# A real browser: Debian's chromium and chromium-driver, driven by Selenium (the demo extra). Nothing is downloaded.
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def missing_browser() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if importlib.util.find_spec("selenium") is None:
+        return "the demo extra (Selenium) is not installed: pip install -e '.[demo]'"
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        return "no Chromium here: apt-get install -y chromium chromium-driver"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium; the test skips without one, unless VTLM_REQUIRE_BROWSER is set (as .ci/run sets it)."""
+    if reason := missing_browser():
+        if os.environ.get("VTLM_REQUIRE_BROWSER"):
+            pytest.fail(f"VTLM_REQUIRE_BROWSER is set, but {reason}")
+        pytest.skip(reason)
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    flags = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400",
+             "--disable-background-networking", "--disable-component-update")  # fmt: skip
+    for flag in flags:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -12,6 +12,7 @@ import transformers
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, load_script
 from test_flops import hand_derived_flops
 
+import training.run_info
 from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
 STEPS, UNTIMED_STEPS, REPEATS, BATCH, EVAL_BATCH, EVAL_BATCHES, PEAK = 2, 1, 2, 8, 24, 2, 0.5
@@ -37,6 +38,31 @@ def benchmark_module():
 )
 def test_known_peaks(benchmark_module, device_name, precision, peak):
     assert benchmark_module.known_peak_tflops(device_name, precision)[0] == peak
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--steps=0", "--steps must be at least 1, got 0"),  # was statistics' "no median for empty data"
+        ("--batch_size=0", "--batch_size must be at least 1, got 0"),  # was a message naming max_train_samples
+    ],
+)
+def test_a_count_below_one_is_a_one_line_error_before_any_work(flag, message, tmp_path):
+    output = tmp_path / "benchmark.json"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), flag, f"--output_json={output}"]
+    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert (process.returncode, process.stderr) == (2, f"error: {message}\n")
+    assert not output.exists()
+
+
+def test_a_cpu_only_torch_records_no_cuda_version(monkeypatch):
+    """The CUDA recorded is the one torch runs on, not a toolkit that happens to be installed on the host."""
+    host = training.run_info.collect_env.get_env_info()._replace(cuda_runtime_version="12.4.131")
+    monkeypatch.setattr(training.run_info.collect_env, "get_env_info", lambda: host)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert training.run_info.machine_info(torch.device("cpu"))["cuda"] is None
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert training.run_info.machine_info(torch.device("cpu"))["cuda"] == "12.8"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
 import training.data
+import training.hub_access
 from training.arguments import DataArguments
 from training.data import ImageTensorDataset, collate_batch, load_image_datasets
 
@@ -328,7 +329,7 @@ def online_without_proxy(monkeypatch):
 
 
 def test_unreachable_hub_fails_fast_with_a_hint(online_without_proxy, monkeypatch):
-    monkeypatch.setattr(training.data.datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(training.hub_access.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     start = time.monotonic()
     with pytest.raises(ConnectionError, match=r"'uoft-cs/cifar100'.*cannot be reached.*--dataset_name /path/to/copy"):
         load("uoft-cs/cifar100")
@@ -337,7 +338,7 @@ def test_unreachable_hub_fails_fast_with_a_hint(online_without_proxy, monkeypatc
 
 def test_hub_check_connects_to_the_proxy_when_one_is_set(online_without_proxy, monkeypatch):
     with socket.create_server(("127.0.0.1", 0)) as proxy:
-        monkeypatch.setattr(training.data.datasets.config, "HF_ENDPOINT", f"https://127.0.0.1:{closed_port()}")
+        monkeypatch.setattr(training.hub_access.constants, "ENDPOINT", f"https://127.0.0.1:{closed_port()}")
         with pytest.raises(ConnectionError):
             training.data._check_hub_reachable("uoft-cs/cifar100")
         monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")

@@ -5,7 +5,6 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import _BLOCK_MODELING, TINY_CONFIG, load_script, make_run_folder
+from conftest import _BLOCK_MODELING, TINY_CONFIG, free_port, load_script, make_run_folder
 from PIL import Image
 
 from endpoint.app import Classifier, overlay
@@ -141,44 +140,6 @@ def test_demo_errors_are_one_line_before_any_work(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
     assert demo.run_cli(demo.main, [str(run_dir)]) == 2
     assert capsys.readouterr().err == "error: the demo needs Gradio: pip install -e '.[demo]'\n"
-
-
-# The app in a real browser: Debian's chromium and chromium-driver, driven by Selenium. Nothing is downloaded.
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def missing_browser() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    if importlib.util.find_spec("gradio") is None or importlib.util.find_spec("selenium") is None:
-        return "the demo extra is not installed: pip install -e '.[demo]'"
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        return "no Chromium here: apt-get install -y chromium chromium-driver"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """A headless Chromium; the test skips without one, unless VTLM_REQUIRE_BROWSER is set (as .ci/run sets it)."""
-    if reason := missing_browser():
-        if os.environ.get("VTLM_REQUIRE_BROWSER"):
-            pytest.fail(f"VTLM_REQUIRE_BROWSER is set, but {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(command, cwd, log_path, timeout=180):

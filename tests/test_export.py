@@ -19,7 +19,15 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Vi
 import training.export
 from modeling import PRESETS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.cli import run_cli
-from training.export import ONNX_FILE, PREPROCESSOR_FILE, ExportError, export_model, source_reference, to_vit
+from training.export import (
+    ONNX_FILE,
+    PREPROCESSOR_FILE,
+    ExportError,
+    export_model,
+    source_reference,
+    to_vit,
+    vit_refusals,
+)
 
 requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
@@ -184,7 +192,6 @@ def test_vit_and_onnx_export_replaces_the_folder_and_puts_the_onnx_file_inside(t
     assert exit_code == 0
     assert not (tmp_path / "vit" / "stale.txt").exists()
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path / "vit")) is ViTForImageClassification
-    assert json.loads((tmp_path / "vit" / "config.json").read_text())["transformers.js_config"] == {"dtype": "fp32"}
     assert_onnx_matches(tmp_path / "vit" / ONNX_FILE, model, processed_images(tmp_path / "vit"))
 
 
@@ -194,38 +201,39 @@ def test_every_preset_exports_to_onnx(preset, tmp_path):
     model = save_random_run(tmp_path / "run", VTLMConfig.from_preset(preset, **TINY_CONFIG))
     differences = export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
     assert differences["onnx"] <= 1e-4
+    # Typed as the built-in ViT for the clients that run the graph alone (transformers.js, optimum), which refuse a
+    # "vtlm" model type; the labels are the model's, and transformers.js is told to take the full-precision graph.
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["model_type"] == "vit" and config["id2label"]["0"] == model.config.id2label[0]
-    assert config["transformers.js_config"] == {"dtype": "fp32"}
+    assert config["transformers.js_config"] == {"dtype": "fp32"} and "_name_or_path" not in config
     assert_onnx_matches(tmp_path / "onnx" / ONNX_FILE, model, processed_images(tmp_path / "onnx"))
+    # No weights: transformers' own classes refuse the folder rather than fill a ViT with random weights.
+    assert not (tmp_path / "onnx" / "model.safetensors").exists()
+    with pytest.raises(OSError):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "onnx")
+    exportable = not vit_refusals(model.config)
+    assert ("vtlm_config" in config) != exportable  # a graph that is no ViT says what it is
+    assert ("is not a built-in ViT" in (tmp_path / "onnx" / "README.md").read_text()) != exportable
 
 
-@requires_onnx
-@pytest.mark.parametrize(
-    "preset, graph", [("vtlm-37m", "transformers' `ViTForImageClassification`"), ("vtlm-37m-conv", "the VTLM model")]
-)
-def test_an_onnx_export_is_labelled_for_the_graphs_runtimes_and_refused_by_transformers(preset, graph, tmp_path):
-    """transformers.js and optimum read a ViT-typed config.json beside the graph; transformers' classes, which would
-    need weights, refuse the folder; no file names the machine's paths (the source, the staging folder)."""
-    config = VTLMConfig.from_preset(preset, **TINY_CONFIG)
-    save_random_run(tmp_path / "run", config)
+def test_no_path_of_this_machine_is_in_an_export(tmp_path):
+    save_random_run(tmp_path / "run", VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG))
     export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
-    folder = tmp_path / "onnx"
-    written = json.loads((folder / "config.json").read_text())
-    assert written["model_type"] == "vit" and written["transformers.js_config"] == {"dtype": "fp32"}
-    assert (written["image_size"], written["num_channels"]) == (config.image_size, config.num_channels)
-    assert written["id2label"] == {str(index): label for index, label in config.id2label.items()}
-    assert ("hidden_size" in written) == (preset == "vtlm-37m")  # a ViT config describes only the ViT's graph
-    assert sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()) == sorted(
-        ["README.md", "config.json", ONNX_FILE, PREPROCESSOR_FILE]
-    )
-    with pytest.raises(OSError, match="no file named model.safetensors"):
-        AutoModelForImageClassification.from_pretrained(folder)
-    card = (folder / "README.md").read_text()
-    assert "library_name: transformers.js" in card and f"The graph is {graph}" in card
-    for path in folder.rglob("*"):
+    save_random_run(tmp_path / "plain", VTLMConfig(**TINY_CONFIG))
+    export_model(tmp_path / "plain", tmp_path / "vit", ("vit", "onnx"))
+    for path in [*(tmp_path / "onnx").rglob("*"), *(tmp_path / "vit").rglob("*")]:
         if path.is_file():
             assert str(tmp_path).encode() not in path.read_bytes(), path
+
+
+def test_a_field_the_layout_does_not_read_blocks_no_export():
+    # conv_hidden_size belongs to the conv tokenizer: a patch-4 model ignores it, and CCT's one conv block outputs
+    # hidden_size channels whatever it says.
+    plain = VTLMConfig(**TINY_CONFIG, conv_hidden_size=32)
+    assert vit_refusals(plain) == []
+    cct = VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG, conv_hidden_size=32)
+    assert not any(refusal.startswith("conv_hidden_size") for refusal in vit_refusals(cct))
+    assert any(refusal.startswith("patch_embedding_type") for refusal in vit_refusals(cct))
 
 
 @pytest.mark.parametrize(
@@ -415,18 +423,6 @@ def test_optimum_runs_the_onnx_folder_as_predict_does(preset, formats, legacy_tr
     for answer, prediction in zip(answers, expected, strict=True):
         assert [row["label"] for row in answer] == [row["label"] for row in prediction]
         assert [row["score"] for row in answer] == pytest.approx([row["score"] for row in prediction], abs=1e-4)
-
-
-def test_a_field_the_layout_does_not_read_blocks_no_export(tmp_path):
-    """The conv tokenizer's width does nothing in a patchify model, nor in a one-block tokenizer (CCT)."""
-    model = save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG, conv_hidden_size=32))
-    assert export_model(tmp_path / "run", tmp_path / "vit", ("vit",))["vit"] <= 1e-5
-    vit = AutoModelForImageClassification.from_pretrained(tmp_path / "vit")
-    pixel_values = processed_images(tmp_path / "vit")
-    assert (logits_of(vit, pixel_values) - logits_of(model, pixel_values)).abs().max() <= 1e-5
-    cct = VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG, conv_hidden_size=32)
-    refused = " ".join(training.export.vit_refusals(cct))
-    assert "patch_embedding_type='conv'" in refused and "conv_hidden_size" not in refused
 
 
 def test_a_dhvt_preset_is_refused_naming_each_dhvt_field():

@@ -1,6 +1,5 @@
 """Publishing a run folder, against a fake Hub that records every uploaded byte (no network)."""
 
-import importlib.util
 import json
 import logging
 import pickle
@@ -11,9 +10,10 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 from conftest import RESULTS, load_script, make_run_folder
-from huggingface_hub import HfApi, ModelCard, metadata_load
+from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
+import training.export
 import training.hub
 from training.hub import publish_run
 from training.model_card import save_example_images
@@ -238,50 +238,40 @@ def test_the_vit_export_is_published_beside_the_custom_code_and_the_cards_link_e
 
 
 def mean_pooled_run(folder):
-    """A run folder whose model transformers' built-in ViT cannot express (mean pooling)."""
+    """A run folder of a layout the built-in ViT cannot express: mean pooling (no parameters of its own)."""
     run_dir = make_run_folder(folder)
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "pooling": "mean"}))
     return run_dir
 
 
-def test_a_model_the_vit_cannot_express_publishes_its_onnx_graph_alone(hub, tmp_path, token):
-    """Any layout runs in transformers.js and optimum: the export repository gets its graph, labelled for them, and
-    nothing transformers' Python classes or the endpoint handler would load; the Space runs the custom code."""
-    pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
-    run_dir = mean_pooled_run(tmp_path / "mean-run")
-    publish_run(
-        run_dir,
-        hub_model_id="someone/vtlm-mean",
-        token=token,
-        hub_vit_model_id="someone/vtlm-mean-onnx",
-        space_id="someone/vtlm-demo",
-    )
-    graph = hub.files[("someone/vtlm-mean-onnx", "main")]
-    assert set(graph) == {"config.json", "onnx/model.onnx", "preprocessor_config.json", "README.md"}
-    config = json.loads(graph["config.json"])
-    assert config["model_type"] == "vit" and config["transformers.js_config"] == {"dtype": "fp32"}
-    assert "pooling='mean'" in graph["README.md"].decode()
-    readme = hub.files[("someone/vtlm-mean", "main")]["README.md"].decode()
-    assert 'pipeline("image-classification", "someone/vtlm-mean-onnx")' in readme  # the transformers.js snippet
-    assert 'model="someone/vtlm-mean-onnx")  # no trust_remote_code' not in readme
-    (tmp_path / "space-README.md").write_bytes(hub.files[("someone/vtlm-demo", "main")]["README.md"])
-    assert metadata_load(tmp_path / "space-README.md")["models"] == ["someone/vtlm-mean"]
-    assert not [path for files in hub.files.values() for path, data in files.items() if token.encode() in data]
-
-
-def test_an_onnx_only_export_without_onnxruntime_is_refused_before_anything_is_published(
+def test_a_model_the_vit_cannot_express_without_onnx_is_refused_before_anything_is_published(
     hub, tmp_path, token, monkeypatch
 ):
     run_dir = mean_pooled_run(tmp_path / "mean-run")
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *args: None if name == "onnxruntime" else find_spec(name, *args)
-    )
-    with pytest.raises(ValueError, match="pooling='mean'.*needs onnxruntime"):
+    find_spec = training.export.importlib.util.find_spec
+    monkeypatch.setattr(training.export.importlib.util, "find_spec",
+                        lambda name: None if name == "onnxruntime" else find_spec(name))  # fmt: skip
+    with pytest.raises(ValueError, match="pooling='mean'.*export extra"):
         publish_run(run_dir, hub_model_id="someone/vtlm-mean", token=token, hub_vit_model_id="someone/vtlm-mean-vit")
     assert hub.repos == {} and {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
+def test_a_model_the_vit_cannot_express_publishes_its_onnx_graph_alone(hub, tmp_path, token):
+    pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
+    run_dir = mean_pooled_run(tmp_path / "mean-run")
+    publish_run(run_dir, hub_model_id="someone/vtlm-mean", token=token, hub_vit_model_id="someone/vtlm-mean-onnx")
+    graph = hub.files[("someone/vtlm-mean-onnx", "main")]
+    # The graph, what its clients read, and no weights nor endpoint handler that would have nothing to load.
+    assert set(graph) == {"config.json", "preprocessor_config.json", "README.md", "onnx/model.onnx"}
+    config = json.loads(graph["config.json"])
+    assert config["vtlm_config"]["pooling"] == "mean" and config["transformers.js_config"] == {"dtype": "fp32"}
+    readme = hub.files[("someone/vtlm-mean", "main")]["README.md"].decode()
+    assert (
+        "but its ONNX graph runs" in readme and 'pipeline("image-classification", "someone/vtlm-mean-onnx")' in readme
+    )
+    assert "no trust_remote_code" not in readme  # no built-in ViT is promised
 
 
 @pytest.mark.parametrize(

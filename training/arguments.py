@@ -335,8 +335,8 @@ class VTLMTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "With --push_to_hub: also publish the run's exact export to transformers' built-in ViT (and "
-            "ONNX) to this `user/name`, for serving without custom code; a layout the ViT cannot express gets its "
-            "ONNX graph alone, for transformers.js and optimum."
+            "ONNX) to this `user/name`, for serving without custom code; for a layout the ViT cannot express, its "
+            "ONNX graph alone (for transformers.js, optimum and onnxruntime)."
         },
     )
     space_id: str | None = field(

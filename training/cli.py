@@ -9,6 +9,8 @@ import sys
 
 import transformers
 
+from .hub_access import hub_unreachable_reason
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -115,8 +117,6 @@ def check_model_source(model_name_or_path):
         raise FileNotFoundError(f"{path} is neither a folder nor a Hub id (user/name)")
     if isinstance(try_to_load_from_cache(path, "config.json"), str):
         return
-    from .data import hub_unreachable_reason  # here: it loads `datasets` (a second)
-
     if reason := "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable_reason():
         raise FileNotFoundError(f"there is no folder {path} here, and the Hub id {path} cannot be looked up: {reason}")
 

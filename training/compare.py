@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,8 +37,14 @@ from .trainer import TRAINING_SECONDS, training_seconds
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"train": os.path.join(REPO_ROOT, "scripts", "train.py"),
-           "pretrain": os.path.join(REPO_ROOT, "scripts", "pretrain.py")}  # fmt: skip
+
+
+def script_path(name):
+    """`scripts/NAME.py` of this checkout, or, where the package was installed from a wheel, the one on PATH."""
+    path = os.path.join(REPO_ROOT, "scripts", f"{name}.py")
+    return path if os.path.isfile(path) else shutil.which(f"{name}.py") or path
+
+
 # Flags of the scripts that the comparison sets for every run.
 MANAGED_FLAGS = ("dataset_name", "label_column_name", "output_dir", "seed", "disable_tqdm", "model_name_or_path")
 # Arms whose names share the text before " @ " are one way at several lengths: one line of the plot.
@@ -239,7 +246,7 @@ class Comparison:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         with open(log_path, "w") as log:
             process = subprocess.Popen(
-                [sys.executable, SCRIPTS[stage], *arguments], cwd=REPO_ROOT, env=environment, stdout=log, stderr=log
+                [sys.executable, script_path(stage), *arguments], cwd=REPO_ROOT, env=environment, stdout=log, stderr=log
             )
             report_progress(process, run_dir, label)
         if process.returncode != 0:

@@ -9,9 +9,6 @@ import inspect
 import io
 import logging
 import os
-import socket
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 import datasets
@@ -24,12 +21,12 @@ from torch.utils.data import default_convert
 
 from endpoint.handler import to_rgb
 
+from .hub_access import hub_unreachable_reason
+
 logger = logging.getLogger(__name__)
 
 # The Hub's CIFAR-100 spells label 26 "cra"; checkpoints publish the real word.
 LABEL_NAME_FIXES = {"cra": "crab"}
-# Long enough for a slow but working connection, short enough that a machine with no route fails within seconds.
-HUB_CHECK_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -170,21 +167,6 @@ def _check_hub_reachable(name):
     """Fail within seconds when the Hub cannot be reached, rather than wait out `load_dataset`'s retries (~25 s)."""
     if reason := hub_unreachable_reason():
         raise ConnectionError(_unavailable_message(name, reason))
-
-
-def hub_unreachable_reason():
-    """Why the Hub (or the proxy to it) cannot be reached, from one TCP connection; None when it can."""
-    endpoint = urllib.parse.urlsplit(datasets.config.HF_ENDPOINT)
-    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(endpoint.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy.hostname, proxy.port or 80
-    try:
-        socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
-    except OSError as error:
-        return f"the Hub at {datasets.config.HF_ENDPOINT} cannot be reached ({host}:{port}: {error})"
-    return None
 
 
 def _unavailable_message(name, reason):

@@ -6,6 +6,7 @@ fused qkv projection, which the ViT keeps as three. A config the ViT cannot expr
 written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is asked for.
 """
 
+import importlib.util
 import inspect
 import json
 import logging
@@ -32,9 +33,6 @@ from .cli import check_model_source
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = "onnx/model.onnx"  # where optimum and transformers.js look
-# transformers.js reads this from config.json to pick the graph: without it, in a browser (its wasm device) it asks for
-# 8-bit weights, `onnx/model_quantized.onnx`, which no export writes.
-TRANSFORMERS_JS_CONFIG = {"dtype": "fp32"}
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # VTLM config fields that ViTConfig has under the same name and meaning, whatever their value.
 VIT_FIELDS = (
@@ -107,16 +105,6 @@ session = onnxruntime.InferenceSession(onnx_file)
 pixel_values = processor(Image.open("cat.png"), return_tensors="np")["pixel_values"]
 logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]  # (batch, num_labels)
 ```
-
-In a browser or Node, transformers.js runs the same graph with its default options (`config.json` names the fp32
-graph for it):
-
-```js
-import {{ pipeline }} from "@huggingface/transformers";
-
-const classify = await pipeline("image-classification", "MODEL");
-console.log(await classify("cat.png", {{ top_k: 5 }}));
-```
 """,
     ),
 }
@@ -143,10 +131,10 @@ def vit_refusals(config) -> list[str]:
     """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
 
     The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
-    original model's value, until it is mapped here. A field this layout does not read (`unused_fields`, such as the
-    conv tokenizer's width in a patchify model) changes nothing, so it is never refused.
+    original model's value, until it is mapped here. A field this layout does not read (`VTLMConfig.unused_fields`:
+    another tokenizer's, say) changes nothing, whatever its value.
     """
-    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *config.unused_fields)
+    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *config.unused_fields)  # unused: no effect on the model
     return [
         f"{name}={getattr(config, name)!r} (exportable only at the original model's {default!r})"
         for name, default in original_defaults(type(config)).items()
@@ -163,6 +151,21 @@ def check_vit_exportable(config):
         )
 
 
+def published_export_formats(config) -> tuple:
+    """What the export that publishing ships (`--hub_vit_model_id`) holds for `config`: the built-in ViT and its ONNX
+    graph, the ViT alone where onnxruntime is not installed, or the ONNX graph alone for a layout the ViT cannot
+    express, which then needs the export extra (an `ExportError` here, before anything is trained or uploaded)."""
+    has_onnx = importlib.util.find_spec("onnxruntime") is not None
+    if not vit_refusals(config):
+        return ("vit", "onnx") if has_onnx else ("vit",)
+    if not has_onnx:
+        raise ExportError(
+            f"transformers' built-in ViT cannot express {', '.join(vit_refusals(config))}: --hub_vit_model_id "
+            "publishes its ONNX graph, which needs the export extra (pip install -e '.[export]')"
+        )
+    return ("onnx",)
+
+
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value  # config.json turns tuples into lists
 
@@ -171,26 +174,6 @@ def vit_config(config) -> ViTConfig:
     return ViTConfig(
         **{name: getattr(config, name) for name in VIT_FIELDS}, id2label=config.id2label, label2id=config.label2id
     )
-
-
-def graph_config(config) -> dict:
-    """The config.json of an ONNX export without ViT weights: a ViT config for the runtimes that run the graph
-    (transformers.js, optimum), which read its type, input size and labels.
-
-    The plain layout's graph is the ViT's, so it gets the whole ViT config. Any other layout's graph also takes
-    `pixel_values` and returns `logits`, but no ViT config describes its inside: it gets only the input size and the
-    labels. The folder holds no weights either way, so transformers' Python classes refuse it (no weights file)
-    rather than load random ones.
-    """
-    if not vit_refusals(config):
-        return json.loads(vit_config(config).to_json_string())
-    return {
-        "model_type": "vit",
-        "image_size": config.image_size,
-        "num_channels": config.num_channels,
-        "id2label": {str(index): label for index, label in config.id2label.items()},
-        "label2id": dict(config.label2id),
-    }
 
 
 def vit_state_dict(state_dict) -> dict:
@@ -308,9 +291,8 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     The card names the source as `source` (a Hub id or folder, default `model_name_or_path`) would be named.
 
     `"vit"` writes a folder for the built-in `ViTForImageClassification` (config.json, model.safetensors); `"onnx"`
-    writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model with a `graph_config`. Both
-    copy the source's `preprocessor_config.json` and write a model card; a folder with the graph names it for
-    transformers.js (`TRANSFORMERS_JS_CONFIG`).
+    writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model (with its config.json,
+    minus the code map, for the labels). Both copy the source's `preprocessor_config.json` and write a model card.
     The folder is built aside and moved into place complete: a refusal or a failure leaves nothing behind.
     """
     formats = tuple(dict.fromkeys(formats))
@@ -344,22 +326,18 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     staging.chmod(0o755)  # mkdtemp's 0o700 would keep the finished folder from everyone else
     try:
         differences = {}
+        exported = to_vit(model) if not vit_refusals(config) else model  # the ViT's graph where there is one
         if "vit" in formats:
-            exported = to_vit(model)
             with torch.no_grad():
                 differences["vit"] = _check(exported(images).logits, expected, "vit")
             exported.save_pretrained(staging)
-        else:
-            exported = model
-            _write_json(staging / "config.json", graph_config(model.config))
         if "onnx" in formats:
             export_onnx(exported, staging / ONNX_FILE)
             differences["onnx"] = _check(onnx_logits(onnx_session(staging / ONNX_FILE), images), expected, "onnx")
-            config_dict = json.loads((staging / "config.json").read_text())
-            _write_json(staging / "config.json", {**config_dict, "transformers.js_config": TRANSFORMERS_JS_CONFIG})
+        write_export_config(staging, config, weights="vit" in formats, graph="onnx" in formats)
         shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
         card = render_export_card(
-            source_reference(source or model_name_or_path), differences, len(images), vit_refusals(config)
+            source_reference(source or model_name_or_path), differences, len(images), graph_of=_graph_of(config)
         )
         card.save(staging / "README.md")
         if output_dir.exists():
@@ -370,8 +348,35 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
     return differences
 
 
-def _write_json(path, data):
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_export_config(folder, config, weights, graph):
+    """The exported folder's `config.json`, for the clients that load it without custom code: the built-in ViT's
+    config, the one that `ViTForImageClassification` reads with the weights (`weights`), or, for an ONNX graph alone,
+    the one that transformers.js and optimum read to find the task, the input size and the labels before they run
+    `onnx/model.onnx`. A layout the ViT cannot express gets a ViT-typed config that records what the graph really is
+    (`vtlm_config`) and comes with no weights, so transformers' Python classes fail to load it instead of filling a
+    ViT with random weights. With the graph, `transformers.js_config` names its full-precision file, which
+    transformers.js in a browser would otherwise look for as `onnx/model_quantized.onnx`. No path of this machine
+    (`_name_or_path`) is written."""
+    exported = vit_config(config) if not vit_refusals(config) else ViTConfig(
+        image_size=config.image_size, num_channels=config.num_channels, id2label=config.id2label,
+        label2id=config.label2id,
+    )  # fmt: skip
+    exported.architectures = ["ViTForImageClassification"]
+    content = exported.to_dict()
+    content.pop("_name_or_path", None)
+    if vit_refusals(config):
+        vtlm = {key: value for key, value in config.to_dict().items() if key not in ("auto_map", "_name_or_path")}
+        content["vtlm_config"] = vtlm  # the graph's own architecture, for a reader: nothing loads from it
+    if graph:
+        content["transformers.js_config"] = {"dtype": "fp32"}
+    if weights or graph:
+        (Path(folder) / "config.json").write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def _graph_of(config):
+    """How the card names a graph that is no built-in ViT: the layout's fields that the ViT cannot express."""
+    refused = vit_refusals(config)
+    return ", ".join(field.split(" (")[0] for field in refused) if refused else None
 
 
 def _check(logits, expected, name) -> float:
@@ -384,10 +389,10 @@ def _check(logits, expected, name) -> float:
     return difference
 
 
-def render_export_card(source, differences, num_images, refusals=()) -> ModelCard:
-    """The exported folder's README.md: its source (`source_reference`), what it holds, what its ONNX graph is (the
-    ViT's, or the VTLM model's when the ViT cannot express it: `refusals`), and how exact each format was measured to
-    be (`differences`, by format)."""
+def render_export_card(source, differences, num_images, graph_of=None) -> ModelCard:
+    """The exported folder's README.md: its source (`source_reference`), what it holds, and how exact each format
+    was measured to be (`differences`, by format). `graph_of` names the layout of an ONNX graph that is no built-in
+    ViT (`_graph_of`)."""
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     if "onnx" in differences:
         import onnxruntime
@@ -400,41 +405,37 @@ def render_export_card(source, differences, num_images, refusals=()) -> ModelCar
     usage = "\n".join(CARD_FORMATS[name][2] for name in differences)
     title = "transformers' built-in ViT" if "vit" in differences else "ONNX"
     tags = ["image-classification", "vision", "vtlm", *differences]  # the formats' names: "vit", "onnx"
-    # Without ViT weights, transformers' Python classes refuse the folder: only the graph's runtimes load it.
-    library = "transformers" if "vit" in differences else "transformers.js"
     # The license is the source's: VTLM models are published under Apache-2.0 (`model_card.md`).
-    data = ModelCardData(library_name=library, pipeline_tag="image-classification", tags=tags, license="apache-2.0")
-    if "vit" in differences:
-        graph = ""
-    elif not refusals:
-        graph = """
-The graph is transformers' `ViTForImageClassification`, and `config.json` is its ViT config. The weights are only
-inside the graph: transformers' Python classes find no weights file and refuse this folder (`--format vit,onnx`
-exports a folder they load).
-"""
-    else:
-        graph = f"""
-The graph is the VTLM model itself, which transformers' built-in ViT cannot express: {", ".join(refusals)}. It
-takes `pixel_values` and returns `logits` as a ViT does, so `config.json` is ViT-typed and holds only what the
-graph's runtimes read (the input size and the labels) for transformers.js and optimum. It describes nothing
-inside the graph, and there is no weights file: transformers' Python classes refuse this folder. To run the model
-in PyTorch, load the source with `trust_remote_code=True`.
-"""
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-classification", tags=tags, license="apache-2.0"
+    )
     body = f"""
 # VTLM, exported to {title}
 
 An exact export of the VTLM model {source}: the same weights, computing the same function. Its accuracy is the
 source's; see the source's model card. The preprocessing (`{PREPROCESSOR_FILE}`) is the source's, copied.
-{graph}
+
 | format | file | max logit difference from the source |
 |---|---|---|
 {table}
 
 The differences were measured at export time, in fp32 on a CPU, on {num_images} random images, with {versions}.
-
+{_graph_note(graph_of)}
 ## Usage
 
 Replace `MODEL` with this folder or its Hub id.
 
 {usage}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _graph_note(graph_of):
+    if graph_of is None:
+        return ""
+    return f"""
+**The ONNX graph is not a built-in ViT.** It computes VTLM's own layout ({graph_of}), which no transformers class
+expresses, so this folder holds the graph and no PyTorch weights. Its `config.json` is typed `vit` only so that
+the clients that run the graph alone (transformers.js, optimum's ONNX Runtime classes) find the task, the input size
+and the labels; its `vtlm_config` records the graph's real architecture. transformers' Python classes cannot load
+this folder (there are no weights): load the source with `trust_remote_code=True` instead.
+"""

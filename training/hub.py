@@ -5,7 +5,6 @@ What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and ch
 `checkpoint-*/` holds optimizer and RNG state that no user of the model needs.
 """
 
-import importlib.util
 import logging
 import shlex
 import shutil
@@ -17,8 +16,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
-from training.data import hub_unreachable_reason
-from training.export import export_model, vit_refusals
+from training.export import export_model, published_export_formats, vit_refusals
+from training.hub_access import hub_unreachable_reason
 from training.model_card import CARD_LICENSE, is_generated_card, write_model_card
 from training.space import write_space
 
@@ -67,10 +66,9 @@ def publish_run(
     `hf auth login`). Publishing the same folder again uploads the same bytes, so the Hub skips it as unchanged.
     Refuses to upload (and raises `RuntimeError`) when any selected file contains the token.
 
-    With `hub_vit_model_id`, the run is also exported exactly (`vit_export_formats`) and published there, for users
-    and services that run no custom code: to transformers' built-in ViT (and to ONNX, with the `export` extra
-    installed), or to its ONNX graph alone for a layout the ViT cannot express. Each card links to the other. The
-    custom-code repository stays the primary one.
+    With `hub_vit_model_id`, the run is also exported exactly to transformers' built-in ViT (and to ONNX, with the
+    `export` extra installed) and published there, for users and services that run no custom code; each card links
+    to the other. The custom-code repository stays the primary one.
 
     With `space_id`, a Gradio Space that demonstrates the model is published too (`publish_space`), and the model
     card links it.
@@ -80,9 +78,8 @@ def publish_run(
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
-    formats = ()
-    if hub_vit_model_id is not None:
-        formats = vit_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
+    if hub_vit_model_id is not None:  # what cannot be exported is refused before anything changes
+        published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
     api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
 
     readme = output_dir / "README.md"
@@ -96,10 +93,7 @@ def publish_run(
             hub_vit_model_id=hub_vit_model_id,
             space_id=space_id,
         )
-    for name in ENDPOINT_FILES:
-        target = output_dir / name
-        if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
-            shutil.copyfile(ENDPOINT_DIR / name, target)
+    add_endpoint_files(output_dir)
 
     files = select_upload_files(output_dir)
     _refuse_files_with_token(output_dir, token or get_token(), files)
@@ -120,55 +114,38 @@ def publish_run(
     )
     logger.info("Published %s", commit.commit_url)
     if hub_vit_model_id is not None:
-        publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, formats, token, private, revision)
-    if space_id is not None:  # the Space's app runs a transformers pipeline: a folder with the ViT's weights or none
-        served = [hub_vit_model_id if "vit" in formats else None, hub_model_id]
-        publish_space(api, output_dir, space_id, served, token, private)
+        publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision)
+    if space_id is not None:
+        # The Space's Gradio app loads a model with transformers: an ONNX graph alone is not one.
+        config = AutoConfig.from_pretrained(output_dir, trust_remote_code=True)
+        vit_model_id = None if vit_refusals(config) else hub_vit_model_id
+        publish_space(api, output_dir, space_id, [vit_model_id, hub_model_id], token, private)
     return commit
 
 
-def vit_export_formats(config) -> tuple[str, ...]:
-    """What `--hub_vit_model_id` gets for a model of `config`: the built-in ViT where it expresses the model, with
-    the ONNX graph when onnxruntime is installed; for any other layout, the ONNX graph alone
-    (`training.export.graph_config`), which needs the `export` extra: without it, a `ValueError`, raised before
-    anything is trained or published."""
-    refusals = vit_refusals(config)
-    has_onnx = importlib.util.find_spec("onnxruntime") is not None
-    if not refusals:
-        return ("vit", "onnx") if has_onnx else ("vit",)
-    if not has_onnx:
-        raise ValueError(
-            f"transformers' built-in ViT cannot express {', '.join(refusals)}, so --hub_vit_model_id gets the ONNX "
-            "graph alone, which needs onnxruntime: pip install -e '.[export]'"
-        )
-    return ("onnx",)
-
-
-def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, formats, token, private, revision):
-    """Export `output_dir` in `formats` (`vit_export_formats`) and upload it to `hub_vit_model_id`, with the endpoint
-    handler beside the ViT's weights; its card names `hub_model_id` as the source."""
-    if formats == ("vit",):
+def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision):
+    """Export `output_dir` to the built-in ViT (and ONNX when its packages are installed) and upload it, with the
+    endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id` as the source."""
+    formats = published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
+    if "onnx" not in formats:
         logger.warning(
             "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", hub_vit_model_id
         )
     with tempfile.TemporaryDirectory() as workdir:
-        export_dir = Path(workdir) / "export"
+        export_dir = Path(workdir) / "vit"
         export_model(output_dir, export_dir, formats, source=hub_model_id)
-        if "vit" in formats:  # the handler loads weights with transformers: an ONNX-only folder has none
-            for name in ENDPOINT_FILES:
-                shutil.copyfile(ENDPOINT_DIR / name, export_dir / name)
+        if "vit" in formats:  # an ONNX graph alone has no weights for the endpoint's handler to load
+            add_endpoint_files(export_dir)
         _refuse_files_with_token(export_dir, token or get_token())
-        target = "transformers' built-in ViT" if "vit" in formats else "ONNX"
         commit = _upload_folder(
             api,
             hub_vit_model_id,
             export_dir,
             private,
             revision,
-            commit_message=f"Exact export of {hub_model_id} to {target}",
-            ignore_patterns=NEVER_UPLOAD,
+            commit_message=f"Exact export of {hub_model_id} to {' and '.join(formats)}",
         )
-    logger.info("Published the export %s", commit.commit_url)
+    logger.info("Published the ViT export %s", commit.commit_url)
     return commit
 
 
@@ -269,6 +246,15 @@ def check_repo_id(repo_id, flag):
         raise ValueError(f"{flag} is missing: the Hub repo id must be 'namespace/name' (a user or organization)")
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"{flag}: the Hub repo id must be 'namespace/name' (a user or organization), got {repo_id!r}")
+
+
+def add_endpoint_files(folder):
+    """Put the Inference Endpoint's `handler.py` and `requirements.txt` (`endpoint/`) into the model folder `folder`,
+    as every published repository has them; a file already the same is left untouched."""
+    for name in ENDPOINT_FILES:
+        target = Path(folder) / name
+        if not target.is_file() or target.read_bytes() != (ENDPOINT_DIR / name).read_bytes():
+            shutil.copyfile(ENDPOINT_DIR / name, target)
 
 
 def select_upload_files(output_dir) -> list[str]:

@@ -48,7 +48,7 @@ def machine_info(device):
         "os": env.os,
         "python": env.python_version.split()[0],
         "torch": env.torch_version,
-        "cuda": env.cuda_runtime_version,
+        "cuda": torch.version.cuda,  # the CUDA this torch was built for: None on a CPU-only build (not the host's nvcc)
         "transformers": transformers.__version__,
     }
 
