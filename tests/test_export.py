@@ -2,6 +2,7 @@
 (loaded without custom code, under transformers 5.x and 4.57) and to ONNX, with the same logits as the source."""
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -382,6 +383,46 @@ def test_a_hub_id_is_exported_and_linked_from_the_card(tmp_path):
     assert (logits_of(vit, pixel_values) - logits_of(model, pixel_values)).abs().max() <= 1e-5
     card = (tmp_path / "vit" / "README.md").read_text()
     assert "[`you/vtlm-export-test`](https://huggingface.co/you/vtlm-export-test)" in card
+
+
+# optimum's ONNX Runtime classes (optimum-onnx 0.1.0 allows transformers < 4.58): beside transformers 4.57, in a folder
+# of their own, as .ci/run installs them.
+OPTIMUM = Path(sys.prefix) / "optimum"
+OPTIMUM_INSTALL = 'pip install --no-deps --target "$VIRTUAL_ENV/optimum" optimum==2.1.0 optimum-onnx==0.1.0'
+RUN_WITH_OPTIMUM = """
+import json, sys
+from PIL import Image
+from transformers import AutoImageProcessor, pipeline
+from optimum.onnxruntime import ORTModelForImageClassification
+
+folder, images = sys.argv[1], sys.argv[2:]
+model = ORTModelForImageClassification.from_pretrained(folder, subfolder="onnx")
+classify = pipeline("image-classification", model=model, image_processor=AutoImageProcessor.from_pretrained(folder))
+print("RESULT" + json.dumps(classify([Image.open(path) for path in images], top_k=5)))
+"""
+
+
+@requires_onnx
+@pytest.mark.slow  # a fresh interpreter under transformers 4.57
+@pytest.mark.parametrize("preset, formats", [("vtlm-37m", ("vit", "onnx")), ("vtlm-37m-conv", ("onnx",))])
+def test_optimum_runs_the_onnx_folder_as_predict_does(preset, formats, legacy_transformers, tmp_path):
+    if not (OPTIMUM / "optimum" / "onnxruntime").is_dir():
+        pytest.skip(f"optimum is not installed in {OPTIMUM}: {OPTIMUM_INSTALL}")
+    save_random_run(tmp_path / "run", VTLMConfig.from_preset(preset, **TINY_CONFIG))
+    export_model(tmp_path / "run", tmp_path / "export", formats)
+    images = []
+    for index, image in enumerate(class_images([0, 1, 30])):
+        images.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(images[-1])
+    expected = load_script("predict").main([str(tmp_path / "run"), *map(str, images)])
+
+    python_path = f"{legacy_transformers}{os.pathsep}{OPTIMUM}"
+    run = run_without_modeling(RUN_WITH_OPTIMUM, tmp_path / "export", *images, cwd=tmp_path, python_path=python_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (answers,) = [json.loads(line[len("RESULT") :]) for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    for answer, prediction in zip(answers, expected, strict=True):
+        assert [row["label"] for row in answer] == [row["label"] for row in prediction]
+        assert [row["score"] for row in answer] == pytest.approx([row["score"] for row in prediction], abs=1e-4)
 
 
 def test_a_dhvt_preset_is_refused_naming_each_dhvt_field():
