@@ -356,3 +356,35 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def parse_table(text):
+    """`scripts/predict.py`'s printed table as (image, rank, label, score) rows, the image name carried down to its
+    later ranks."""
+    lines = text.strip().splitlines()
+    assert lines[0].split() == ["image", "rank", "label", "score"]
+    rows, image = [], None
+    for line in lines[1:]:
+        cells = line.split()
+        if len(cells) == 4:
+            image = cells.pop(0)
+        rows.append((image, int(cells[0]), cells[1], float(cells[2])))
+    return rows
+
+
+def predict_top(folder, paths, top_k=3):
+    """`scripts/predict.py`'s answer for the image files `paths`, run as a user runs it: per image, its top `top_k`
+    as (label, score), the scores printed to 4 decimals."""
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "predict.py"),
+        str(folder),
+        *map(str, paths),
+        f"--top_k={top_k}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = {}
+    for image, _, label, score in parse_table(result.stdout):
+        answers.setdefault(image, []).append((label, score))
+    return [answers[str(path)] for path in paths]

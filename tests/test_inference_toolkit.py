@@ -13,14 +13,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, free_port, save_tiny_model
+from conftest import REPO_ROOT, free_port, predict_top, save_tiny_model
 from PIL import Image
 
 from training.export import export_model
@@ -105,24 +104,6 @@ def serve(folder, log_path):
             time.sleep(0.5)
 
 
-def predict(folder, image_paths):
-    """`scripts/predict.py`'s table for `image_paths`, as `[[(label, score), ...], ...]` per image, top 3."""
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), str(folder), *map(str, image_paths), "--top_k=3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines()[1:]]
-    predictions = []
-    for row in rows:
-        if row[0] == "1" or len(row) == 4:  # an image's first row starts with its name
-            predictions.append([])
-        predictions[-1].append((row[-2], float(row[-1])))
-    return predictions
-
-
 @pytest.mark.slow  # installs requirements and starts a server in another environment
 @pytest.mark.parametrize("layout", ["custom", "vit"])
 def test_the_toolkit_serves_the_published_folder_as_predict_does(published, layout, tmp_path):
@@ -132,7 +113,7 @@ def test_the_toolkit_serves_the_published_folder_as_predict_does(published, layo
     for index, image in enumerate(images):
         paths.append(tmp_path / f"{index}.png")
         paths[-1].write_bytes(image)
-    expected = predict(folder, paths)
+    expected = predict_top(folder, paths)
 
     server, port, log = serve(folder, tmp_path / "server.log")
     try:

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, class_images, load_script, save_tiny_model
+from conftest import REPO_ROOT, class_images, load_script, parse_table, save_tiny_model
 from PIL import Image
 
 
@@ -29,19 +29,6 @@ def image_files(tmp_path_factory):
         Image.fromarray(array).save(path)
         paths.append(path)
     return paths
-
-
-def parse_table(text):
-    """The printed table as (image, rank, label, score) rows, the image name carried down to its later ranks."""
-    lines = text.strip().splitlines()
-    assert lines[0].split() == ["image", "rank", "label", "score"]
-    rows, image = [], None
-    for line in lines[1:]:
-        cells = line.split()
-        if len(cells) == 4:
-            image = cells.pop(0)
-        rows.append((image, int(cells[0]), cells[1], float(cells[2])))
-    return rows
 
 
 @pytest.mark.slow  # a script in a fresh interpreter

@@ -9,8 +9,6 @@ classifies 32x32 PNGs; Debian's Chromium runs it (the `browser` fixture). The an
 import functools
 import json
 import os
-import subprocess
-import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, class_images, free_port
+from conftest import REPO_ROOT, TINY_CONFIG, class_images, free_port, predict_top
 from PIL import Image
 
 from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
@@ -87,30 +85,13 @@ def site(tmp_path_factory):
     server.shutdown()
 
 
-def predict(folder, paths):
-    """`scripts/predict.py`'s top 3 for `paths`, as [[(label, score), ...], ...]."""
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), str(folder), *map(str, paths), "--top_k=3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    predictions = []
-    for row in (line.split() for line in result.stdout.splitlines()[1:]):
-        if len(row) == 4:  # an image's first row starts with its name
-            predictions.append([])
-        predictions[-1].append((row[-2], float(row[-1])))
-    return predictions
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_transformers_js_classifies_the_export_with_its_defaults(browser, site, layout):
     url, root = site
     paths = sorted((root / "images").glob("*.png"))
-    expected = predict(root / "sources" / layout, paths)
+    expected = predict_top(root / "sources" / layout, paths)
 
     from selenium.webdriver.support.ui import WebDriverWait
 
