@@ -31,7 +31,7 @@ def main(argv=None):
     from training.flops import describe_compute
     from training.model_card import write_pretraining_card
     from training.pretraining import VTLMForMaskedImageModeling, check_maskable, pretraining_flops_per_image
-    from training.rerun import SaveRunArguments, last_complete_checkpoint, prepare_output_dir
+    from training.rerun import SaveRunArguments, prepare_output_dir, train_resumably
     from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args, pretraining_args = arguments
@@ -76,13 +76,7 @@ def main(argv=None):
         image_processor,
         callbacks=[SaveRunArguments(recorded_arguments)],
     )
-    try:
-        train_result = trainer.train(resume_from_checkpoint=previous.checkpoint)
-    except KeyboardInterrupt:
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        raise KeyboardInterrupt(
-            f"rerun the same command to resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-        ) from None
+    train_result = train_resumably(trainer, previous)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -34,7 +34,7 @@ def main(argv=None):
     from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import save_example_images, write_model_card
-    from training.rerun import SaveRunArguments, check_source_hold_out, last_complete_checkpoint, prepare_output_dir
+    from training.rerun import SaveRunArguments, check_source_hold_out, prepare_output_dir, train_resumably
     from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
@@ -107,13 +107,7 @@ def main(argv=None):
         callbacks=[SaveRunArguments(recorded_arguments)],
         distillation=distillation,
     )
-    try:
-        train_result = trainer.train(resume_from_checkpoint=previous.checkpoint)
-    except KeyboardInterrupt:
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        raise KeyboardInterrupt(
-            f"rerun the same command to resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-        ) from None
+    train_result = train_resumably(trainer, previous)
     trainer.save_model()  # the epoch selected on validation, with its code files and preprocessor_config.json
     trainer.save_metrics("train", train_result.metrics)
     # The state is published: name the selected checkpoint without this machine's path to it.

@@ -3,14 +3,12 @@ it leaves behind, and that its folder fine-tunes into a classifier that exports 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN
+from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN, kill_after_first_checkpoint
 from safetensors.torch import load_file
 
 from modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
@@ -208,15 +206,7 @@ def test_an_interrupted_pretraining_resumes_to_identical_weights(cifar100_dir, t
     run(pretrain_command(cifar100_dir, clean, *flags))
 
     command = pretrain_command(cifar100_dir, resumed, *flags)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    deadline = time.monotonic() + 300
-    while last_complete_checkpoint(resumed) is None:
-        assert process.poll() is None, "pre-training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(command, resumed)
     assert "resuming from" in run(command).stderr
 
     # The checkpoints of the last step hold the decoder too: both must match, not only the saved encoder.

@@ -2,14 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, kill_after_first_checkpoint
 from safetensors.torch import load_file
 
 from training.rerun import last_complete_checkpoint
@@ -43,19 +41,6 @@ def run(command):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
-
-
-def kill_after_first_checkpoint(command, output_dir):
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    deadline = time.monotonic() + 300
-    while last_complete_checkpoint(output_dir) is None:
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
 
 
 @pytest.mark.slow  # a script in a fresh interpreter

@@ -207,3 +207,15 @@ class SaveRunArguments(TrainerCallback):
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             with open(os.path.join(folder, ARGUMENTS_FILE), "w") as file:
                 json.dump(self.arguments, file, indent=2)
+
+
+def train_resumably(trainer, previous):
+    """`trainer.train()`, resuming from `previous.checkpoint` (`prepare_output_dir`); Ctrl-C ends it with one line
+    that names the checkpoint the same command resumes from."""
+    try:
+        return trainer.train(resume_from_checkpoint=previous.checkpoint)
+    except KeyboardInterrupt:
+        checkpoint = last_complete_checkpoint(trainer.args.output_dir)
+        raise KeyboardInterrupt(
+            f"rerun the same command to resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+        ) from None
