@@ -12,6 +12,7 @@ examples are the run's own example images (the model card's), from the folder or
 import argparse
 import importlib.util
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -27,6 +28,20 @@ def parse_arguments(argv):
     parser.add_argument("model", help="A Hub repository id (`user/name`) or a folder saved by scripts/train.py.")
     add_server_arguments(parser)
     return parse_flags(parser, argv)
+
+
+def check_port_free(host, port):
+    """Refuse, before the model loads, a `--port` out of range or one that something already listens on: Gradio would
+    answer the first with a traceback and the second by naming its environment variable, not the flag."""
+    if port is None:
+        return
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host or "127.0.0.1", port))
+        except OSError as error:
+            raise ValueError(f"--port {port}: cannot serve there ({error.strerror}); pass another --port") from None
 
 
 def example_images(model) -> list[Path]:
@@ -48,6 +63,7 @@ def main(argv=None):
     if importlib.util.find_spec("gradio") is None:
         raise ValueError("the demo needs Gradio: pip install -e '.[demo]'")
     check_model_source(args.model)
+    check_port_free(args.host, args.port)
     setup_logging()
     from endpoint.app import Classifier, launch
 

@@ -5,6 +5,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -140,6 +141,24 @@ def test_demo_errors_are_one_line_before_any_work(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
     assert demo.run_cli(demo.main, [str(run_dir)]) == 2
     assert capsys.readouterr().err == "error: the demo needs Gradio: pip install -e '.[demo]'\n"
+
+
+@pytest.mark.slow  # the script in a fresh interpreter, as a user runs it
+def test_a_bad_or_busy_port_is_one_line_naming_the_flag(tmp_path):
+    run_dir = make_run_folder(tmp_path / "run")
+    demo = [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), str(run_dir)]
+    result = subprocess.run([*demo, "--port", "99999"], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (2, "error: --port must be between 1 and 65535, got 99999\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([*demo, "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith(f"error: --port {port}: cannot serve there")
+        and "GRADIO_SERVER_PORT" not in result.stderr
+    )
 
 
 def serve(command, cwd, log_path, timeout=180):
