@@ -170,13 +170,11 @@ def build_demo(classifier: Classifier, examples=()):
             "model sees, classified, and shown with what the model attended to."
         )
         with gr.Row():
-            with gr.Column():
+            with gr.Column() as left:
                 image = gr.Image(
                     type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image", height=320
                 )
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
-                if examples:
-                    gr.Examples([[str(path)] for path in examples], inputs=image, label="The model's examples")
             with gr.Column():
                 top = gr.Label(num_top_classes=TOP_K, label="Top 5", elem_id="top")
                 table = gr.Markdown(elem_id="probabilities")
@@ -185,6 +183,17 @@ def build_demo(classifier: Classifier, examples=()):
                 )
                 gr.Markdown(classifier.attention_description, elem_id="attention-method")
         button.click(classify, inputs=image, outputs=[top, table, picture])
+        if examples:
+            with left:  # under the button; a click classifies the example at once
+                gr.Examples(
+                    [[str(path)] for path in examples],
+                    inputs=image,
+                    outputs=[top, table, picture],
+                    fn=classify,
+                    run_on_click=True,
+                    cache_examples=False,
+                    label="The model's examples: click one to classify it",
+                )
     return demo
 
 

@@ -245,8 +245,8 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
 
         examples = browser.find_elements(By.CSS_SELECTOR, "button.gallery-item")
         assert len(examples) == len(list((model / "examples").glob("*.png"))) > 0
-        examples[0].click()
-        from_example = classify(browser, previous=browser.find_element(By.ID, "probabilities").text)
+        examples[0].click()  # classifies it at once: no Classify press
+        from_example = answer(browser, previous=browser.find_element(By.ID, "probabilities").text)
         label, probability = predicted(model, sorted((model / "examples").glob("*.png"))[0])
         assert from_example[0][0] == label and from_example[0][1] == pytest.approx(probability, abs=1e-4)
         assert element(browser, "#attention img").get_attribute("src")
