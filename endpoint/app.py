@@ -164,19 +164,6 @@ def build_demo(classifier: Classifier, examples=()):
         probabilities, grid = classifier(image)
         return dict(list(probabilities.items())[:TOP_K]), probability_table(probabilities), overlay(image, grid)
 
-    class ImageFile(gr.Image):
-        """`gr.Image` that hands `classify` the uploaded file's path even when PIL cannot read it: Gradio's own
-        decoding would fail first, with its raw error in both panels, before `classify` could say why."""
-
-        def get_block_name(self):  # the page draws it with gr.Image's own component
-            return "image"
-
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except OSError:  # PIL's UnidentifiedImageError, a truncated file
-                return payload.path
-
     with gr.Blocks(title=f"VTLM demo: {classifier.model_name}") as demo:
         gr.Markdown(
             f"# {classifier.model_name}\nA VTLM image classifier. Drop in a picture: it is resized to what the "
@@ -184,7 +171,7 @@ def build_demo(classifier: Classifier, examples=()):
         )
         with gr.Row():
             with gr.Column() as left:
-                image = ImageFile(
+                image = gr.Image(
                     type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image", height=320
                 )
                 button = gr.Button("Classify", variant="primary", elem_id="classify")

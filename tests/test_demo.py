@@ -260,10 +260,6 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
         assert message == "Could not classify this file: the image could not be decoded (image file is truncated)"
         again = classify(browser, image, previous=message)
         assert again == first
-        not_an_image = tmp_path / "notes.png"  # a file named as an image, which the page uploads
-        not_an_image.write_text("not an image")
-        message = classify(browser, not_an_image, previous=browser.find_element(By.ID, "probabilities").text)
-        assert message == "Could not classify this file: the bytes are not in any image format PIL can read"
         assert process.poll() is None  # still serving
     finally:
         process.terminate()
