@@ -154,11 +154,14 @@ def build_demo(classifier: Classifier, examples=()):
     serving."""
     import gradio as gr  # here, not at the top: `scripts/demo.py` reads its flags before Gradio is known installed
 
-    def classify(path):
-        if path is None:
+    # Gradio's own preprocessing of the image input is off (`preprocess=False`): it decodes the file with PIL first,
+    # and a file that is not an image would end in its raw error in both panels. `classify` gets the uploaded file
+    # (`{"path": ...}`) and decodes it as the endpoint does, so such a file gets the app's own message.
+    def classify(upload):
+        if not upload:
             return None, "Upload or paste an image, or click an example.", None
         try:
-            image = load_image(Path(path).read_bytes())
+            image = load_image(Path(upload["path"] if isinstance(upload, dict) else upload).read_bytes())
         except ValueError as error:
             return None, f"**Could not classify this file:** {html.escape(str(error))}", None
         probabilities, grid = classifier(image)
@@ -182,7 +185,7 @@ def build_demo(classifier: Classifier, examples=()):
                     label="What the model attended to", elem_id="attention", interactive=False, height=320
                 )
                 gr.Markdown(classifier.attention_description, elem_id="attention-method")
-        button.click(classify, inputs=image, outputs=[top, table, picture])
+        button.click(classify, inputs=image, outputs=[top, table, picture], preprocess=False)
         if examples:
             with left:  # under the button; a click classifies the example at once
                 gr.Examples(
@@ -191,6 +194,7 @@ def build_demo(classifier: Classifier, examples=()):
                     outputs=[top, table, picture],
                     fn=classify,
                     run_on_click=True,
+                    preprocess=False,
                     cache_examples=False,
                     label="The model's examples: click one to classify it",
                 )

@@ -188,7 +188,16 @@ def answer(driver, previous=None, timeout=60):
     from selenium.webdriver.support.ui import WebDriverWait
 
     table = element(driver, "#probabilities")
-    WebDriverWait(driver, timeout).until(lambda _: table.text.strip() and table.text != previous)
+
+    def rendered(_):  # a new message, or a new table whose rows are drawn (its text may come first)
+        text = table.text.strip()
+        return (
+            text
+            and table.text != previous
+            and not (text.startswith("rank") and not table.find_elements(By.CSS_SELECTOR, "tbody tr"))
+        )
+
+    WebDriverWait(driver, timeout).until(rendered)
     rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
     if not rows:
         return table.text
@@ -260,6 +269,10 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
         assert message == "Could not classify this file: the image could not be decoded (image file is truncated)"
         again = classify(browser, image, previous=message)
         assert again == first
+        not_an_image = tmp_path / "notes.png"  # a file named as an image, which the page uploads
+        not_an_image.write_text("not an image")
+        message = classify(browser, not_an_image, previous=browser.find_element(By.ID, "probabilities").text)
+        assert message == "Could not classify this file: the bytes are not in any image format PIL can read"
         assert process.poll() is None  # still serving
     finally:
         process.terminate()
