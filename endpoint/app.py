@@ -36,6 +36,11 @@ APP_DIR = Path(__file__).resolve().parent
 TOP_K = 5
 # The overlay's side, in pixels, for inputs smaller than this (the model sees 32 x 32).
 MIN_OVERLAY_SIZE = 256
+# The example thumbnails at 3x a CIFAR image, its pixels kept sharp: at their own 32 px they are hard to make out.
+EXAMPLES_CSS = (
+    "button.gallery-item img { width: 96px !important; height: 96px !important; max-width: none !important; "
+    "max-height: none !important; object-fit: contain; image-rendering: pixelated; }"
+)
 
 ROLLOUT = (
     "Attention rollout: how much the CLS token, which the classifier reads, drew from each patch through all "
@@ -228,7 +233,8 @@ def parse_arguments(argv=None):
 def launch(classifier: Classifier, examples=(), host: str | None = None, port: int | None = None):
     """Serve the app until interrupted; `examples` are image files, which the app may serve."""
     allowed = sorted({str(Path(path).resolve().parent) for path in examples})
-    build_demo(classifier, examples).launch(server_name=host, server_port=port, show_error=True, allowed_paths=allowed)
+    demo = build_demo(classifier, examples)
+    demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=allowed, css=EXAMPLES_CSS)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,8 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
 
         examples = browser.find_elements(By.CSS_SELECTOR, "button.gallery-item")
         assert len(examples) == len(list((model / "examples").glob("*.png"))) > 0
+        thumbnail = examples[0].find_element(By.TAG_NAME, "img").size
+        assert thumbnail["width"] >= 96 and thumbnail["height"] >= 96  # not the images' own 32 px
         examples[0].click()  # classifies it at once: no Classify press
         from_example = answer(browser, previous=browser.find_element(By.ID, "probabilities").text)
         label, probability = predicted(model, sorted((model / "examples").glob("*.png"))[0])
