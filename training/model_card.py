@@ -313,9 +313,9 @@ def _initialized_from(run_info: dict) -> str | None:
     text = f"[{source}](https://huggingface.co/{source})" if source.count("/") == 1 else f"`{source}`"
     if pretraining := (initialized or {}).get("pretraining"):
         text += (
-            f", an encoder pre-trained by masked image modelling (`scripts/pretrain.py`: "
-            f"{100 * pretraining['mask_ratio']:g}% of patches hidden, {pretraining['num_train_epochs']:g} epochs) on "
-            f"{pretraining['dataset']['name']}'s training images"
+            f" (an encoder pre-trained by masked image modelling on {pretraining['dataset']['name']}'s training "
+            f"images: {100 * pretraining['mask_ratio']:g}% of patches hidden, {pretraining['num_train_epochs']:g} epochs, "
+            "`scripts/pretrain.py`)"
         )
     return text
 
