@@ -314,8 +314,8 @@ def _initialized_from(run_info: dict) -> str | None:
     if pretraining := (initialized or {}).get("pretraining"):
         text += (
             f" (an encoder pre-trained by masked image modelling on {pretraining['dataset']['name']}'s training "
-            f"images: {100 * pretraining['mask_ratio']:g}% of patches hidden, {pretraining['num_train_epochs']:g} epochs, "
-            "`scripts/pretrain.py`)"
+            f"images: {100 * pretraining['mask_ratio']:g}% of patches hidden, "
+            f"{pretraining['num_train_epochs']:g} epochs, `scripts/pretrain.py`)"
         )
     return text
 
