@@ -85,10 +85,11 @@ class VTLMForMaskedImageModeling(VTLMPreTrainedModel):
                 "drop_path_rate": 0.0,
             }
         )
-        num_patches = (config.image_size // config.patch_size) ** 2
         self.decoder_embed = nn.Linear(config.hidden_size, decoder_config.hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_config.hidden_size))
-        self.decoder_position_embeddings = nn.Parameter(torch.zeros(1, 1 + num_patches, decoder_config.hidden_size))
+        self.decoder_position_embeddings = nn.Parameter(
+            torch.zeros(1, 1 + config.num_patches, decoder_config.hidden_size)
+        )
         self.decoder = VTLMEncoder(decoder_config)
         self.decoder_norm = nn.LayerNorm(decoder_config.hidden_size, eps=config.layer_norm_eps)
         self.decoder_pred = nn.Linear(decoder_config.hidden_size, config.patch_size**2 * config.num_channels)
@@ -133,9 +134,8 @@ class VTLMForMaskedImageModeling(VTLMPreTrainedModel):
         predicted = self.decoder_pred(self.decoder_norm(self.decoder(tokens).last_hidden_state[:, 1:]))
 
         target = self.patchify(pixel_values.to(predicted.dtype))
-        if (
-            self.pretraining_args.norm_pix_loss
-        ):  # each patch's pixels normalised by their own mean and variance, as MAE's best setting
+        # Each patch's pixels normalised by their own mean and variance: MAE's best setting.
+        if self.pretraining_args.norm_pix_loss:
             mean, variance = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             target = (target - mean) / (variance + 1e-6) ** 0.5
         mask = torch.ones(batch, num_patches, device=patches.device)
@@ -164,7 +164,7 @@ class MaskedImageModelingTrainer(VTLMTrainer):
     def training_inputs(self, inputs, micro_step):
         pixel_values = super().training_inputs(inputs, micro_step)["pixel_values"]
         seed = augmentation_seed(self.args.seed, self.state.global_step, self.args.process_index, micro_step, "mask")
-        num_patches = (pixel_values.shape[-1] // self.accelerator.unwrap_model(self.model).config.patch_size) ** 2
+        num_patches = self.accelerator.unwrap_model(self.model).config.num_patches
         noise = torch.rand(len(pixel_values), num_patches, generator=torch.Generator().manual_seed(seed))
         return {"pixel_values": pixel_values, "noise": noise.to(pixel_values.device)}
 
