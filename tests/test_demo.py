@@ -184,24 +184,25 @@ def serve(command, cwd, log_path, timeout=180):
 
 def answer(driver, previous=None, timeout=60):
     """The probability table's rows as (label, probability), or its message, once it differs from `previous`."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    table = element(driver, "#probabilities")
+    element(driver, "#probabilities")
 
-    def rendered(_):  # a new message, or a new table whose rows are drawn (its text may come first)
+    def read(_):  # a new message, or a new table once its rows are drawn (its text may come first); the page may
+        # redraw the table while it is read, so it is found again at each try
+        table = driver.find_element(By.CSS_SELECTOR, "#probabilities")
         text = table.text.strip()
-        return (
-            text
-            and table.text != previous
-            and not (text.startswith("rank") and not table.find_elements(By.CSS_SELECTOR, "tbody tr"))
-        )
+        if not text or table.text == previous:
+            return False
+        rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        if not rows:
+            return False if text.startswith("rank") else table.text
+        cells = [row.find_elements(By.TAG_NAME, "td") for row in rows]
+        return [(row[1].text, float(row[2].text)) for row in cells]
 
-    WebDriverWait(driver, timeout).until(rendered)
-    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
-    if not rows:
-        return table.text
-    return [(cells[1].text, float(cells[2].text)) for cells in (row.find_elements(By.TAG_NAME, "td") for row in rows)]
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(read)
 
 
 def element(driver, css, timeout=60):
