@@ -26,11 +26,27 @@ except ImportError:  # transformers 4.x only initialises missing weights, so tor
     from torch.nn import init
 
 
+class VTLMPatchify(nn.Conv2d):
+    """The original model's patch embedding: one Conv2d whose kernel and stride are the patch size, so every patch
+    becomes one token from its own pixels only (ViT's)."""
+
+    def __init__(self, config: VTLMConfig):
+        super().__init__(config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
+
+
+class VTLMTokenizerConv(nn.Conv2d):
+    """One conv of CCT's tokenizer: k x k, stride 1, padding k // 2 (the side is kept), no bias, as in CCT. Its own
+    class so that `_init_weights` gives it He init: it feeds a ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+
+
 class VTLMConvTokenizer(nn.Module):
     """CCT's convolutional tokenizer: blocks of (k x k conv, ReLU, 3x3 max-pool with stride 2), each halving the side.
 
-    Channels go num_channels -> conv_hidden_size -> ... -> hidden_size. The convs keep the side (stride 1, padding
-    k // 2) and have no bias, as in CCT; overlapping windows give each token a view past its own pixels.
+    Channels go num_channels -> conv_hidden_size -> ... -> hidden_size; overlapping windows give each token a view
+    past its own pixels.
     """
 
     def __init__(self, config: VTLMConfig):
@@ -38,7 +54,7 @@ class VTLMConvTokenizer(nn.Module):
         widths = [config.num_channels] + [config.conv_hidden_size] * (config.num_conv_layers - 1) + [config.hidden_size]
         kernel_size = config.conv_kernel_size
         self.convs = nn.ModuleList(
-            nn.Conv2d(width_in, width_out, kernel_size, padding=kernel_size // 2, bias=False)
+            VTLMTokenizerConv(width_in, width_out, kernel_size)
             for width_in, width_out in zip(widths[:-1], widths[1:], strict=True)
         )
 
@@ -124,7 +140,12 @@ class VTLMSequentialOverlappingPatchEmbedding(nn.Module):
         return self.feature_affine(features)  # (B, hidden, side, side)
 
 
-PATCH_EMBEDDING_CLASSES = {"conv": VTLMConvTokenizer, "sope": VTLMSequentialOverlappingPatchEmbedding}
+# by config.patch_embedding_type
+PATCH_EMBEDDING_CLASSES = {
+    "patchify": VTLMPatchify,
+    "conv": VTLMConvTokenizer,
+    "sope": VTLMSequentialOverlappingPatchEmbedding,
+}
 
 
 class VTLMEmbeddings(nn.Module):
@@ -132,12 +153,7 @@ class VTLMEmbeddings(nn.Module):
 
     def __init__(self, config: VTLMConfig):
         super().__init__()
-        if config.patch_embedding_type in PATCH_EMBEDDING_CLASSES:
-            self.patch_embeddings = PATCH_EMBEDDING_CLASSES[config.patch_embedding_type](config)
-        else:
-            self.patch_embeddings = nn.Conv2d(
-                config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
-            )
+        self.patch_embeddings = PATCH_EMBEDDING_CLASSES[config.patch_embedding_type](config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
         self.position_embeddings = None
         if config.use_position_embeddings:
@@ -260,6 +276,7 @@ class VTLMHeadInteractionAttention(VTLMAttention):
         extended = torch.cat([hidden_states, self.head_tokens(hidden_states)], dim=1)  # (B, T + heads, hidden)
         attn_output, attn_weights = self.attend(extended, output_attentions)
         tokens, head_outputs = attn_output.split([num_tokens, self.num_heads], dim=1)
+        # The CLS token is at index 0 (the config requires one with head tokens).
         cls = tokens[:, :1] + head_outputs.mean(dim=1, keepdim=True)  # (B, 1, hidden)
         return self.proj_dropout(torch.cat([cls, tokens[:, 1:]], dim=1)), attn_weights
 
@@ -300,6 +317,7 @@ class VTLMDynamicAggregationFeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, _, hidden_size = hidden_states.shape
+        # The CLS token is at index 0 and the patches follow it (the config requires a CLS token with DAFF).
         cls, patches = hidden_states[:, :1], hidden_states[:, 1:]
         features = patches.transpose(1, 2).reshape(batch_size, hidden_size, self.grid_size, self.grid_size)
         features = self.act(self.expand(features))  # (B, intermediate, side, side)
@@ -312,6 +330,7 @@ class VTLMDynamicAggregationFeedForward(nn.Module):
 
 
 FEED_FORWARD_CLASSES = {"mlp": VTLMMLP, "daff": VTLMDynamicAggregationFeedForward}  # by config.feed_forward_type
+ATTENTION_CLASSES = {False: VTLMAttention, True: VTLMHeadInteractionAttention}  # by config.use_head_tokens
 
 
 class VTLMDropPath(nn.Module):
@@ -338,9 +357,9 @@ class VTLMLayer(GradientCheckpointingLayer):
     def __init__(self, config: VTLMConfig, drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = VTLMHeadInteractionAttention(config) if config.use_head_tokens else VTLMAttention(config)
+        self.attention = ATTENTION_CLASSES[config.use_head_tokens](config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = FEED_FORWARD_CLASSES[config.feed_forward_type](config)
+        self.mlp = FEED_FORWARD_CLASSES[config.feed_forward_type](config)  # `mlp` for DAFF too: checkpoints' keys
         self.drop_path = VTLMDropPath(drop_path_rate)
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
@@ -415,6 +434,8 @@ def _mimetic_factors(size, alpha, beta, device):
 
 
 def _attention_projections_and_weights(attention):
+    """The modules and the weights whose `_is_hf_initialized` marks say whether `attention` was loaded: transformers 5
+    marks weights, 4.x modules."""
     return attention.qkv, attention.proj, attention.qkv.weight, attention.proj.weight
 
 
@@ -448,8 +469,8 @@ class VTLMPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 bound = module.weight[0].numel() ** -0.5
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.Conv2d) and self.config.patch_embedding_type == "conv":
-            # CCT's tokenizer: each conv feeds a ReLU, so He (Kaiming) normal init, which keeps the activations' scale.
+        elif isinstance(module, VTLMTokenizerConv):
+            # Each feeds a ReLU: He (Kaiming) normal init, which keeps the activations' scale, as CCT's.
             init.kaiming_normal_(module.weight)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
@@ -538,6 +559,8 @@ class VTLMModel(VTLMPreTrainedModel):
         self.embeddings = VTLMEmbeddings(config)
         self.encoder = VTLMEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # The one pooling with weights is a module of its own, the others a line of `forward`; not a table of pooling
+        # modules: published checkpoints key its weights `sequence_pooling.*`, which a shared attribute would rename.
         self.sequence_pooling = VTLMSequencePooling(config) if config.pooling == "sequence" else None
         self.post_init()
 

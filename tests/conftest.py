@@ -45,6 +45,14 @@ HUB_COARSE_LABELS = [
     "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
 ]  # fmt: skip
 TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+# Every DHVT part (SOPE, no learned positions, DAFF, head tokens) on the tiny config: 8 x 8 patches, 64 tokens + CLS.
+TINY_DHVT = {
+    **TINY_CONFIG,
+    "patch_embedding_type": "sope",
+    "use_position_embeddings": False,
+    "feed_forward_type": "daff",
+    "use_head_tokens": True,
+}
 TINY_OVERRIDES = ",".join(f"{key}={value}" for key, value in TINY_CONFIG.items())
 # The CPU-sized flags of every training run in the tests: tiny model, small batches, no TensorBoard, no progress bar.
 TINY_RUN = [

@@ -7,15 +7,25 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, run_without_modeling, save_tiny_model
+from conftest import TINY_CONFIG, TINY_DHVT, run_without_modeling, save_tiny_model
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
-from modeling import CIFAR100_LABELS, PRESETS, VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
+from modeling import (
+    CIFAR100_LABELS,
+    PRESETS,
+    VTLMConfig,
+    VTLMForImageClassification,
+    VTLMModel,
+    build_image_processor,
+    configuration_vtlm,
+    modeling_vtlm,
+)
 
 # A conv tokenizer of two blocks, 3 -> 8 -> 32 channels and 32 -> 16 -> 8 pixels: 64 tokens, as patchify gives.
 TINY_CONV = {"patch_embedding_type": "conv", "num_conv_layers": 2, "conv_hidden_size": 8}
-# Tiny versions of every tokenizer, CLS token, pooling and block layout, with the sequence length each must give.
+# Tiny versions of every tokenizer, CLS token, pooling, attention, feed-forward and block layout (DHVT's parts alone
+# and together), with the sequence length each must give. test_dhvt.py tests what only DHVT's parts do.
 VARIANTS = {
     "original": ({}, 65),
     "mean": ({"pooling": "mean"}, 65),
@@ -24,6 +34,12 @@ VARIANTS = {
     "conv-cls": (TINY_CONV, 65),
     "vtlm-37m-conv": ({**PRESETS["vtlm-37m-conv"], **TINY_CONFIG, "conv_hidden_size": 8}, 64),
     "vtlm-cct-7-3x1": ({**PRESETS["vtlm-cct-7-3x1"], **TINY_CONFIG}, 256),  # one conv block: 32 -> 16 pixels
+    "sope": ({"patch_embedding_type": "sope"}, 65),
+    "daff": ({"feed_forward_type": "daff"}, 65),
+    "head-tokens": ({"use_head_tokens": True}, 65),
+    "dhvt-patch4": (TINY_DHVT, 65),
+    "dhvt-patch2": ({**TINY_DHVT, "patch_size": 2}, 257),  # 16 x 16 patches
+    "dhvt-cct-layout": ({**TINY_DHVT, "layer_norm_layout": "cct", "qkv_bias": False}, 65),
 }
 variants = pytest.mark.parametrize(("overrides", "sequence_length"), VARIANTS.values(), ids=VARIANTS.keys())
 
@@ -127,6 +143,22 @@ def test_from_preset_applies_overrides():
 
 
 @pytest.mark.parametrize(
+    ("table", "field", "values"),
+    [
+        (modeling_vtlm.PATCH_EMBEDDING_CLASSES, "patch_embedding_type", configuration_vtlm.PATCH_EMBEDDING_TYPES),
+        (modeling_vtlm.ATTENTION_CLASSES, "use_head_tokens", (False, True)),
+        (modeling_vtlm.FEED_FORWARD_CLASSES, "feed_forward_type", configuration_vtlm.FEED_FORWARD_TYPES),
+        (modeling_vtlm.LAYER_CLASSES, "layer_norm_layout", configuration_vtlm.LAYER_NORM_LAYOUTS),
+    ],
+)
+def test_each_part_table_has_a_class_for_every_value_the_config_allows(table, field, values):
+    assert set(table) == set(values)
+    for value, part_class in table.items():
+        model = tiny_model(**{**VARIANTS["dhvt-patch4"][0], field: value})
+        assert any(type(module) is part_class for module in model.modules()), (field, value)
+
+
+@pytest.mark.parametrize(
     ("overrides", "field"),
     [
         ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
@@ -207,8 +239,9 @@ def test_output_shapes_with_and_without_labels(overrides, sequence_length):
     assert len(outputs.hidden_states) == 3  # embeddings + 2 blocks
     assert outputs.hidden_states[0].shape == (3, sequence_length, 32)
     assert len(outputs.attentions) == 2
-    assert outputs.attentions[0].shape == (3, 4, sequence_length, sequence_length)
-    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(3, 4, sequence_length))
+    attended = sequence_length + (4 if overrides.get("use_head_tokens") else 0)  # a head token per head joins them
+    assert outputs.attentions[0].shape == (3, 4, attended, attended)
+    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(3, 4, attended))
 
     outputs = model(pixels(), labels=torch.tensor([0, 5, 99]))
     assert outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
