@@ -20,16 +20,16 @@ CIFAR100_LABELS = (
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 )  # fmt: skip
 
-# What every DHVT preset sets: its three parts, no positions, and its reference's regularisation.
+# What every DHVT preset sets: its three parts and no positions.
 DHVT_PARTS = {
     "patch_embedding_type": "sope",
     "use_position_embeddings": False,
     "feed_forward_type": "daff",
     "use_head_tokens": True,
-    "hidden_dropout_prob": 0.0,
-    "drop_path_rate": 0.1,
 }
-# Presets are data: each names the architecture fields that differ from the defaults.
+# Presets are data: each names the architecture fields that differ from the defaults. The dropout and stochastic depth
+# a run trains with are the recipe's (train.py's --hidden_dropout_prob and --drop_path_rate, whose defaults are also
+# CCT's and DHVT's references'), not a preset's; CCT's attention dropout, which no flag sets, is its preset's.
 PRESETS = {
     # The original model (Madras1/VTLM37m): 37,939,812 parameters with 100 labels.
     "vtlm-37m": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8, "intermediate_size": 2048},
@@ -39,7 +39,7 @@ PRESETS = {
     "vtlm-5m": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 1024},
     # CCT-7/3x1 (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers") as its reference code
     # defines it: one 3x3 conv tokenizer block (256 tokens), no CLS token, sequence pooling, CCT's block layout and
-    # init, its dropout rates. 3,783,269 parameters with 100 labels, as the reference's `cct_7_3x1_32_c100`.
+    # init, its attention dropout. 3,783,269 parameters with 100 labels, as the reference's `cct_7_3x1_32_c100`.
     "vtlm-cct-7-3x1": {
         "hidden_size": 256,
         "num_hidden_layers": 7,
@@ -54,9 +54,7 @@ PRESETS = {
         "qkv_bias": False,
         "layer_norm_eps": 1e-5,
         "position_initializer_range": 0.2,
-        "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.1,
-        "drop_path_rate": 0.1,
     },
     # The original model's transformer and block, fed by a two-block conv tokenizer (3 -> 64 -> 512 channels,
     # 32 -> 16 -> 8 pixels: the original model's 64 tokens) and read out by sequence pooling instead of a CLS token.

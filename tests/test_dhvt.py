@@ -250,7 +250,7 @@ def test_presets_are_the_reference_layouts(preset, widths, tokens):
     convs = model.embeddings.patch_embeddings.convs
     assert [conv.in_channels for conv in convs] + [convs[-1].out_channels] == widths
     assert all(conv.stride == (2, 2) and conv.kernel_size == (3, 3) and conv.bias is None for conv in convs)
-    assert model.embeddings.position_embeddings is None and config.qkv_bias and config.hidden_dropout_prob == 0
+    assert model.embeddings.position_embeddings is None and config.qkv_bias
 
 
 def test_sync_batch_norm_conversion_keeps_the_logits_and_the_checkpointing_guard():

@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, TINY_OVERRIDES, TINY_RUN, load_script, write_hub
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from modeling import CIFAR100_LABELS, VTLMConfig
+from modeling import CIFAR100_LABELS, PRESETS, VTLMConfig
 from training.arguments import ModelArguments, parse_arguments
 from training.build import build_config, build_model
 from training.flops import flops_per_image
@@ -286,6 +286,17 @@ def test_config_overrides_are_typed_and_checked():
 def test_recipe_fields_have_one_flag_only():
     with pytest.raises(ValueError, match="set drop_path_rate with its own flag"):
         build_config(ModelArguments(config_overrides="drop_path_rate=0.3"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_recipe_alone_decides_dropout_and_stochastic_depth(preset):
+    """No preset carries a value that train.py's flags would silently replace: every run trains with the flags'."""
+    assert not {"drop_path_rate", "hidden_dropout_prob"} & set(PRESETS[preset])
+    flags = ModelArguments(model_preset=preset)
+    config = build_config(flags)
+    assert (config.drop_path_rate, config.hidden_dropout_prob) == (flags.drop_path_rate, flags.hidden_dropout_prob)
+    config = build_config(ModelArguments(model_preset=preset, drop_path_rate=0.3, hidden_dropout_prob=0.2))
+    assert (config.drop_path_rate, config.hidden_dropout_prob) == (0.3, 0.2)
 
 
 def test_invalid_override_value_fails_before_training(cifar100_dir, tmp_path):
