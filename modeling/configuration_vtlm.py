@@ -346,29 +346,6 @@ class VTLMConfig(PreTrainedConfig):
             side = (side - 1) // 2 + 1  # a 3x3 max-pool with stride 2 and padding 1: ceil(side / 2)
         return side**2
 
-    @classmethod
-    def field_names(cls):
-        """Every architecture field, in the order of `__init__`: what a preset or `--config_overrides` may set."""
-        # The named arguments of __init__ after self, read off its code: shipped files import nothing but torch and
-        # transformers, so no `inspect`.
-        code = cls.__init__.__code__
-        return list(code.co_varnames[1 : code.co_argcount])
-
-    @property
-    def unused_fields(self):
-        """The fields this architecture does not read: the other tokenizers', and a position init that is left to
-        `initializer_range` or has no positions to start. A description of the model (its card) leaves them out."""
-        conv_fields = ["num_conv_layers", "conv_kernel_size", "conv_hidden_size"]
-        if self.patch_embedding_type == "conv":  # only blocks before the last output `conv_hidden_size` channels
-            unused = ["patch_size"] + (["conv_hidden_size"] if self.num_conv_layers == 1 else [])
-        else:
-            unused = conv_fields
-        if self.position_initializer_range is None or not self.use_position_embeddings:
-            unused.append("position_initializer_range")
-        if self.attention_initializer != "mimetic":
-            unused.extend(MIMETIC_FIELDS)
-        return unused
-
     @property
     def sequence_length(self):
         """Tokens the encoder sees: the patch tokens, and the CLS token in front when there is one."""

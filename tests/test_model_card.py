@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_CLASSES, RESULTS, TINY_CONFIG, make_run_folder
+from conftest import EXAMPLE_CLASSES, REPO_ROOT, RESULTS, TINY_CONFIG, make_run_folder
 from huggingface_hub import ModelCard, metadata_load
 from PIL import Image
 
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
+from training import LICENSE
 from training.flops import flops_per_image
 from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, save_example_images, write_model_card
 
@@ -58,6 +59,11 @@ def assert_tables_end_with_a_blank_line(text):
 
 
 # The card
+
+
+def test_the_published_licence_is_the_codes():
+    declared = re.search(r'^license = "(.+)"$', (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert declared[1].lower() == LICENSE
 
 
 def test_card_metadata_and_model_index_carry_the_run(run_dir):

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, TrainingAr
 from modeling import VTLMConfig, VTLMForImageClassification
 
 from .augmentation import BatchAugmentation
+from .config_fields import field_names
 from .data import collate_batch
 from .distillation import Distillation, load_teacher
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
@@ -59,11 +60,12 @@ def apply_config_overrides(config, overrides):
     overridden = {pair.partition("=")[0] for pair in pairs}
     if twice := sorted(overridden & set(RECIPE_CONFIG_FIELDS)):
         raise ValueError(f"--config_overrides: set {', '.join(twice)} with its own flag (--{twice[0]}), not here")
-    if unknown := sorted(overridden - set(config.field_names())):
-        close = difflib.get_close_matches(unknown[0], config.field_names(), n=1)
+    names = field_names(config)
+    if unknown := sorted(overridden - set(names)):
+        close = difflib.get_close_matches(unknown[0], names, n=1)
         raise ValueError(
             f"--config_overrides: {', '.join(unknown)} is not a field of the config"
-            f"{f' (did you mean {close[0]}?)' if close else ''}; the fields are {', '.join(config.field_names())}"
+            f"{f' (did you mean {close[0]}?)' if close else ''}; the fields are {', '.join(names)}"
         )
     try:
         config.update_from_string(",".join(pairs))

@@ -7,7 +7,6 @@ written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported o
 """
 
 import importlib.util
-import inspect
 import json
 import logging
 import re
@@ -23,13 +22,14 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
-    PreTrainedConfig,
     ViTConfig,
     ViTForImageClassification,
 )
 from transformers.utils import cached_file
 
+from . import LICENSE
 from .cli import check_model_source
+from .config_fields import original_defaults, unused_fields
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = "onnx/model.onnx"  # where optimum and transformers.js look
@@ -114,27 +114,14 @@ class ExportError(ValueError):
     """The source cannot be exported as asked. Nothing is written: the check comes first, or the folder is dropped."""
 
 
-def original_defaults(config_class) -> dict:
-    """Every architecture field of a VTLM config class, and of the VTLM classes it derives from, with its default:
-    the original model's value. The fields of transformers' `PreTrainedConfig` (labels, output flags) are not among
-    them.
-    """
-    defaults = {}
-    for cls in config_class.__mro__[: config_class.__mro__.index(PreTrainedConfig)]:
-        parameters = inspect.signature(cls.__init__).parameters.values()
-        fields = {p.name: p.default for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"}
-        defaults = {**fields, **defaults}  # a subclass's default wins
-    return defaults
-
-
 def vit_refusals(config) -> list[str]:
     """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
 
     The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
-    original model's value, until it is mapped here. A field this layout does not read (`VTLMConfig.unused_fields`:
-    another tokenizer's, say) changes nothing, whatever its value.
+    original model's value, until it is mapped here. A field this layout does not read (`unused_fields`: another
+    tokenizer's, say) changes nothing, whatever its value.
     """
-    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *config.unused_fields)  # unused: no effect on the model
+    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *unused_fields(config))  # unused: no effect on the model
     return [
         f"{name}={getattr(config, name)!r} (exportable only at the original model's {default!r})"
         for name, default in original_defaults(type(config)).items()
@@ -405,10 +392,7 @@ def render_export_card(source, differences, num_images, graph_of=None) -> ModelC
     usage = "\n".join(CARD_FORMATS[name][2] for name in differences)
     title = "transformers' built-in ViT" if "vit" in differences else "ONNX"
     tags = ["image-classification", "vision", "vtlm", *differences]  # the formats' names: "vit", "onnx"
-    # The license is the source's: VTLM models are published under Apache-2.0 (`model_card.md`).
-    data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", tags=tags, license="apache-2.0"
-    )
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification", tags=tags, license=LICENSE)
     body = f"""
 # VTLM, exported to {title}
 

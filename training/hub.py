@@ -16,9 +16,10 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
+from training import LICENSE
 from training.export import export_model, published_export_formats, vit_refusals
 from training.hub_access import hub_unreachable_reason
-from training.model_card import CARD_LICENSE, is_generated_card, write_model_card
+from training.model_card import is_generated_card, write_model_card
 from training.space import write_space
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def publish_space(api, output_dir, space_id, model_ids, token, private) -> Commi
     (`training.space.write_space`): its app loads the first of `model_ids` that is not None."""
     model_ids = [model_id for model_id in model_ids if model_id is not None]
     with tempfile.TemporaryDirectory() as workdir:
-        space_dir = write_space(Path(workdir) / "space", output_dir, model_ids, space_id, CARD_LICENSE)
+        space_dir = write_space(Path(workdir) / "space", output_dir, model_ids, space_id, LICENSE)
         _refuse_files_with_token(space_dir, token or get_token())
         commit = _upload_folder(
             api,

@@ -15,14 +15,14 @@ from urllib.parse import quote
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from PIL import Image
 
+from training import LICENSE
+from training.config_fields import field_names, unused_fields
 from training.export import vit_refusals
 from training.flops import flops_per_image
 from training.trainer import training_seconds
 
 logger = logging.getLogger(__name__)
 
-# The license of every published card: VTLM's code and the weights it trains.
-CARD_LICENSE = "apache-2.0"
 # The card template: `model_card.md` at the top of the repository, which `training/model_card.md` links to, so that
 # the package (a wheel copies the link's content) carries it too.
 CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
@@ -207,7 +207,7 @@ def build_card_data(results: dict, dataset: dict, model_name: str, examples: lis
         tags=["vision", "image-classification", "vit", "custom_code"],
         datasets=[hub_id] if hub_id else None,
         metrics=["accuracy"],
-        license=CARD_LICENSE,
+        license=LICENSE,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
         widget=widget or None,
@@ -283,7 +283,8 @@ def _predict_examples(classifier, output_dir: Path, recorded: list, hub_model_id
 def _architecture_rows(config) -> list:
     """Every argument of the config class (VTLMConfig: image_size, hidden_size, ...) that shapes this model (not
     its `unused_fields`), and the number of labels."""
-    names = [name for name in config.field_names() if name not in config.unused_fields]
+    unused = unused_fields(config)
+    names = [name for name in field_names(config) if name not in unused]
     derived = [("num_labels", str(config.num_labels))]
     if hasattr(config, "sequence_length"):  # the tokens each block attends over: tokenizer output, and CLS if any
         derived.append(("tokens per image", str(config.sequence_length)))
@@ -558,7 +559,7 @@ def write_pretraining_card(output_dir) -> Path:
     ]
     if smoke_reason:
         lines += ["", f"**A smoke run, not a real pre-training.** {smoke_reason}"]
-    card_data = ModelCardData(license=CARD_LICENSE, library_name="transformers", tags=["vtlm", "masked-image-modeling"])
+    card_data = ModelCardData(license=LICENSE, library_name="transformers", tags=["vtlm", "masked-image-modeling"])
     readme = output_dir / "README.md"
     _write_if_changed(readme, str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")).encode())
     return readme
