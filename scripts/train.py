@@ -33,9 +33,9 @@ def main(argv=None):
     from training.flops import count_parameters, describe_compute, flops_per_image
     from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
-    from training.model_card import save_example_images, write_model_card
+    from training.model_card import write_model_card
     from training.rerun import SaveRunArguments, check_source_hold_out, prepare_output_dir, train_resumably
-    from training.run_info import run_arguments, write_run_info
+    from training.run_info import run_arguments, save_example_images, write_run_info
 
     model_args, data_args, augmentation_args, training_args, distillation_args = arguments
     if training_args.should_log:  # as the transformers examples do: the default log level "passive" means info here

@@ -31,7 +31,7 @@ import training.hub  # noqa: E402
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
 from training.data import LABEL_NAME_FIXES  # noqa: E402
 from training.metrics import wilson_interval  # noqa: E402
-from training.model_card import save_example_images  # noqa: E402
+from training.run_info import save_example_images  # noqa: E402
 from training.trainer import TRAINING_SECONDS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from PIL import Image
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
 from training import LICENSE
 from training.flops import flops_per_image
-from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, save_example_images, write_model_card
+from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, write_model_card
+from training.run_info import save_example_images
 
 
 @pytest.fixture(scope="session")
@@ -262,6 +263,7 @@ def test_saving_examples_replaces_the_earlier_ones_and_the_card_shows_their_reco
     assert table_row(section(card_body(readme), "Examples"), "![Ankle boot](examples/00.png)")[1] == "Ankle boot"
     with pytest.raises(ValueError, match="2 images but 1 labels"):
         save_example_images(run_dir, [Image.new("RGB", (32, 32))] * 2, ["apple"])
+    assert sorted(path.name for path in (run_dir / "examples").iterdir()) == ["00.png"]  # bad input deletes nothing
 
 
 def test_the_usage_section_shows_the_three_ways_in(run_dir):

@@ -16,7 +16,7 @@ from PIL import Image
 import training.export
 import training.hub
 from training.hub import publish_run
-from training.model_card import save_example_images
+from training.run_info import save_example_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -8,9 +8,7 @@ loss of every training batch. The projections are never part of the saved model:
 (`_keys_to_ignore_on_save`), and each checkpoint carries them in a file of their own, for resuming.
 """
 
-import json
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -242,62 +240,3 @@ class Distillation:
             loss = loss + self.args.feature_guidance_weight * guidance
             parts["feature_guidance_loss"] = guidance.detach()
         return loss, parts
-
-
-def describe_teacher(distillation_args, dataset, config):
-    """The run's record of its teacher, for `run_info.json` and the card (None without one): its name (a Hub id, or
-    a folder's own name, never its path), the method and weights, and, from its run folder where it has one, its
-    test top-1, what it was trained on, and whether it saw only this run's dataset (`dataset`, as
-    `training.run_info.describe_dataset` records it): trained on it from scratch, by no teacher that saw more."""
-    source = distillation_args.teacher_model_name_or_path
-    if not source:
-        return None
-    local = os.path.isdir(source)
-    teacher_run, results = (_run_file(source, name) for name in ("run_info.json", "all_results.json"))
-    teacher_dataset = teacher_run.get("dataset") or {}
-    started_from = (teacher_run.get("model_arguments") or {}).get("model_name_or_path")
-    own_teacher = teacher_run.get("teacher")
-    saw_only_this_dataset = bool(
-        teacher_dataset
-        and teacher_dataset.get("source") == dataset.get("source")
-        and teacher_dataset.get("label_names") == dataset.get("label_names")
-        and started_from in (None, "None")
-        and (own_teacher is None or own_teacher.get("saw_only_this_dataset"))
-    )
-    guided = distillation_args.feature_guidance_weight > 0
-    return {
-        "name": os.path.basename(os.path.normpath(source)) if local else source,
-        "hub_id": None if local else source,
-        "test_accuracy": results.get("test_accuracy"),
-        "smoke_run": teacher_run.get("smoke_run"),
-        "trained_on": teacher_dataset.get("name"),
-        "started_from": None if started_from in (None, "None") else started_from,
-        "saw_only_this_dataset": saw_only_this_dataset,
-        "method": {
-            "feature_guidance_weight": distillation_args.feature_guidance_weight,
-            "feature_guidance_layers": (distillation_args.feature_guidance_layers or "all") if guided else None,
-            "distillation_type": distillation_args.distillation_type,
-            "distillation_alpha": (
-                distillation_args.distillation_alpha if distillation_args.distillation_type != "none" else None
-            ),
-            "distillation_temperature": (
-                distillation_args.distillation_temperature if distillation_args.distillation_type == "soft" else None
-            ),
-            "attention_initializer": getattr(config, "attention_initializer", None),
-        },
-    }
-
-
-def _run_file(source, name):
-    """The JSON file `name` of the teacher's run folder, or of its Hub repository (a published VTLM run carries
-    `run_info.json` and `all_results.json`), or {} where it has none or it cannot be fetched now."""
-    from transformers.utils import cached_file
-
-    try:
-        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
-    except OSError:  # the Hub unreachable, or not a repository: nothing recorded to read
-        return {}
-    if path is None:
-        return {}
-    with open(path) as file:
-        return json.load(file)

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from transformers.utils import logging
 
-from .run_info import ARGUMENTS_FILE, RUN_INFO_FILE, dataset_source_name, read_run_arguments
+from .run_info import ARGUMENTS_FILE, RUN_INFO_FILE, dataset_source_name, read_run_arguments, read_saved_record
 
 logger = logging.get_logger(__name__)
 
@@ -127,9 +127,7 @@ def source_validation_split(source, data_args, seed, held_out=True):
     validation split, which no seed moves), from its `run_info.json`: "same"; "other", with the arguments that differ
     (it trained on images of this run's split); or, where its record cannot tell, "not recorded" (no VTLM record) or
     "another dataset" (whose images may still be this one's)."""
-    from .distillation import _run_file  # the model's record, from its folder or its Hub repository
-
-    recorded = _run_file(source, RUN_INFO_FILE)
+    recorded = read_saved_record(source, RUN_INFO_FILE)
     if not recorded.get("data_arguments") or not recorded.get("training_arguments"):
         return "not recorded", []
     # run_info.json names a local dataset by its folder's name: this run's is compared the same way.

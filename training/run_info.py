@@ -6,17 +6,19 @@ import platform
 import re
 import subprocess
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import transformers
+from PIL import Image
 from torch.utils import collect_env
 
 from modeling import CIFAR100_LABELS
 
 from .arguments import PretrainingArguments
-from .distillation import describe_teacher
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES_DIR = "examples"  # the widget's example images, in the run folder
 
 
 def git_commit():
@@ -145,9 +147,9 @@ def publishable_run_info(run_info, data_args):
 def write_run_info(output_dir, arguments, config, data, compute, examples=(), resumed_from=None):
     """Write the run's record into `output_dir`, once, at the end of the run: `run_info.json`, published with the
     model (the arguments without local paths, the dataset, config, code, hardware, whether and why it is a smoke run,
-    whether it resumed, its teacher (`training.distillation.describe_teacher`, and whether it held out this run's
+    whether it resumed, its teacher (`describe_teacher`, and whether it held out this run's
     validation split: `training.rerun.source_validation_split`), the model it started from
-    (`describe_initialization`), and the true labels of its `examples`, from `training.model_card.save_example_images`),
+    (`describe_initialization`), and the true labels of its `examples`, from `save_example_images`),
     and `run_arguments.json`, the arguments exactly as given (it stays on this machine: reruns and
     `scripts/evaluate_model.py` read it). `compute` is what the run cost (`training.flops.describe_compute`)."""
     from .rerun import source_validation_split  # here: rerun reads the records this module writes
@@ -186,6 +188,69 @@ def write_run_info(output_dir, arguments, config, data, compute, examples=(), re
         json.dump(publishable_run_info(run_info, data_args), file, indent=2, default=str)
     with open(os.path.join(output_dir, ARGUMENTS_FILE), "w") as file:  # last: it marks the run as finished
         json.dump(recorded, file, indent=2)
+
+
+def describe_teacher(distillation_args, dataset, config):
+    """The run's record of its teacher, for `run_info.json` and the card (None without one): its name (a Hub id, or
+    a folder's own name, never its path), the method and weights, and, from its run folder where it has one, its
+    test top-1, what it was trained on, and whether it saw only this run's dataset (`dataset`, as
+    `describe_dataset` records it): trained on it from scratch, by no teacher that saw more."""
+    source = distillation_args.teacher_model_name_or_path
+    if not source:
+        return None
+    local = os.path.isdir(source)
+    teacher_run, results = (read_saved_record(source, name) for name in ("run_info.json", "all_results.json"))
+    teacher_dataset = teacher_run.get("dataset") or {}
+    started_from = (teacher_run.get("model_arguments") or {}).get("model_name_or_path")
+    own_teacher = teacher_run.get("teacher")
+    saw_only_this_dataset = bool(
+        teacher_dataset
+        and teacher_dataset.get("source") == dataset.get("source")
+        and teacher_dataset.get("label_names") == dataset.get("label_names")
+        and started_from in (None, "None")
+        and (own_teacher is None or own_teacher.get("saw_only_this_dataset"))
+    )
+    guided = distillation_args.feature_guidance_weight > 0
+    return {
+        "name": os.path.basename(os.path.normpath(source)) if local else source,
+        "hub_id": None if local else source,
+        "test_accuracy": results.get("test_accuracy"),
+        "smoke_run": teacher_run.get("smoke_run"),
+        "trained_on": teacher_dataset.get("name"),
+        "started_from": None if started_from in (None, "None") else started_from,
+        "saw_only_this_dataset": saw_only_this_dataset,
+        "method": {
+            "feature_guidance_weight": distillation_args.feature_guidance_weight,
+            "feature_guidance_layers": (distillation_args.feature_guidance_layers or "all") if guided else None,
+            "distillation_type": distillation_args.distillation_type,
+            "distillation_alpha": (
+                distillation_args.distillation_alpha if distillation_args.distillation_type != "none" else None
+            ),
+            "distillation_temperature": (
+                distillation_args.distillation_temperature if distillation_args.distillation_type == "soft" else None
+            ),
+            "attention_initializer": getattr(config, "attention_initializer", None),
+        },
+    }
+
+
+def save_example_images(output_dir, images, labels) -> list[dict]:
+    """Save images (PIL images or HxWx3 uint8 arrays) as the run's widget examples, replacing any earlier ones, and
+    return their records for `run_info.json`: `{"file": "examples/00.png", "label": true class name}`."""
+    if len(labels) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    examples_dir = Path(output_dir) / EXAMPLES_DIR
+    examples_dir.mkdir(parents=True, exist_ok=True)
+    for old in examples_dir.glob("*.png"):
+        old.unlink()
+    records = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(image)
+        name = f"{EXAMPLES_DIR}/{index:02d}.png"
+        image.convert("RGB").save(Path(output_dir) / name)
+        records.append({"file": name, "label": str(label)})
+    return records
 
 
 def describe_initialization(model_args):
@@ -237,3 +302,18 @@ def run_arguments(arguments):
     elif last_args.teacher_model_name_or_path:
         groups["distillation_arguments"] = asdict(last_args)
     return json.loads(json.dumps(groups, default=str))
+
+
+def read_saved_record(source, name):
+    """The JSON file `name` of a saved model's run folder, or of its Hub repository (a published VTLM run carries
+    `run_info.json` and `all_results.json`), or {} where it has none or it cannot be fetched now."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+    except OSError:  # the Hub unreachable, or not a repository: nothing recorded to read
+        return {}
+    if path is None:
+        return {}
+    with open(path) as file:
+        return json.load(file)
