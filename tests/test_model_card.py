@@ -422,4 +422,4 @@ def test_feature_guidance_is_worded_for_a_teacher_with_another_token_grid(tmp_pa
     run_dir = make_run_folder(tmp_path / "student", flags=[f"--teacher_model_name_or_path={teacher}"])
     guidance = table_row(section(card_body(write_model_card(run_dir)), "Teacher"), "feature guidance")[1]
     assert "at the same positions" not in guidance  # untrue of a DHVT teacher's 256 tokens, pooled to 64
-    assert "token grid average-pooled, or resized, to this model's where the two differ" in guidance
+    assert "token grid average-pooled, or resized, to the model's where the two differ" in guidance

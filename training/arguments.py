@@ -16,6 +16,7 @@ from modeling import PRESETS
 from modeling.configuration_vtlm import ATTENTION_INITIALIZERS
 
 from .cli import parse_flags, suggest_flags
+from .distillation import FEATURE_GUIDANCE
 from .image_ops import AUTO_AUGMENT_POLICIES
 
 
@@ -272,12 +273,7 @@ class DistillationArguments:
     )
     feature_guidance_weight: float = field(
         default=1.0,
-        metadata={
-            "help": "Weight of feature guidance: the model's patch tokens after each guided block, layer-normalised "
-            "and projected by a Linear that exists only in training, are pulled (MSE) to the teacher's layer-"
-            "normalised tokens at the same positions, at the matching depth, its map pooled to the model's grid "
-            "(0: off)."
-        },
+        metadata={"help": f"Weight of feature guidance: {FEATURE_GUIDANCE} (0: off)."},
     )
     feature_guidance_layers: list[int] | None = field(
         default=None,

@@ -17,6 +17,7 @@ from PIL import Image
 
 from training import LICENSE
 from training.config_fields import field_names, unused_fields
+from training.distillation import FEATURE_GUIDANCE
 from training.export import vit_refusals
 from training.flops import flops_per_image
 from training.trainer import training_seconds
@@ -328,12 +329,8 @@ def _teacher(run_info: dict, dataset: dict) -> dict | None:
     method = teacher.get("method") or {}
     guidance = "off"
     if method.get("feature_guidance_weight"):
-        guidance = (
-            f"weight {method['feature_guidance_weight']:g}, blocks {_text(method.get('feature_guidance_layers'))}: the "
-            "patch tokens after each block, layer-normalised, pulled (MSE) through a Linear that exists only in "
-            "training to the teacher's layer-normalised tokens at the same places in the image (the teacher's token "
-            "grid average-pooled, or resized, to this model's where the two differ)"
-        )
+        blocks = _text(method.get("feature_guidance_layers"))
+        guidance = f"weight {method['feature_guidance_weight']:g}, blocks {blocks}: {FEATURE_GUIDANCE}"
     distillation = method.get("distillation_type") or "none"
     if distillation != "none":
         distillation += f", alpha {method.get('distillation_alpha'):g}"
