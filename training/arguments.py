@@ -16,7 +16,6 @@ from modeling import PRESETS
 from modeling.configuration_vtlm import ATTENTION_INITIALIZERS
 
 from .cli import parse_flags, suggest_flags
-from .distillation import FEATURE_GUIDANCE
 from .image_ops import AUTO_AUGMENT_POLICIES
 
 
@@ -247,6 +246,14 @@ class AugmentationArguments:
 
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
+
+
+# What feature guidance does, in the words of --feature_guidance_weight's help and of the card.
+FEATURE_GUIDANCE = (
+    "the model's patch tokens after each guided block, layer-normalised and projected by a Linear that exists only in "
+    "training, are pulled (MSE) to the teacher's layer-normalised tokens at the same places in the image, at the "
+    "matching depth (the teacher's token grid average-pooled, or resized, to the model's where the two differ)"
+)
 
 
 @dataclass

@@ -18,12 +18,6 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from .cli import check_model_source
 from .flops import forward_flops
 
-# What feature guidance does, in the words of the flag's help and of the card.
-FEATURE_GUIDANCE = (
-    "the model's patch tokens after each guided block, layer-normalised and projected by a Linear that exists only in "
-    "training, are pulled (MSE) to the teacher's layer-normalised tokens at the same places in the image, at the "
-    "matching depth (the teacher's token grid average-pooled, or resized, to the model's where the two differ)"
-)
 GUIDANCE_MODULE = "feature_guidance"  # the projections' name on the model while it trains
 GUIDANCE_FILE = "feature_guidance.safetensors"  # the projections' weights in every checkpoint, beside the model's
 
@@ -119,7 +113,7 @@ def patch_token_map(hidden_state):
 
 class FeatureGuidance(nn.Module):
     """One Linear per guided block of the model, from its hidden size to the teacher's width at the matching depth,
-    and the loss `FEATURE_GUIDANCE` says.
+    and the loss `training.arguments.FEATURE_GUIDANCE` says.
 
     The model's block i (of L) is matched to the teacher's hidden state round((i + 1) T / L) of T (after as large a
     share of the teacher's depth as of the model's); a smaller teacher map is resized bilinearly. Normalising both

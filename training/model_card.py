@@ -16,8 +16,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from PIL import Image
 
 from training import LICENSE
+from training.arguments import FEATURE_GUIDANCE
 from training.config_fields import field_names, unused_fields
-from training.distillation import FEATURE_GUIDANCE
 from training.export import vit_refusals
 from training.flops import flops_per_image
 from training.trainer import training_seconds
