@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: a tiny run whose JSON is complete and coherent, and its table."""
+"""scripts/benchmark.py and training/benchmark.py: a tiny run whose JSON is complete and coherent, and its table."""
 
 import json
 import math
@@ -14,13 +14,11 @@ from test_flops import hand_derived_flops
 
 import training.run_info
 from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+from training.arguments import AugmentationArguments, ModelArguments
+from training.benchmark import BenchmarkArguments, known_peak_tflops, run
+from training.trainer import VTLMTrainer
 
 STEPS, UNTIMED_STEPS, REPEATS, BATCH, EVAL_BATCH, EVAL_BATCHES, PEAK = 2, 1, 2, 8, 24, 2, 0.5
-
-
-@pytest.fixture(scope="module")
-def benchmark_module():
-    return load_script("benchmark")
 
 
 @pytest.mark.parametrize(
@@ -36,8 +34,27 @@ def benchmark_module():
         ("Some Future GPU", "bf16", None),
     ],
 )
-def test_known_peaks(benchmark_module, device_name, precision, peak):
-    assert benchmark_module.known_peak_tflops(device_name, precision)[0] == peak
+def test_known_peaks(device_name, precision, peak):
+    assert known_peak_tflops(device_name, precision)[0] == peak
+
+
+def test_the_bare_loop_times_the_trainers_own_step(monkeypatch):
+    """Every timed step, in training and in the bare loop, goes through `VTLMTrainer.training_step`: the bare loop is
+    that step without the Trainer's loop, not a copy of it."""
+    steps = []
+    real_step = VTLMTrainer.training_step
+
+    def counted_step(*args, **kwargs):
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(VTLMTrainer, "training_step", counted_step)
+    bench = BenchmarkArguments(
+        batch_size=4, eval_batch_size=4, eval_batches=1, steps=2, untimed_steps=1, repeats=1, precision="fp32"
+    )
+    results = run(ModelArguments(config_overrides=TINY_OVERRIDES), AugmentationArguments(), bench)
+    assert len(steps) == 2 * (bench.untimed_steps + bench.steps)  # train(), then the bare loop
+    assert len(results["bare_loop"]["times_s"]) == bench.steps
 
 
 @pytest.mark.parametrize(
@@ -154,12 +171,12 @@ def test_derived_figures_agree_with_their_parts(tiny_run):
 
 
 @pytest.mark.slow
-def test_table_of_the_run_and_of_saved_results(tiny_run, tmp_path, benchmark_module, capsys):
+def test_table_of_the_run_and_of_saved_results(tiny_run, tmp_path, capsys):
     results, stdout = tiny_run
     assert f"| {results['training']['images_per_s']:.1f} |" in stdout
     path = tmp_path / "result.json"
     path.write_text(json.dumps(results))
-    benchmark_module.main(["--summarize", str(path), str(path)])
+    load_script("benchmark").main(["--summarize", str(path), str(path)])
     table = capsys.readouterr().out.strip().splitlines()
     assert len(table) == 2 + 2  # header, rule, one row per file
     assert all(line.count("|") == table[0].count("|") for line in table)

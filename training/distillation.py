@@ -213,16 +213,21 @@ class Distillation:
     def needs_hidden_states(self):
         return self.guidance is not None
 
+    def teacher_outputs(self, pixel_values, student_normalize, autocast):
+        """The teacher's outputs for the model's input `pixel_values` (normalised by `student_normalize`), made into
+        the teacher's own input, with no gradients, in the `autocast` context the model's forward ran in."""
+        teacher_pixels = self.teacher.pixel_values(pixel_values, student_normalize.mean, student_normalize.std)
+        with torch.no_grad(), autocast():
+            return self.teacher.model(
+                pixel_values=teacher_pixels.to(self.teacher.model.dtype), output_hidden_states=self.needs_hidden_states
+            )
+
     def loss(self, student_outputs, pixel_values, student_normalize, autocast):
         """The training loss of a batch: the model's own loss on its targets, mixed with output distillation as
         --distillation_alpha says, plus --feature_guidance_weight times the guidance loss; and its parts, detached,
         by their log names. `pixel_values` is the model's input and `autocast` the context its forward ran in, so the
         teacher runs at the same precision."""
-        teacher_pixels = self.teacher.pixel_values(pixel_values, student_normalize.mean, student_normalize.std)
-        with torch.no_grad(), autocast():
-            teacher_outputs = self.teacher.model(
-                pixel_values=teacher_pixels.to(self.teacher.model.dtype), output_hidden_states=self.needs_hidden_states
-            )
+        teacher_outputs = self.teacher_outputs(pixel_values, student_normalize, autocast)
         loss = student_outputs.loss
         parts = {"label_loss": loss.detach()}
         if self.args.distillation_type != "none":
