@@ -68,7 +68,9 @@ def classify(tmp_path_factory):
 def test_pipeline_classifies_unusual_modes_and_sizes(classify, image):
     predictions = classify(image, top_k=3)
     assert len(predictions) == 3 and all(p["label"] in classify.model.config.label2id for p in predictions)
-    assert sum(p["score"] for p in predictions) <= 1 + 1e-6
+    every_class = classify(image, top_k=classify.model.config.num_labels)  # a softmax over all labels, best first
+    assert sum(p["score"] for p in every_class) == pytest.approx(1, abs=1e-5)
+    assert predictions == every_class[:3]
 
 
 def test_pipeline_reports_a_corrupt_file(classify, tmp_path):

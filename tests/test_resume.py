@@ -96,21 +96,24 @@ def test_half_written_checkpoint_is_skipped(tmp_path):
 
 def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
     """`prepare_output_dir` compares the arguments that define the run, and only those, with the checkpoint's."""
-    from training.arguments import VTLMTrainingArguments
+    from training.arguments import parse_arguments
     from training.rerun import RunMismatchError, prepare_output_dir
-    from training.run_info import ARGUMENTS_FILE
+    from training.run_info import ARGUMENTS_FILE, run_arguments
 
-    saved = {"training_arguments": {"learning_rate": 1e-3, "logging_steps": 50}, "num_processes": 1}
+    def recorded(*flags, num_processes=1):
+        """The record train.py writes for these flags, as `num_processes` processes would write it."""
+        return {**run_arguments(parse_arguments([f"--output_dir={tmp_path}", *flags])), "num_processes": num_processes}
+
     checkpoint = tmp_path / "checkpoint-8"
     checkpoint.mkdir()
-    (checkpoint / ARGUMENTS_FILE).write_text(json.dumps(saved))
-    training_args = VTLMTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(checkpoint))
-    same_run = {"training_arguments": {"learning_rate": 1e-3, "logging_steps": 10}, "num_processes": 1}
+    (checkpoint / ARGUMENTS_FILE).write_text(json.dumps(recorded("--learning_rate=1e-3", "--logging_steps=50")))
+    training_args = parse_arguments([f"--output_dir={tmp_path}", f"--resume_from_checkpoint={checkpoint}"])[3]
+    same_run = recorded("--learning_rate=1e-3", "--logging_steps=10")  # how often it logs does not define a run
     previous = prepare_output_dir(training_args, same_run)
     assert (previous.finished, previous.checkpoint) == (False, str(checkpoint))  # resumable, not finished
     for other, difference in (
-        ({"training_arguments": {"learning_rate": 5e-4, "logging_steps": 50}, "num_processes": 1}, "--learning_rate"),
-        ({"training_arguments": {"learning_rate": 1e-3, "logging_steps": 50}, "num_processes": 2}, "--num_processes"),
+        (recorded("--learning_rate=5e-4", "--logging_steps=50"), "--learning_rate"),
+        (recorded("--learning_rate=1e-3", "--logging_steps=50", num_processes=2), "--num_processes"),
     ):
         with pytest.raises(RunMismatchError, match=f"the checkpoint {checkpoint} made with other arguments") as error:
             prepare_output_dir(training_args, other)
