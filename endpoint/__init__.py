@@ -2,6 +2,5 @@
 
 `handler.py`, the Inference Endpoints handler, is uploaded to the root of every published model repository; its
 `load_image` is how every script decodes an image, and the training data path imports its `to_rgb`, so that
-training and serving convert images one way. `app.py`, the Gradio demo, is uploaded with `handler.py` beside it as
-the demo Space (`training.space`), and `scripts/demo.py` runs it locally.
+training and serving convert images one way. The demo Space carries it beside its app (`space/`).
 """

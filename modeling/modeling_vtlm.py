@@ -420,9 +420,12 @@ class VTLMSequencePooling(nn.Module):
         super().__init__()
         self.score = nn.Linear(config.hidden_size, 1)
 
+    def weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Each token's weight in the pooled output, (B, T) summing to 1 over the T tokens."""
+        return self.score(hidden_states).squeeze(-1).softmax(dim=1)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        weights = self.score(hidden_states).softmax(dim=1)  # (B, T, 1), summing to 1 over the T tokens
-        return (weights.transpose(1, 2) @ hidden_states).squeeze(1)  # (B, hidden)
+        return (self.weights(hidden_states).unsqueeze(1) @ hidden_states).squeeze(1)  # (B, hidden)
 
 
 def _mimetic_factors(size, alpha, beta, device):
@@ -567,6 +570,27 @@ class VTLMModel(VTLMPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embeddings
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens in front of the patch tokens in `last_hidden_state` and the attention maps: the CLS token, if any."""
+        return int(self.config.use_cls_token)
+
+    @property
+    def num_head_tokens(self) -> int:
+        """Tokens the attention maps (`attentions`) hold after the sequence: DHVT's head tokens, one per head."""
+        return self.config.num_attention_heads if self.config.use_head_tokens else 0
+
+    def pooling_weights(self, sequence_output: torch.Tensor) -> torch.Tensor | None:
+        """Each patch token's weight in the pooled output of `sequence_output` (the model's `last_hidden_state`),
+        (B, num_patches) summing to 1: sequence pooling's learned softmax, or uniform for mean pooling; None for CLS
+        pooling, which reads one token."""
+        patch_tokens = sequence_output[:, self.num_prefix_tokens :]
+        if self.config.pooling == "sequence":
+            return self.sequence_pooling.weights(patch_tokens)
+        if self.config.pooling == "mean":
+            return patch_tokens.new_full(patch_tokens.shape[:2], 1 / patch_tokens.shape[1])
+        return None
+
     @can_return_tuple
     def forward(
         self,
@@ -581,7 +605,7 @@ class VTLMModel(VTLMPreTrainedModel):
 
         encoder_outputs = self.encoder(self.embeddings(pixel_values), output_attentions, output_hidden_states)
         sequence_output = self.layernorm(encoder_outputs.last_hidden_state)  # (B, sequence_length, hidden)
-        patch_tokens = sequence_output[:, 1:] if self.config.use_cls_token else sequence_output
+        patch_tokens = sequence_output[:, self.num_prefix_tokens :]
         if self.config.pooling == "cls":
             pooled_output = sequence_output[:, 0]
         elif self.config.pooling == "mean":

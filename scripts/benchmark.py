@@ -9,9 +9,10 @@
 Each of `--repeats` rounds builds the run with `training.build` and times, after `--untimed_steps` warm-up steps:
 training (`trainer.train()`, optimizer step end to step end, CUDA events on a GPU); the bare loop (that trainer's
 own `training_step` and optimizer update on batches indexed out of one tensor on the device: training / bare step time
-is the cost of the Trainer loop and DataLoader); the input pipeline (the train DataLoader plus augmentation, no model); evaluation
-(`trainer.evaluate()`, metrics included); with --teacher_model_name_or_path, the teacher's forward pass on each
-augmented batch (its cost per step, also inside the training and bare-loop figures). Every figure is a median.
+is the cost of the Trainer loop and DataLoader); the input pipeline (the train DataLoader plus augmentation, no
+model); evaluation (`trainer.evaluate()`, metrics included); with --teacher_model_name_or_path, the teacher's
+forward pass on each augmented batch (its cost per step, also inside the training and bare-loop figures). Every figure
+is a median.
 FLOPs come from `training/flops.py` (the model's own: a teacher's are not counted); MFU needs a peak, from
 `--peak_tflops` or the table of known GPUs. Pixel values are random: speed does not depend on them. The timing is
 `training/benchmark.py`'s; this script parses the flags and prints.

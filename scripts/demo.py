@@ -4,7 +4,7 @@
     python scripts/demo.py runs/vtlm-37m                  # then open http://127.0.0.1:7860
     python scripts/demo.py you/vtlm-37m --host 0.0.0.0 --port 8080
 
-The app is `endpoint/app.py`, the same file that `push_to_hub.py --space_id` publishes as the demo Space. Its
+The app is `space/app.py`, the same file that `push_to_hub.py --space_id` publishes as the demo Space. Its
 examples are the run's own example images (the model card's), from the folder or the Hub repository. Needs Gradio:
 `pip install -e ".[demo]"`.
 """
@@ -22,7 +22,7 @@ logger = logging.getLogger("demo")
 
 
 def parse_arguments(argv):
-    from endpoint.app import add_server_arguments
+    from space.app import add_server_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="A Hub repository id (`user/name`) or a folder saved by scripts/train.py.")
@@ -65,7 +65,7 @@ def main(argv=None):
     check_model_source(args.model)
     check_port_free(args.host, args.port)
     setup_logging()
-    from endpoint.app import Classifier, launch
+    from space.app import Classifier, launch
 
     launch(Classifier(args.model), example_images(args.model), args.host, args.port)
 

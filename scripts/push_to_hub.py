@@ -9,7 +9,7 @@ The flags are the Trainer's (`train.py --push_to_hub` takes the same ones).
 
 Uploads the weights, the model's code, the preprocessor, the model card (rendered first unless README.md was
 written by hand), the metrics, trainer_state.json, TensorBoard logs and the Inference Endpoints handler; never
-pickles or checkpoints. With --space_id, also a Gradio Space that demonstrates the model (`endpoint/app.py`). The
+pickles or checkpoints. With --space_id, also a Gradio Space that demonstrates the model (`space/app.py`). The
 token comes from --hub_token, else HF_TOKEN, else `hf auth login`.
 """
 

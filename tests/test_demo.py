@@ -1,4 +1,4 @@
-"""The demo (`endpoint/app.py`, `scripts/demo.py`, the published Space): the attention picture of each layout, the
+"""The demo (`space/app.py`, `scripts/demo.py`, the published Space): the attention picture of each layout, the
 Space's pins, the script's errors, and the app itself driven from a real headless Chromium."""
 
 import importlib.metadata
@@ -18,9 +18,9 @@ import torch
 from conftest import _BLOCK_MODELING, TINY_CONFIG, free_port, load_script, make_run_folder
 from PIL import Image
 
-from endpoint.app import Classifier, overlay
+from space.app import Classifier, overlay
+from space.folder import pinned_requirements
 from training.export import export_model
-from training.space import pinned_requirements
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_PATCH = 21  # row 2, column 5 of the tiny models' 8 x 8 patches

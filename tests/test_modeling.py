@@ -239,7 +239,8 @@ def test_output_shapes_with_and_without_labels(overrides, sequence_length):
     assert len(outputs.hidden_states) == 3  # embeddings + 2 blocks
     assert outputs.hidden_states[0].shape == (3, sequence_length, 32)
     assert len(outputs.attentions) == 2
-    attended = sequence_length + (4 if overrides.get("use_head_tokens") else 0)  # a head token per head joins them
+    attended = sequence_length + model.vtlm.num_head_tokens  # a head token per head joins them, after the sequence
+    assert model.vtlm.num_head_tokens == (4 if overrides.get("use_head_tokens") else 0)
     assert outputs.attentions[0].shape == (3, 4, attended, attended)
     torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(3, 4, attended))
 
@@ -274,6 +275,14 @@ def test_base_model_pooling(overrides, sequence_length):
         weights = torch.softmax(patch_tokens @ score.weight[0] + score.bias, dim=1)  # (B, patches)
         expected = torch.einsum("bt,bth->bh", weights, patch_tokens)
     torch.testing.assert_close(model(pixels()).pooler_output, expected)
+    # What the model says each patch weighs in its pooled output (the demo draws it), and where the patches start.
+    assert model.num_prefix_tokens == tokens.shape[1] - config.num_patches
+    pooling_weights = model.pooling_weights(tokens)
+    if config.pooling == "cls":
+        assert pooling_weights is None
+    else:
+        torch.testing.assert_close(pooling_weights.sum(dim=1), torch.ones(3))
+        torch.testing.assert_close(torch.einsum("bt,bth->bh", pooling_weights, patch_tokens), expected)
 
 
 @pytest.mark.parametrize("layer_norm_layout", ["pre_norm", "cct"])

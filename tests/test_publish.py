@@ -319,7 +319,7 @@ def test_train_push_to_hub_with_a_bad_space_fails_before_loading_any_data(hub, t
 def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub, run_dir, token):
     from huggingface_hub import metadata_load
 
-    from training.space import pinned_requirements
+    from space.folder import pinned_requirements
 
     publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, space_id="someone/vtlm-demo")
 
@@ -328,7 +328,7 @@ def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub
     assert set(space) == {"app.py", "handler.py", "requirements.txt", "README.md"} | {
         f"examples/{name}" for name in ("00.png", "01.png", "02.png")
     }
-    assert space["app.py"] == (REPO_ROOT / "endpoint" / "app.py").read_bytes()
+    assert space["app.py"] == (REPO_ROOT / "space" / "app.py").read_bytes()
     assert space["handler.py"] == (REPO_ROOT / "endpoint" / "handler.py").read_bytes()
     assert space["examples/01.png"] == (run_dir / "examples" / "01.png").read_bytes()
     readme = run_dir.parent / "space-README.md"

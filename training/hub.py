@@ -16,11 +16,11 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
+from space.folder import write_space
 from training import LICENSE
 from training.export import export_model, published_export_formats, vit_refusals
 from training.hub_access import hub_unreachable_reason
 from training.model_card import is_generated_card, write_model_card
-from training.space import write_space
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, p
 
 def publish_space(api, output_dir, space_id, model_ids, token, private) -> CommitInfo:
     """Create or update the Gradio Space `space_id` that demonstrates the run folder `output_dir`
-    (`training.space.write_space`): its app loads the first of `model_ids` that is not None."""
+    (`space.folder.write_space`): its app loads the first of `model_ids` that is not None."""
     model_ids = [model_id for model_id in model_ids if model_id is not None]
     with tempfile.TemporaryDirectory() as workdir:
         space_dir = write_space(Path(workdir) / "space", output_dir, model_ids, space_id, LICENSE)

@@ -1,8 +1,8 @@
 """The demo Space published beside a model: the folder that `training.hub.publish_space` uploads.
 
-It holds `endpoint/app.py` as `app.py`, the endpoint's `handler.py` (which decodes images for it), the run's example
-images, `requirements.txt` pinned to the tested versions (`endpoint/space-requirements.txt`) and a README whose
-metadata makes it a Gradio Space and links the model (`models:`), whose first entry `app.py` loads.
+It holds `space/app.py` as `app.py`, the endpoint's `handler.py` (which decodes images for it), the run's example
+images, `requirements.txt` pinned to the tested versions (`space/requirements.txt`) and a README whose metadata
+makes it a Gradio Space and links the model (`models:`), whose first entry `app.py` loads.
 """
 
 import shutil
@@ -10,9 +10,9 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCard, SpaceCardData
 
-ENDPOINT_DIR = Path(__file__).resolve().parents[1] / "endpoint"
-SPACE_REQUIREMENTS = ENDPOINT_DIR / "space-requirements.txt"
-SPACE_FILES = {"app.py": ENDPOINT_DIR / "app.py", "handler.py": ENDPOINT_DIR / "handler.py"}
+SPACE_DIR = Path(__file__).resolve().parent
+SPACE_REQUIREMENTS = SPACE_DIR / "requirements.txt"  # the versions tested; Gradio's becomes the README's sdk_version
+SPACE_FILES = {"app.py": SPACE_DIR / "app.py", "handler.py": SPACE_DIR.parent / "endpoint" / "handler.py"}
 
 
 def pinned_requirements(path=SPACE_REQUIREMENTS) -> dict[str, str]:
@@ -59,7 +59,7 @@ def write_space(space_dir, output_dir, model_ids: list[str], space_id: str, lice
         "probabilities, and shows what the model attended to (attention rollout from the CLS token, or the "
         "sequence-pooling weights, as the model computes).\n\n"
         f"Model: {model_links}. Published by VTLM's `scripts/push_to_hub.py --space_id`; `app.py` is VTLM's "
-        "`endpoint/app.py`, and `handler.py` decodes images exactly as the model's Inference Endpoints handler does.\n"
+        "`space/app.py`, and `handler.py` decodes images exactly as the model's Inference Endpoints handler does.\n"
     )
     SpaceCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}").save(space_dir / "README.md")
     return space_dir

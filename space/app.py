@@ -27,8 +27,8 @@ from huggingface_hub import metadata_load
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig
 
-if __package__:  # imported from the VTLM repository as `endpoint.app`
-    from .handler import load_image
+if __package__:  # imported from the VTLM repository as `space.app`
+    from endpoint.handler import load_image
 else:  # run as `app.py` in a Space, with the handler beside it
     from handler import load_image
 
@@ -69,10 +69,11 @@ class Classifier:
         self.image_processor = AutoImageProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         # A local folder is shown by its name only: its path says nothing to a visitor.
         self.model_name = Path(model_id).name if Path(model_id).is_dir() else model_id
-        config = self.model.config
+        config, base = self.model.config, self.model.base_model
         self.pooling = getattr(config, "pooling", "cls")  # transformers' ViT classifies from its CLS token
-        self.num_prefix_tokens = int(getattr(config, "use_cls_token", True))
-        self.num_head_tokens = config.num_attention_heads if getattr(config, "use_head_tokens", False) else 0
+        # Where the patches sit in the attention maps, as the model says; transformers' ViT: its CLS token in front.
+        self.num_prefix_tokens = getattr(base, "num_prefix_tokens", 1)
+        self.num_head_tokens = getattr(base, "num_head_tokens", 0)
         description = {"cls": ROLLOUT, "mean": MEAN_ROLLOUT, "sequence": SEQUENCE_POOLING}[self.pooling]
         self.attention_description = description.format(layers=config.num_hidden_layers)
 
@@ -81,15 +82,11 @@ class Classifier:
         """The class probabilities of `image`, best first, and what the model attended to: a (side, side) grid over
         the patches, summing to 1."""
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
-        if self.pooling == "sequence":
-            pooling = self.model.base_model.sequence_pooling
-            captured = {}
-            hook = pooling.register_forward_hook(lambda module, args, output: captured.update(tokens=args[0]))
-            try:
-                logits = self.model(pixel_values=pixel_values).logits
-            finally:
-                hook.remove()
-            weights = pooling.score(captured["tokens"]).softmax(dim=1)[0, :, 0]  # the model's own pooling weights
+        if self.pooling == "sequence":  # VTLM's own code: the weights its pooling gave each patch
+            base = self.model.base_model
+            outputs = base(pixel_values=pixel_values)
+            logits = self.model.classifier(outputs.pooler_output)
+            weights = base.pooling_weights(outputs.last_hidden_state)[0]
         else:
             outputs = self.model(pixel_values=pixel_values, output_attentions=True)
             logits = outputs.logits
