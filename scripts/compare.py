@@ -89,8 +89,8 @@ def main(argv=None):
         }
         manifest = prepare_dataset(dataset_dir, images_per_class, seed=args.sample_seed, source_dir=args.source_dir)
         dataset = (os.path.abspath(dataset_dir), "label")
-    comparison = Comparison(args.output_dir, dataset, manifest, common)
-    folders = comparison.run(arms, args.seeds)
+    comparison = Comparison(arms, args.output_dir, dataset, manifest, common)
+    folders = comparison.run(args.seeds)
 
     runs = [
         read_run(folders[arm.name, seed], comparison.record_path(arm, seed), arm, seed)

@@ -32,8 +32,7 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
     arm = compare.parse_arm(f"my recipe={recipe} --num_train_epochs 3 --mixup_alpha 0.5")
     assert arm.name == "my recipe" and arm.flags == [str(recipe), "--num_train_epochs", "3", "--mixup_alpha", "0.5"]
     common = ["--num_train_epochs", "2", "--learning_rate", "0.002"]
-    comparison = compare.Comparison(str(tmp_path), (str(tmp_path / "data"), "label"), {}, common)
-    comparison.arms = [arm]
+    comparison = compare.Comparison([arm], str(tmp_path), (str(tmp_path / "data"), "label"), {}, common)
     arguments = comparison.train_arguments(arm, seed=7)
     model_args, data_args, augmentation_args, training_args, _ = parse_arguments(arguments)
     assert training_args.learning_rate == 0.002  # --common replaces the recipe's value
@@ -71,7 +70,7 @@ def test_schedule_reverses_the_arms_every_round():
 
 def test_a_folder_of_another_command_is_not_reused(tmp_path):
     arm = compare.parse_arm("a=--mixup_alpha 0")
-    comparison = compare.Comparison(str(tmp_path), ("data", "label"), {}, [])
+    comparison = compare.Comparison([arm], str(tmp_path), ("data", "label"), {}, [])
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "a-seed42.json").write_text(json.dumps({"arguments": ["--mixup_alpha", "1"], "dataset": {}}))
     with pytest.raises(ValueError, match="holds a run of another command"):

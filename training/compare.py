@@ -172,11 +172,12 @@ def script_arguments(flags, common_flags, dataset, run_dir, seed, extra=()):
 
 
 class Comparison:
-    """The runs of one comparison in `output_dir`, on `dataset` (`(dataset_name, label_column_name)`) described by
-    `manifest`, with `common_flags` for every run."""
+    """The runs of `arms` (`parse_arms`) in `output_dir`, on `dataset` (`(dataset_name, label_column_name)`) described
+    by `manifest`, with `common_flags` for every run."""
 
-    def __init__(self, output_dir, dataset, manifest, common_flags):
-        self.output_dir, self.dataset, self.manifest, self.common_flags = output_dir, dataset, manifest, common_flags
+    def __init__(self, arms, output_dir, dataset, manifest, common_flags):
+        self.arms, self.output_dir, self.dataset = arms, output_dir, dataset
+        self.manifest, self.common_flags = manifest, common_flags
 
     def run_dir(self, arm, seed, stage="train"):
         suffix = "" if stage == "train" else f"-{stage}"
@@ -209,10 +210,9 @@ class Comparison:
     def arm(self, name):
         return next(arm for arm in self.arms if arm.name == name)
 
-    def run(self, arms, seeds):
+    def run(self, seeds):
         """Train every arm for every seed (or reuse what is there); return `{(arm name, seed): run folder}`."""
-        self.arms = arms
-        order = schedule(arms, seeds)
+        order = schedule(self.arms, seeds)
         folders = {}
         for index, (arm, seed) in enumerate(order, 1):
             label = f"[{index}/{len(order)}] {arm.name!r} seed {seed}"
