@@ -18,7 +18,7 @@ from transformers import AutoConfig
 
 from space.folder import write_space
 from training import LICENSE
-from training.export import export_model, published_export_formats, vit_refusals
+from training.export import export_model, published_export_formats
 from training.hub_access import hub_unreachable_reason
 from training.model_card import is_generated_card, write_model_card
 
@@ -79,8 +79,9 @@ def publish_run(
     missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
+    formats = ()
     if hub_vit_model_id is not None:  # what cannot be exported is refused before anything changes
-        published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
+        formats = published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
     api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
 
     readme = output_dir / "README.md"
@@ -115,19 +116,17 @@ def publish_run(
     )
     logger.info("Published %s", commit.commit_url)
     if hub_vit_model_id is not None:
-        publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision)
+        publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision)
     if space_id is not None:
         # The Space's Gradio app loads a model with transformers: an ONNX graph alone is not one.
-        config = AutoConfig.from_pretrained(output_dir, trust_remote_code=True)
-        vit_model_id = None if vit_refusals(config) else hub_vit_model_id
+        vit_model_id = hub_vit_model_id if "vit" in formats else None
         publish_space(api, output_dir, space_id, [vit_model_id, hub_model_id], token, private)
     return commit
 
 
-def publish_vit_export(api, output_dir, hub_model_id, hub_vit_model_id, token, private, revision):
-    """Export `output_dir` to the built-in ViT (and ONNX when its packages are installed) and upload it, with the
-    endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id` as the source."""
-    formats = published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
+def publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision):
+    """Export `output_dir` in `formats` (`published_export_formats`: the built-in ViT, and ONNX when its packages are
+    installed) and upload it, with the endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id`."""
     if "onnx" not in formats:
         logger.warning(
             "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", hub_vit_model_id
