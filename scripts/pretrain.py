@@ -30,7 +30,7 @@ def main(argv=None):
     from training.data import load_image_datasets
     from training.flops import describe_compute
     from training.model_card import write_pretraining_card
-    from training.pretraining import VTLMForMaskedImageModeling, check_maskable, pretraining_flops_per_image
+    from training.pretraining import VTLMForMaskedImageModeling, check_maskable
     from training.rerun import SaveRunArguments, prepare_output_dir, train_resumably
     from training.run_info import run_arguments, write_run_info
 
@@ -83,7 +83,7 @@ def main(argv=None):
         model.vtlm.save_pretrained(training_args.output_dir)  # the encoder alone: the decoder stays in checkpoints
         image_processor.save_pretrained(training_args.output_dir)
         compute = describe_compute(
-            pretraining_flops_per_image(config, pretraining_args),
+            trainer.image_flops(),
             model.vtlm.num_parameters(),
             trainer.state.total_flos,
         )

@@ -30,7 +30,7 @@ def main(argv=None):
     from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
     from training.data import load_image_datasets
     from training.export import published_export_formats
-    from training.flops import count_parameters, describe_compute, flops_per_image
+    from training.flops import count_parameters, describe_compute
     from training.hub import check_can_publish, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import write_model_card
@@ -123,7 +123,7 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         examples = save_example_images(training_args.output_dir, *data.examples("test"))
         compute = describe_compute(
-            flops_per_image(model.config),
+            trainer.image_flops(),
             count_parameters(model.config),
             trainer.state.total_flos,
             distillation.teacher_forward_flops_per_image() if distillation else None,

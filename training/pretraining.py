@@ -168,8 +168,5 @@ class MaskedImageModelingTrainer(VTLMTrainer):
         noise = torch.rand(len(pixel_values), num_patches, generator=torch.Generator().manual_seed(seed))
         return {"pixel_values": pixel_values, "noise": noise.to(pixel_values.device)}
 
-    def floating_point_ops(self, inputs):
-        if self._training_flops_per_image is None:
-            model = self.accelerator.unwrap_model(self.model)
-            self._training_flops_per_image = pretraining_flops_per_image(model.config, model.pretraining_args).training
-        return self._training_flops_per_image * len(inputs["images"])
+    def count_image_flops(self, model) -> ImageFlops:
+        return pretraining_flops_per_image(model.config, model.pretraining_args)

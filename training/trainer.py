@@ -11,7 +11,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .augmentation import BatchAugmentation, augmentation_seed
 from .distillation import GUIDANCE_FILE, GUIDANCE_MODULE, Distillation
-from .flops import flops_per_image
+from .flops import ImageFlops, flops_per_image
 from .image_ops import Normalize
 
 # The key of the training clock in every log entry (`trainer_state.json`'s `log_history`).
@@ -54,7 +54,7 @@ class VTLMTrainer(Trainer):
         self.label_smoother = None
         self._micro_step = (-1, 0)  # (global step, micro-steps seen at that step) for gradient accumulation
         self._clock = None  # (time.monotonic() when this process started training, training seconds before it)
-        self._training_flops_per_image = None
+        self._image_flops = None
 
     def train(self, *args, **kwargs):
         self._clock = (time.monotonic(), None)
@@ -75,11 +75,19 @@ class VTLMTrainer(Trainer):
             self._loss_parts = {}
         super().log(logs, start_time)
 
+    def image_flops(self) -> ImageFlops:
+        """The forward and training FLOPs of one image of the model (`training.flops.flops_per_image`), counted once
+        (about a second, on the meta device): what the Trainer's `total_flos` adds up and the run's record shows."""
+        if self._image_flops is None:
+            self._image_flops = self.count_image_flops(self.accelerator.unwrap_model(self.model))
+        return self._image_flops
+
+    def count_image_flops(self, model) -> ImageFlops:
+        return flops_per_image(model.config)
+
     def floating_point_ops(self, inputs):
-        """Training FLOPs of the batch (`training.flops`): the Trainer's own estimate counts text tokens, 0 here."""
-        if self._training_flops_per_image is None:  # counted once (about a second), on the meta device
-            self._training_flops_per_image = flops_per_image(self.accelerator.unwrap_model(self.model).config).training
-        return self._training_flops_per_image * len(inputs["labels"])
+        """Training FLOPs of the batch: the Trainer's own estimate counts text tokens, 0 here."""
+        return self.image_flops().training * len(inputs["images"])
 
     def get_decay_parameter_names(self, model):
         no_decay = set(self.accelerator.unwrap_model(model).no_weight_decay_parameter_names())
