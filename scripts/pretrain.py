@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Pre-train VTLM's encoder by masked image modelling (MAE) on a dataset's training split, then fine-tune it.
 
-    accelerate launch scripts/pretrain.py                                   # vtlm-37m on CIFAR-100, 100 epochs
-    accelerate launch scripts/train.py --model_name_or_path runs/vtlm-37m-mae   # fine-tune it as a classifier
+    accelerate launch scripts/pretrain.py                                   # vtlm-37m on CIFAR-100, 200 epochs
+    accelerate launch scripts/train.py --model_name_or_path runs/vtlm-37m-mae --num_train_epochs 100 \
+        --output_dir runs/vtlm-37m-mae-cifar100                             # fine-tune it as a classifier
 
 Takes `train.py`'s model, data and Trainer flags, and the same seed holds out the same validation images: pre-training
 reads the training split only, never the validation or test images. The folder it writes holds the encoder alone

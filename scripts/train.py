@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train VTLM on CIFAR-100 (or any image-classification dataset in the same schema) with the HF Trainer.
 
-    accelerate launch scripts/train.py                     # the headline run: vtlm-37m, 100 epochs
+    accelerate launch scripts/train.py                     # the headline run: vtlm-37m, 300 epochs
     python scripts/train.py --model_preset vtlm-5m --num_train_epochs 10
     python scripts/train.py recipes/madras1-vtlm37m.yaml   # every flag from one .json or .yaml file
     python scripts/train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR   # flags after it replace the recipe's

@@ -343,7 +343,7 @@ def test_continuing_from_a_saved_model_validates_overrides_and_keeps_its_weights
 
 def test_defaults_are_the_headline_recipe():
     model_args, data_args, augmentation_args, training_args, _ = parse_arguments([])
-    assert model_args.model_preset == "vtlm-37m" and training_args.num_train_epochs == 100
+    assert model_args.model_preset == "vtlm-37m" and training_args.num_train_epochs == 300
     assert training_args.output_dir == "runs/vtlm-37m-cifar100"
     assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 0.1
     assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "accuracy"
