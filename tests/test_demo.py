@@ -295,10 +295,10 @@ def test_the_published_space_runs_on_its_own(browser, hub, tmp_path):
     for path, data in hub.files[("someone/vtlm-demo", "main")].items():
         (space_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (space_dir / path).write_bytes(data)
-    launcher = space_dir / "launch_without_vtlm.py"  # blocks modeling, training and endpoint, then runs app.py
+    launcher = space_dir / "launch_without_vtlm.py"  # blocks every package of the project, then runs app.py
     launcher.write_text(
         _BLOCK_MODELING
-        + "sys.modules['endpoint'] = sys.modules['scripts'] = None\nimport runpy\n"
+        + "sys.modules['endpoint'] = sys.modules['space'] = sys.modules['scripts'] = None\nimport runpy\n"
         + "runpy.run_path('app.py', run_name='__main__')\n"
     )
     process, url = serve(
