@@ -98,6 +98,17 @@ def test_run_leaves_a_loadable_model_folder(finished_run):
     assert len(load_file(finished_run / "model.safetensors")) > 0
 
 
+def test_the_record_counts_the_compute_the_run_spent(finished_run):
+    """The FLOPs per image the run's trainer counted, once, for its `total_flos` and for the record."""
+    compute = read_json(finished_run / "run_info.json")["compute"]
+    flops = flops_per_image(VTLMConfig.from_pretrained(finished_run))
+    assert (compute["forward_flops_per_image"], compute["training_flops_per_image"]) == (flops.forward, flops.training)
+    total_flos = read_json(finished_run / "trainer_state.json")["total_flos"]
+    assert compute["training_flops"] == compute["training_images"] * flops.training == pytest.approx(total_flos)
+    assert compute["training_images"] == 2 * (400 - 100)  # two epochs of the images not held out
+    assert compute["total_flops"] == compute["training_flops"]  # no teacher
+
+
 def test_selection_on_validation_and_test_evaluated_once_at_the_end(finished_run):
     results = read_json(finished_run / "all_results.json")
     for split, num_images in (("eval", 100), ("test", 200)):
