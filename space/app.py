@@ -71,9 +71,14 @@ class Classifier:
         self.model_name = Path(model_id).name if Path(model_id).is_dir() else model_id
         config, base = self.model.config, self.model.base_model
         self.pooling = getattr(config, "pooling", "cls")  # transformers' ViT classifies from its CLS token
-        # Where the patches sit in the attention maps, as the model says; transformers' ViT: its CLS token in front.
-        self.num_prefix_tokens = getattr(base, "num_prefix_tokens", 1)
-        self.num_head_tokens = getattr(base, "num_head_tokens", 0)
+        # Where the patches sit in the attention maps and what the pooling weighs, as the model says; transformers'
+        # ViT, and a VTLM model saved before VTLM said so (its own saved code is what loads here), by their config.
+        self.model_says = hasattr(base, "pooling_weights")
+        if self.model_says:
+            self.num_prefix_tokens, self.num_head_tokens = base.num_prefix_tokens, base.num_head_tokens
+        else:
+            self.num_prefix_tokens = int(getattr(config, "use_cls_token", True))
+            self.num_head_tokens = config.num_attention_heads if getattr(config, "use_head_tokens", False) else 0
         description = {"cls": ROLLOUT, "mean": MEAN_ROLLOUT, "sequence": SEQUENCE_POOLING}[self.pooling]
         self.attention_description = description.format(layers=config.num_hidden_layers)
 
@@ -86,7 +91,11 @@ class Classifier:
             base = self.model.base_model
             outputs = base(pixel_values=pixel_values)
             logits = self.model.classifier(outputs.pooler_output)
-            weights = base.pooling_weights(outputs.last_hidden_state)[0]
+            if self.model_says:
+                weights = base.pooling_weights(outputs.last_hidden_state)[0]
+            else:  # its pooling's score over the patch tokens, softmaxed
+                patch_tokens = outputs.last_hidden_state[:, self.num_prefix_tokens :]
+                weights = base.sequence_pooling.score(patch_tokens).softmax(dim=1)[0, :, 0]
         else:
             outputs = self.model(pixel_values=pixel_values, output_attentions=True)
             logits = outputs.logits

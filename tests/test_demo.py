@@ -113,6 +113,23 @@ def test_the_attention_picture_is_brightest_where_the_attention_is_forced(layout
     assert brightest_cell(picture, 8) == TARGET_PATCH
 
 
+@pytest.mark.parametrize("layout", ["DHVT (head tokens)", "sequence pooling"])
+def test_a_model_saved_before_it_said_where_its_patches_sit_is_drawn_the_same(layout, tmp_path, monkeypatch):
+    """A run folder whose own modeling_vtlm.py predates `num_prefix_tokens`, `num_head_tokens` and `pooling_weights`
+    (its code is what loads): the app reads its config instead, and draws the same picture."""
+    folder = str(save_model(tmp_path / "model", LAYOUTS[layout]))
+    image = Image.new("RGB", (40, 40), (30, 160, 90))
+    expected_probabilities, expected_grid = Classifier(folder)(image)
+    base_class = type(Classifier(folder).model.base_model)  # the folder's own code, as loaded
+    for name in ("num_head_tokens", "pooling_weights"):  # its forward still needs `num_prefix_tokens`
+        monkeypatch.delattr(base_class, name)
+    classifier = Classifier(folder)
+    assert not classifier.model_says
+    probabilities, grid = classifier(image)
+    np.testing.assert_allclose(grid, expected_grid, atol=1e-6)
+    assert list(probabilities) == list(expected_probabilities)
+
+
 def test_the_attention_picture_follows_the_patch_that_draws_the_attention(tmp_path, monkeypatch):
     """The same model, forced to another patch: the picture moves with it (it is not a fixed pattern)."""
     classifier = Classifier(str(save_model(tmp_path / "model", TINY_CONFIG)))
