@@ -422,7 +422,7 @@ class VTLMSequencePooling(nn.Module):
 
     def weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Each token's weight in the pooled output, (B, T) summing to 1 over the T tokens."""
-        return self.score(hidden_states).squeeze(-1).softmax(dim=1)
+        return self.score(hidden_states).softmax(dim=1).squeeze(-1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return (self.weights(hidden_states).unsqueeze(1) @ hidden_states).squeeze(1)  # (B, hidden)
