@@ -96,8 +96,9 @@ SOPE_PATCH_SIZES = (2, 4)  # one stride-2 conv for 2x2 patches, two for 4x4
 FEED_FORWARD_TYPES = ("mlp", "daff")
 POOLINGS = ("cls", "mean", "sequence")
 LAYER_NORM_LAYOUTS = ("pre_norm", "cct")
-ATTENTION_INITIALIZERS = ("normal", "mimetic")
+ATTENTION_INITIALIZERS = ("normal", "mimetic", "impulse")
 MIMETIC_FIELDS = ("mimetic_alpha1", "mimetic_beta1", "mimetic_alpha2", "mimetic_beta2")
+IMPULSE_FIELDS = ("impulse_position_scale", "impulse_query_key_norm")
 # Every saved config names all three Auto classes: `save_pretrained` alone writes only the saved class's entry.
 AUTO_MAP = {
     "AutoConfig": "configuration_vtlm.VTLMConfig",
@@ -175,8 +176,18 @@ class VTLMConfig(PreTrainedConfig):
             tokens like themselves, as trained heads do) and the layer's W_v W_o ~ mimetic_alpha2 Z2 - mimetic_beta2 I,
             Z random N(0, 1/hidden_size), both factored by SVD. It only sets the starting weights: a loaded model keeps
             its own, and the built-in ViT export accepts either value.
+            `"impulse"`: Zheng et al.'s structured initialisation (NeurIPS 2025, "Structured Initialization for
+            Vision Transformers"), a convolution's locality put into the weights: the learned positions are scaled by
+            `impulse_position_scale`, and each head's W_q W_k^T is fitted, through the (layer-normalised) positions of
+            the patch tokens, to a map in which every patch attends to one neighbour of its 3x3 window (head h takes
+            the cell `NEIGHBOUR_ORDER[h % 9]` of `modeling_vtlm`: the patch itself, then its four edge neighbours,
+            then the corners), each head's factors scaled to Frobenius norm `impulse_query_key_norm`; W_v W_o starts
+            as mimetic's. Needs learned positions on a square grid of patch tokens.
         mimetic_alpha1, mimetic_beta1, mimetic_alpha2, mimetic_beta2 (`float`): the mimetic initialisation's
-            constants; the defaults are the paper's for ViTs (0.7, 0.7, 0.4, 0.4).
+            constants; the defaults are the paper's for ViTs (0.7, 0.7, 0.4, 0.4). Impulse initialisation uses
+            `mimetic_alpha2` and `mimetic_beta2` for W_v W_o, as its reference does.
+        impulse_position_scale, impulse_query_key_norm (`float`): the impulse initialisation's constants; the
+            defaults are its reference code's (18 and 7).
     """
 
     model_type = "vtlm"
@@ -216,6 +227,8 @@ class VTLMConfig(PreTrainedConfig):
         mimetic_beta1=0.7,
         mimetic_alpha2=0.4,
         mimetic_beta2=0.4,
+        impulse_position_scale=18.0,
+        impulse_query_key_norm=7.0,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -252,6 +265,8 @@ class VTLMConfig(PreTrainedConfig):
         self.mimetic_beta1 = mimetic_beta1
         self.mimetic_alpha2 = mimetic_alpha2
         self.mimetic_beta2 = mimetic_beta2
+        self.impulse_position_scale = impulse_position_scale
+        self.impulse_query_key_norm = impulse_query_key_norm
         super().__init__(**kwargs)
         self.validate_architecture()
 
@@ -285,6 +300,10 @@ class VTLMConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in IMPULSE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         for name in ("use_cls_token", "qkv_bias", "use_position_embeddings", "use_head_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -311,6 +330,11 @@ class VTLMConfig(PreTrainedConfig):
             raise ValueError(f"use_cls_token is {self.use_cls_token!r}, but pooling 'cls' reads the CLS token")
         if self.feed_forward_type == "daff" and not self.use_cls_token:
             raise ValueError(f"use_cls_token is {self.use_cls_token!r}, but feed_forward_type 'daff' rescales it")
+        if self.attention_initializer == "impulse" and not self.use_position_embeddings:
+            raise ValueError(
+                "attention_initializer 'impulse' fits each head's attention through the learned position embeddings, "
+                "but use_position_embeddings is False (DHVT's layouts have none): use 'normal' or 'mimetic'"
+            )
         if self.use_head_tokens and not self.use_cls_token:
             raise ValueError(
                 f"use_cls_token is {self.use_cls_token!r}, but use_head_tokens merges the head tokens into it"

@@ -204,6 +204,9 @@ class VTLMAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+        # An additive bias on the attention logits, (1, heads, T, T), that training code may set for some steps (the
+        # annealed neighbourhood bias of `--locality_bias`); a plain attribute, so never saved, and None otherwise.
+        self.attention_bias = None
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         attn_output, attn_weights = self.attend(hidden_states, output_attentions)
@@ -221,12 +224,13 @@ class VTLMAttention(nn.Module):
             attention_interface = eager_attention_forward
         else:
             attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
+        attention_bias = None if self.attention_bias is None else self.attention_bias.to(query.dtype)
         attn_output, attn_weights = attention_interface(
             self,
             query,
             key,
             value,
-            None,
+            attention_bias,
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
             is_causal=False,
@@ -436,10 +440,59 @@ def _mimetic_factors(size, alpha, beta, device):
     return u * s.sqrt(), vh.T * s.sqrt()
 
 
-def _attention_projections_and_weights(attention):
-    """The modules and the weights whose `_is_hf_initialized` marks say whether `attention` was loaded: transformers 5
-    marks weights, 4.x modules."""
-    return attention.qkv, attention.proj, attention.qkv.weight, attention.proj.weight
+# The cells of a 3x3 window, numbered row by row from the top left, in the order the heads take them (head h takes
+# NEIGHBOUR_ORDER[h % 9]): the token itself, its four edge neighbours, then the corners, as Zheng et al.'s reference.
+NEIGHBOUR_ORDER = (4, 1, 5, 3, 7, 0, 2, 6, 8)
+# Impulse initialisation's target logits, as its reference's: a peak on each token's neighbour, and a little noise
+# (IMPULSE_NOISE_SCALE x a normal with IMPULSE_NOISE_STD, truncated to +-2) everywhere else.
+IMPULSE_PEAK = 1000.0
+IMPULSE_NOISE_SCALE = 3.0
+IMPULSE_NOISE_STD = 0.6
+
+
+def neighbour_map(grid_size: int, num_heads: int, device=None) -> torch.Tensor:
+    """(num_heads, grid_size**2, grid_size**2): 1 where a patch token (row) has the key token (column) as its head's
+    neighbour (`NEIGHBOUR_ORDER`), 0 elsewhere. Tokens run row by row over the grid; a neighbour off the grid is
+    none, so a border token's row may be all zeros."""
+    rows, cols = torch.meshgrid(torch.arange(grid_size, device=device), torch.arange(grid_size, device=device),
+                                indexing="ij")  # fmt: skip
+    rows, cols = rows.flatten(), cols.flatten()
+    maps = torch.zeros(num_heads, grid_size**2, grid_size**2, device=device)
+    for head in range(num_heads):
+        row_step, col_step = divmod(NEIGHBOUR_ORDER[head % len(NEIGHBOUR_ORDER)], 3)
+        target_rows, target_cols = rows + row_step - 1, cols + col_step - 1
+        inside = (target_rows >= 0) & (target_rows < grid_size) & (target_cols >= 0) & (target_cols < grid_size)
+        tokens = torch.arange(grid_size**2, device=device)[inside]
+        maps[head, tokens, target_rows[inside] * grid_size + target_cols[inside]] = 1.0
+    return maps
+
+
+def _impulse_factors(patch_positions, num_heads, head_dim, norm):
+    """Per head, (left, right), each (hidden, head_dim), with P left right^T P^T ~ the head's impulse map.
+
+    P is the layer-normalised positions of the patch tokens, (N, hidden). The target map (N, N) is fitted through P's
+    rank-head_dim pseudo-inverse P+: A = P+ map P+^T; its SVD U S V^T split as U S^1/2 and V S^1/2, first head_dim
+    columns; each factor scaled to Frobenius norm `norm`.
+    """
+    positions = nn.functional.layer_norm(patch_positions, patch_positions.shape[-1:])
+    u, s, vh = torch.linalg.svd(positions, full_matrices=False)
+    pseudo_inverse = vh[:head_dim].T @ torch.diag(1 / s[:head_dim]) @ u[:, :head_dim].T  # (hidden, N)
+    grid_size = round(positions.shape[0] ** 0.5)
+    maps = neighbour_map(grid_size, num_heads, positions.device)
+    noise = nn.init.trunc_normal_(torch.empty_like(maps), std=IMPULSE_NOISE_STD)
+    targets = IMPULSE_PEAK * maps + IMPULSE_NOISE_SCALE * noise * (maps == 0)
+    factors = []
+    for target in targets:
+        u, s, vh = torch.linalg.svd(pseudo_inverse @ target @ pseudo_inverse.T)
+        left, right = u[:, :head_dim] * s[:head_dim].sqrt(), vh[:head_dim].T * s[:head_dim].sqrt()
+        factors.append((norm * left / left.norm(), norm * right / right.norm()))
+    return factors
+
+
+def _initialized(*modules_and_weights) -> bool:
+    """Whether any of these was loaded, or initialised by an earlier pass: transformers 5 marks weights and modules
+    with `_is_hf_initialized`, 4.x modules."""
+    return any(getattr(item, "_is_hf_initialized", False) for item in modules_and_weights)
 
 
 class VTLMPreTrainedModel(PreTrainedModel):
@@ -500,42 +553,56 @@ class VTLMPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def initialize_weights(self):
-        """`_init_weights` on every module, then the mimetic initialisation of every attention layer when the config
-        asks for it. Here rather than in `_init_weights`: transformers 5 skips modules with no parameters of their own
-        there, and an attention layer's are its Linears'."""
+        """`_init_weights` on every module, then the mimetic or impulse initialisation of every attention layer when
+        the config asks for it. Here rather than in `_init_weights`: transformers 5 skips modules with no parameters
+        of their own there, and an attention layer's are its Linears'; impulse's also reads the positions."""
         # What is already initialised (loaded by from_pretrained, or by an earlier pass) is marked before this pass:
         # transformers 5 marks weights and modules, 4.x modules. Those keep their values.
-        done = {
+        attentions = [
             attention
             for attention in self.modules()
             if isinstance(attention, VTLMAttention)
-            and any(
-                getattr(item, "_is_hf_initialized", False) for item in _attention_projections_and_weights(attention)
-            )
-        }
+            and not _initialized(attention.qkv, attention.proj, attention.qkv.weight, attention.proj.weight)
+        ]
+        embeddings = next(module for module in self.modules() if isinstance(module, VTLMEmbeddings))
+        positions = embeddings.position_embeddings  # the config refuses impulse initialisation without them
+        fresh_positions = positions is not None and not _initialized(embeddings, positions)
         super().initialize_weights()
-        if self.config.attention_initializer == "mimetic":
-            for attention in self.modules():
-                if isinstance(attention, VTLMAttention) and attention not in done:
-                    self._init_mimetic(attention)
+        initializer = self.config.attention_initializer
+        if initializer == "normal" or not attentions or attentions[0].qkv.weight.device.type == "meta":
+            return  # nothing to do, all loaded, or built without weights, to be loaded
+        if initializer == "impulse" and fresh_positions:
+            positions.mul_(self.config.impulse_position_scale)
+        config, hidden_size, num_heads = self.config, self.config.hidden_size, self.config.num_attention_heads
+        head_dim = hidden_size // num_heads
+        device = positions.device if positions is not None else attentions[0].qkv.weight.device
+        for attention in attentions:
+            if initializer == "mimetic":
+                query_key = [
+                    _mimetic_factors(hidden_size, config.mimetic_alpha1, config.mimetic_beta1, device)
+                    for _ in range(num_heads)
+                ]
+            else:  # the patch tokens' positions, behind the CLS token if any
+                patch_positions = positions[0, embeddings.cls_token is not None :].float()
+                query_key = _impulse_factors(patch_positions, num_heads, head_dim, config.impulse_query_key_norm)
+            value_output = _mimetic_factors(hidden_size, config.mimetic_alpha2, -config.mimetic_beta2, device)
+            self._set_attention_weights(attention, query_key, value_output)
 
-    def _init_mimetic(self, attention):
-        """Trockman & Kolter's mimetic initialisation of one attention layer (see `VTLMConfig`).
+    @staticmethod
+    def _set_attention_weights(attention, query_key, value_output):
+        """Give `attention` the products its initialisation asks for (see `VTLMConfig.attention_initializer`).
 
-        In the paper's notation q = x W_q, so W_q is the transpose of the Linear's (head_dim, hidden) rows. Each head
-        h gets W_q^h W_k^h^T = the best rank-head_dim approximation of alpha1 Z1 + beta1 I (its own Z1), the layer
-        gets W_v W_o = alpha2 Z2 - beta2 I exactly, over all heads together; biases stay zero.
+        In the papers' notation q = x W_q, so W_q is the transpose of the Linear's (head_dim, hidden) rows. Head h
+        gets W_q^h W_k^h^T = left right^T from its `query_key[h]` (the first head_dim columns of each); the layer gets
+        W_v W_o = left right^T from `value_output`, over all heads together; biases stay as they are (zero).
         """
         qkv, proj = attention.qkv.weight, attention.proj.weight
-        if qkv.device.type == "meta":
-            return  # built without weights, to be loaded
-        config, hidden_size, head_dim = self.config, qkv.shape[1], attention.head_dim
-        query, key, value = (part.clone() for part in qkv.float().chunk(3))  # each (hidden, hidden): (out, in)
-        for head in range(attention.num_heads):
-            left, right = _mimetic_factors(hidden_size, config.mimetic_alpha1, config.mimetic_beta1, qkv.device)
+        head_dim = attention.head_dim
+        query, key, _ = (part.clone() for part in qkv.float().chunk(3))  # each (hidden, hidden): (out, in)
+        for head, (left, right) in enumerate(query_key):
             rows = slice(head * head_dim, (head + 1) * head_dim)
             query[rows], key[rows] = left[:, :head_dim].T, right[:, :head_dim].T
-        left, right = _mimetic_factors(hidden_size, config.mimetic_alpha2, -config.mimetic_beta2, qkv.device)
+        left, right = value_output
         value, output = left.T, right  # W_v = left and W_o = right.T: W_v W_o = left right.T
         qkv.copy_(torch.cat([query, key, value]))
         proj.copy_(output)

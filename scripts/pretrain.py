@@ -45,6 +45,11 @@ def main(argv=None):
         raise ValueError("--model_name_or_path: pre-training starts from a preset (--model_preset)")
     config = build_config(model_args)
     check_maskable(config)
+    if model_args.locality_bias or config.attention_initializer == "impulse":  # hidden patches leave holes in it
+        raise ValueError(
+            "--locality_bias and --attention_initializer impulse shape attention on the full grid of patch tokens, "
+            "which masked image modelling hides most of: use them when fine-tuning (scripts/train.py)"
+        )
 
     recorded_arguments = run_arguments(arguments)
     previous = prepare_output_dir(training_args, recorded_arguments)

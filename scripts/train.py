@@ -27,7 +27,14 @@ def main(argv=None):
     from transformers import set_seed
 
     from modeling import build_image_processor
-    from training.build import build_augmentation, build_config, build_distillation, build_model, build_trainer
+    from training.build import (
+        build_augmentation,
+        build_config,
+        build_distillation,
+        build_locality_bias,
+        build_model,
+        build_trainer,
+    )
     from training.data import load_image_datasets
     from training.export import published_export_formats
     from training.flops import count_parameters, describe_compute
@@ -106,6 +113,7 @@ def main(argv=None):
         build_image_processor(config.image_size),
         callbacks=[SaveRunArguments(recorded_arguments)],
         distillation=distillation,
+        locality_bias=build_locality_bias(model_args, model),
     )
     train_result = train_resumably(trainer, previous)
     trainer.save_model()  # the epoch selected on validation, with its code files and preprocessor_config.json

@@ -39,6 +39,7 @@ VIT_CONFIGS = {
     "variant": {"qkv_bias": False, "layer_norm_eps": 1e-5, "hidden_act": "gelu_new", "image_size": 24, "patch_size": 6},
     # Initialisation, not architecture: a mimetic model is the same ViT.
     "mimetic": {"attention_initializer": "mimetic", "mimetic_beta1": 0.5},
+    "impulse": {"attention_initializer": "impulse"},
 }
 LOAD_WITHOUT_CUSTOM_CODE = """
 import json, sys

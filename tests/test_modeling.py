@@ -560,8 +560,63 @@ def test_mimetic_init_makes_attention_look_trained(overrides):
         assert abs(diagonal) < 0.01 and off_diagonal < 0.01
 
 
-def test_from_pretrained_keeps_the_saved_weights_of_a_mimetic_model(tmp_path):
-    model = tiny_model(attention_initializer="mimetic")
+def patch_attention_peaks(model, images):
+    """Of layer 0, per head: the share of patch tokens whose attention peaks on that head's neighbour in the impulse
+    map (`modeling_vtlm.neighbour_map`), over the tokens that have one on the grid."""
+    config = model.config
+    with torch.no_grad():
+        attention = model(images, output_attentions=True).attentions[0]  # (B, heads, T, T)
+    prefix = int(config.use_cls_token)
+    peaks = attention[:, :, prefix:, prefix:].argmax(dim=-1)  # (B, heads, N)
+    maps = modeling_vtlm.neighbour_map(round(config.num_patches**0.5), config.num_attention_heads)
+    has_neighbour = maps.sum(dim=-1) > 0  # (heads, N)
+    hits = (peaks == maps.argmax(dim=-1)) & has_neighbour
+    return (hits.sum(dim=(0, 2)) / (has_neighbour.sum(dim=1) * len(images))).tolist()
+
+
+def test_neighbour_map_gives_each_head_one_cell_of_the_3x3_window():
+    maps = modeling_vtlm.neighbour_map(4, 10)
+    assert torch.equal(maps[0], torch.eye(16))  # head 0: the token itself
+    assert torch.equal(maps[9], maps[0])  # the tenth head starts the order again
+    token = 5  # row 1, column 1: every neighbour is on the grid
+    # head 1 the token above, head 2 the one to the right, head 3 to the left, head 4 below, head 5 above-left
+    assert [maps[head, token].argmax().item() for head in range(1, 6)] == [1, 6, 4, 9, 0]
+    assert maps[1, :4].sum() == 0 and maps[1, 4:].sum(dim=-1).eq(1).all()  # the top row has no token above
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # Full rank: head_dim 16 >= 16 patch tokens (16x16 images), so every head's map is fitted exactly.
+        ({"image_size": 16, "hidden_size": 64, "num_attention_heads": 4}, [1.0, 1.0, 1.0, 1.0]),
+        # The proxy's width (64, 4 heads of 16) on 64 tokens: measured 0.998 for the centre head and 0.33-0.41 for
+        # the other three at seed 0 (a rank-16 fit of a 64x64 map); the bounds leave room for other seeds.
+        ({"hidden_size": 64, "num_attention_heads": 4}, [0.99, 0.25, 0.25, 0.25]),
+        # The conv tokenizer's grid (4x4 here), without a CLS token, at full rank: its He-initialised features are
+        # about as large as the scaled positions, so the pattern shows fainter (measured 0.68, 0.26, 0.24, 0.15).
+        (
+            {**TINY_CONV, "image_size": 16, "hidden_size": 64, "use_cls_token": False, "pooling": "mean"},
+            [0.5, 0.12, 0.12, 0.1],
+        ),
+    ],
+    ids=["full-rank", "proxy", "conv"],
+)
+def test_impulse_init_points_each_head_at_its_neighbour(overrides, expected):
+    """Zheng et al.: at init, layer 0 of each head attends from a patch to its own neighbour of the 3x3 window."""
+    size = overrides.get("image_size", 32)
+    images = torch.randn(32, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model = tiny_model(**overrides, attention_initializer="impulse").eval()
+    rates = patch_attention_peaks(model, images)
+    assert all(rate >= bound for rate, bound in zip(rates, expected, strict=True)), rates
+    positions = model.vtlm.embeddings.position_embeddings
+    assert positions.std().item() == pytest.approx(0.02 * 18, rel=0.1)  # scaled once, not once per post_init
+    normal = patch_attention_peaks(tiny_model(**overrides).eval(), images)
+    assert max(normal) < 0.2  # a normal init attends nearly uniformly: about 1 / 64 (or 1 / 16) on any token
+
+
+@pytest.mark.parametrize("initializer", ["mimetic", "impulse"])
+def test_from_pretrained_keeps_the_saved_weights_of_a_structured_init(tmp_path, initializer):
+    model = tiny_model(attention_initializer=initializer)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.5)  # weights no initialisation draws
@@ -570,15 +625,21 @@ def test_from_pretrained_keeps_the_saved_weights_of_a_mimetic_model(tmp_path):
         VTLMForImageClassification.from_pretrained(tmp_path),
         AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=True),
     ):
-        assert loaded.config.attention_initializer == "mimetic"
+        assert loaded.config.attention_initializer == initializer
         for (name, saved), value in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
             assert torch.equal(saved, value), name
 
 
 @pytest.mark.parametrize(
     "overrides, field",
-    [({"attention_initializer": "orthogonal"}, "attention_initializer"), ({"mimetic_beta2": -1}, "mimetic_beta2")],
+    [
+        ({"attention_initializer": "orthogonal"}, "attention_initializer"),
+        ({"mimetic_beta2": -1}, "mimetic_beta2"),
+        ({"impulse_position_scale": 0}, "impulse_position_scale"),
+        ({"impulse_query_key_norm": True}, "impulse_query_key_norm"),
+        ({"attention_initializer": "impulse", "use_position_embeddings": False}, "use_position_embeddings is False"),
+    ],
 )
-def test_mimetic_fields_are_validated(overrides, field):
+def test_initializer_fields_are_validated(overrides, field):
     with pytest.raises(ValueError, match=field):
         VTLMConfig(**TINY_CONFIG, **overrides)

@@ -49,12 +49,27 @@ class ModelArguments:
     attention_initializer: str | None = field(
         default=None,
         metadata={
-            "help": "How the attention weights start (the config field): `normal`, or `mimetic` (Trockman & Kolter "
-            "2023; its constants are the config's `mimetic_*` fields). Default: `mimetic` for a fresh model taught "
-            "by --teacher_model_name_or_path (the best way found to learn from a teacher), the preset's `normal` "
-            "otherwise. A model loaded with --model_name_or_path keeps its weights either way.",
+            "help": "How the attention weights start (the config field): `normal`, `mimetic` (Trockman & Kolter "
+            "2023; its constants are the config's `mimetic_*` fields) or `impulse` (Zheng et al. 2025: each head "
+            "starts attending to one neighbour, through positions scaled up; `impulse_*` fields). Default: "
+            "`mimetic` for a fresh model taught by --teacher_model_name_or_path (the best way found to learn from "
+            "a teacher), the preset's `normal` otherwise. A model loaded with --model_name_or_path keeps its "
+            "weights either way.",
             "choices": ATTENTION_INITIALIZERS,
         },
+    )
+    locality_bias: float = field(
+        default=0.0,
+        metadata={
+            "help": "Add this to the attention logit from each patch token to one neighbour of its 3x3 window (each "
+            "head its own neighbour, as impulse initialisation's) in every block, falling linearly to exactly 0 at "
+            "--locality_bias_fraction of the training steps and absent after: a convolution's locality early on, "
+            "and a plain ViT at the end (the saved model, its config and exports are exactly those of a run without "
+            "it). Only in training steps, never in evaluation. 0: off."
+        },
+    )
+    locality_bias_fraction: float = field(
+        default=0.3, metadata={"help": "The share of the training steps over which --locality_bias falls to 0."}
     )
 
     def __post_init__(self):
@@ -66,6 +81,10 @@ class ModelArguments:
             raise ValueError(
                 f"--attention_initializer must be one of {ATTENTION_INITIALIZERS}, got {self.attention_initializer!r}"
             )
+        if not 0 <= self.locality_bias < math.inf:
+            raise ValueError(f"--locality_bias must be >= 0 and finite, got {self.locality_bias}")
+        if not 0 < self.locality_bias_fraction <= 1:
+            raise ValueError(f"--locality_bias_fraction must be in (0, 1], got {self.locality_bias_fraction}")
 
 
 CORRUPT_IMAGE_POLICIES = ("fail", "skip")

@@ -16,6 +16,7 @@ from .augmentation import BatchAugmentation
 from .config_fields import field_names
 from .data import collate_batch
 from .distillation import Distillation, load_teacher
+from .locality import LocalityBias
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
 from .pretraining import MaskedImageModelingTrainer
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
@@ -115,10 +116,20 @@ def build_distillation(distillation_args, config, label_names):
     return Distillation(distillation_args, load_teacher(distillation_args, label_names), config)
 
 
-def build_trainer(model, training_args, data, augmentation, image_processor, callbacks=(), distillation=None):
+def build_locality_bias(model_args, model):
+    """The annealed neighbourhood attention bias of `--locality_bias` for `model`, or None when it is off."""
+    if not model_args.locality_bias:
+        return None
+    return LocalityBias(model, model_args.locality_bias, model_args.locality_bias_fraction)
+
+
+def build_trainer(
+    model, training_args, data, augmentation, image_processor, callbacks=(), distillation=None, locality_bias=None
+):
     """The `VTLMTrainer` of a training run: train on the train split, select on the validation split, both held in
     memory as uint8 tensors (`ImageDatasets.tensors`), normalised as `image_processor` normalises; taught by
-    `distillation`'s teacher when there is one, its feature guidance projections trained with the model."""
+    `distillation`'s teacher when there is one, its feature guidance projections trained with the model; with
+    `locality_bias` (`build_locality_bias`) added to the attention of every training step while it lasts."""
     if distillation is not None:
         distillation.attach(model)
     return VTLMTrainer(
@@ -132,6 +143,7 @@ def build_trainer(model, training_args, data, augmentation, image_processor, cal
         processing_class=image_processor,
         augmentation=augmentation,
         distillation=distillation,
+        locality_bias=locality_bias,
         callbacks=[StopOnNonFiniteLoss(), *callbacks],
     )
 

@@ -13,6 +13,7 @@ from .augmentation import BatchAugmentation, augmentation_seed
 from .distillation import GUIDANCE_FILE, GUIDANCE_MODULE, Distillation
 from .flops import ImageFlops, flops_per_image
 from .image_ops import Normalize
+from .locality import LocalityBias
 
 # The key of the training clock in every log entry (`trainer_state.json`'s `log_history`).
 TRAINING_SECONDS = "training_seconds"
@@ -35,6 +36,9 @@ class VTLMTrainer(Trainer):
     sees the model's own augmented batch. Its feature guidance projections must already be attached to the model
     (`Distillation.attach`, done by `training.build.build_trainer`); every checkpoint saves them beside the model,
     and a resumed run loads them back.
+
+    With a `locality_bias` (`training.locality`), every training step's attention adds that step's annealed
+    neighbourhood bias; evaluation and saving never see it.
     """
 
     def __init__(
@@ -42,12 +46,14 @@ class VTLMTrainer(Trainer):
         *args,
         augmentation: BatchAugmentation | None = None,
         distillation: Distillation | None = None,
+        locality_bias: LocalityBias | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.normalize = Normalize(self.processing_class.image_mean, self.processing_class.image_std)
         self.augmentation = augmentation
         self.distillation = distillation
+        self.locality_bias = locality_bias
         self._loss_parts = {}  # name -> (sum, count) of a taught run's loss parts since the last training log
         if distillation is not None:  # never prepared by the accelerator: no DDP, no optimizer, no saving
             distillation.place(self.args.device, self.model.dtype)
@@ -97,7 +103,11 @@ class VTLMTrainer(Trainer):
         step, micro_step = self._micro_step
         micro_step = micro_step + 1 if step == self.state.global_step else 0
         self._micro_step = (self.state.global_step, micro_step)
-        return super().training_step(model, self.training_inputs(inputs, micro_step), num_items_in_batch)
+        inputs = self.training_inputs(inputs, micro_step)
+        if self.locality_bias is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        with self.locality_bias.applied(self.state.global_step, self.state.max_steps):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def training_inputs(self, inputs, micro_step):
         """The model's inputs for the uint8 training batch `inputs` at `micro_step` of this optimizer step: the
