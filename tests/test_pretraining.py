@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN, kill_after_first_checkpoint
+from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN, kill_after_first_checkpoint, load_script
 from safetensors.torch import load_file
 
 from modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
@@ -239,3 +239,11 @@ def test_fine_tuning_on_images_the_pretraining_read_is_refused(cifar100_dir, pre
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: --model_name_or_path" in result.stderr and "--seed 42 -> 1" in result.stderr
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag", ["--locality_bias=5", "--attention_initializer=impulse"])
+def test_pretrain_refuses_locality_on_a_grid_it_hides_before_loading_data(tmp_path, flag):
+    with pytest.raises(ValueError, match="masked image modelling hides most of"):
+        load_script("pretrain").main([flag, f"--dataset_name={tmp_path / 'no-such-dataset'}",
+                                      f"--output_dir={tmp_path / 'run'}"])  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -30,6 +30,9 @@ def train_command(dataset, output_dir):
             "--save_steps=4",
             "--save_total_limit=10",
             "--full_determinism",
+            # On for the whole run, falling every step: a resumed run must add the bias of each step as before.
+            "--locality_bias=5",
+            "--locality_bias_fraction=1",
             f"--output_dir={output_dir}",
         ]
     )
