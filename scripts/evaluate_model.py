@@ -81,7 +81,7 @@ def main(argv=None):
     if model_labels != data.label_names:
         raise ValueError(
             f"{model} predicts {classifier.config.num_labels} labels that differ from the dataset's "
-            f"{len(data.label_names)} ({data_args.dataset_name}, column {data_args.label_column_name!r})"
+            f"{len(data.label_names)} ({data_args.dataset_name}, column {data.label_column!r})"
         )
 
     trainer = build_evaluation_trainer(classifier, processor, data, output_dir, batch_size=evaluation_args.batch_size)

@@ -1,5 +1,6 @@
 """The data path: loading in the Hub's schema, decoding once, the validation hold-out, limits, errors, batching."""
 
+import csv
 import io
 import logging
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import class_images, write_hub_dataset
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
@@ -43,6 +44,42 @@ def three_class_columns(num_rows, seed=0):
 
 
 THREE_CLASSES = {"img": Image(), "label": ClassLabel(names=["a", "b", "c"])}
+
+
+def write_imagefolder(root, splits):
+    """`{split: [class name, ...]}` as an `imagefolder`: `root/split/class/NNN.png`, one learnable PNG per name.
+    Returns the root and `{split: {file path relative to root: class name}}`."""
+    files = {}
+    for split, names in splits.items():
+        files[split] = {}
+        classes = sorted(set(names))
+        images = class_images([classes.index(name) for name in names])
+        for index, (name, image) in enumerate(zip(names, images, strict=True)):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            PILImage.fromarray(image).save(os.path.join(root, split, name, f"{index:03d}.png"))
+            files[split][f"{split}/{name}/{index:03d}.png"] = name
+    # In the order `imagefolder` lists them: sorted by path.
+    return str(root), {split: dict(sorted(paths.items())) for split, paths in files.items()}
+
+
+def write_imagefolder_with_metadata(root, splits, column="category"):
+    """`{split: [class name, ...]}` as an `imagefolder` with a `metadata.csv` per split: `root/split/NNN.png`, and the
+    class names, as strings, in the column `column`: each class's images alike (`class_images`). Returns the root."""
+    classes = sorted({name for names in splits.values() for name in names})
+    for seed, (split, names) in enumerate(splits.items()):
+        os.makedirs(os.path.join(root, split))
+        images = class_images([classes.index(name) for name in names], seed=seed)
+        with open(os.path.join(root, split, "metadata.csv"), "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["file_name", column])
+            for index, (name, image) in enumerate(zip(names, images, strict=True)):
+                PILImage.fromarray(image).save(os.path.join(root, split, f"{index:03d}.png"))
+                writer.writerow([f"{index:03d}.png", name])
+    return str(root)
+
+
+def labels_of(data, split):
+    return [data.label_names[label] for label in np.asarray(data.datasets[split][:]["labels"])]
 
 
 def row_keys(dataset):
@@ -189,7 +226,42 @@ def test_corrupt_images_are_skipped_with_a_warning(tmp_path, caplog, workers):
             preprocessing_num_workers=workers,
         )
     assert len(data.datasets["train"]) + len(data.datasets["validation"]) == 10
-    assert "skipped 2 image(s) of split 'train'" in caplog.text and "[4, 7]" in caplog.text
+    assert "skipped 2 images of split 'train' that cannot be decoded: index 4, index 7" in caplog.text
+
+
+def test_skipped_and_failing_images_are_named_by_their_files(tmp_path, caplog):
+    """An `imagefolder` knows each image's file: the warning (and the error without `skip`) names it."""
+    root, files = write_imagefolder(tmp_path, {"train": ["cats", "dogs"] * 6, "test": ["cats", "dogs"]})
+    with open(os.path.join(root, "train", "cats", "broken.png"), "wb") as file:
+        file.write(b"not an image")
+    index = sorted(["train/cats/broken.png", *files["train"]]).index("train/cats/broken.png")
+    assert (
+        load_dataset(root)["train"]
+        .cast_column("image", Image(decode=False))[index]["image"]["path"]
+        .endswith("train/cats/broken.png")
+    )  # `imagefolder` lists the files in sorted order
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        data = load(root, validation_split_size=4, corrupt_images="skip")
+    assert len(data.datasets["train"]) + len(data.datasets["validation"]) == 12
+    assert (
+        f"skipped 1 image of split 'train' that cannot be decoded: train/cats/broken.png (index {index})" in caplog.text
+    )
+    with pytest.raises(ValueError, match=rf"image {index} of split 'train' \(train/cats/broken.png\) cannot be"):
+        load(root, validation_split_size=4)
+
+
+def test_skipped_images_of_a_parquet_are_named_by_the_paths_it_records(tmp_path, caplog):
+    images = [png_bytes(image) for image in map(PILImage.fromarray, class_images(np.arange(9) % 3))]
+    images[5] = b"not an image"
+    paths = [f"photos/{index:03d}.jpg" for index in range(9)]
+    columns = {
+        "img": [{"bytes": data, "path": path} for data, path in zip(images, paths, strict=True)],
+        "label": [0, 1, 2] * 3,
+    }
+    root = write_splits(tmp_path, {"train": columns, "test": three_class_columns(3)}, THREE_CLASSES)
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        load(root, label_column_name="label", validation_split_size=3, corrupt_images="skip")
+    assert "skipped 1 image of split 'train' that cannot be decoded: photos/005.jpg (index 5)" in caplog.text
 
 
 def test_a_split_with_only_corrupt_images_is_an_error(tmp_path):
@@ -232,11 +304,129 @@ def test_bad_arguments_for_the_data_are_clear_errors(cifar100_dir, overrides, me
         load(cifar100_dir, **overrides)
 
 
-def test_label_column_must_be_a_class_label(tmp_path):
+def test_imagefolder_columns_are_found_when_the_flags_are_left_at_their_defaults(tmp_path, caplog):
+    """An `imagefolder`'s `image` and `label`, not CIFAR-100's `img` and `fine_label`: both found, said once."""
+    root, files = write_imagefolder(tmp_path, {"train": ["cats", "dogs"] * 6, "test": ["cats", "dogs", "dogs"]})
+    with caplog.at_level(logging.INFO, logger="training.data"):
+        data = load(root, validation_split_size=4)
+    assert (data.image_column, data.label_column, data.label_names) == ("image", "label", ["cats", "dogs"])
+    (line,) = [record.getMessage() for record in caplog.records if "left at" in record.getMessage()]
+    assert line == (
+        f"--image_column_name 'img' and --label_column_name 'fine_label' (left at their defaults) are not columns of "
+        f"{root!r}: using its only Image column 'image' and its only ClassLabel column 'label'"
+    )
+    assert labels_of(data, "test") == list(files["test"].values())  # the test split keeps the files' order
+    expected = [np.asarray(PILImage.open(os.path.join(root, path))).transpose(2, 0, 1) for path in files["test"]]
+    np.testing.assert_array_equal(data.datasets["test"][:]["images"].numpy(), np.stack(expected))
+
+
+def test_a_flag_given_is_never_replaced(tmp_path):
+    root, _ = write_imagefolder(tmp_path, {"train": ["cats", "dogs"] * 6, "test": ["cats", "dogs"]})
+    with pytest.raises(ValueError, match=r"^--label_column_name 'kind' is not a column of splits 'train', 'test' of"):
+        load(root, label_column_name="kind", validation_split_size=4)
+
+
+def test_every_missing_column_is_named_in_one_error(cifar100_dir):
+    with pytest.raises(ValueError) as error:
+        load(cifar100_dir, image_column_name="image", label_column_name="label")
+    assert str(error.value) == (
+        f"--image_column_name 'image' and --label_column_name 'label' are not columns of splits 'train', 'test' of "
+        f"{cifar100_dir!r}; its columns are ['img', 'fine_label', 'coarse_label']. Pass the flags that name the "
+        "columns to use."
+    )
+
+
+def test_defaults_that_cannot_be_resolved_are_named_in_one_error_with_why(tmp_path):
+    """Two Image columns and two columns of strings: neither default can be guessed."""
+    features = {"front": Image(), "back": Image(), "colour": Value("string"), "shape": Value("string")}
+    images = list(class_images(np.arange(6) % 3))
+    columns = {"front": images, "back": images, "colour": ["red", "blue"] * 3, "shape": ["round", "flat"] * 3}
+    root = write_splits(tmp_path, {"train": columns, "test": columns}, features)
+    with pytest.raises(ValueError) as error:
+        load(root, validation_split_size=2)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == (
+        "--image_column_name 'img' and --label_column_name 'fine_label' are not columns of splits 'train', 'test' of "
+        f"{root!r}; its columns are ['front', 'back', 'colour', 'shape']; left at their defaults, --image_column_name "
+        "would take its only Image column, but it has 2 ('front', 'back') and --label_column_name would take its "
+        "only column of strings, but it has 2 ('colour', 'shape'). Pass the flags that name the columns to use."
+    )
+
+
+def test_imagefolder_metadata_string_labels_are_classes_numbered_alike_in_every_split(tmp_path, caplog):
+    """`metadata.csv`'s `category` strings, found by default; "fish" is not in test, and still numbered 1 there."""
+    train = ["cat", "fish", "dog", "dog", "cat", "fish"] * 3
+    test = ["dog", "cat", "dog", "cat"]
+    root = write_imagefolder_with_metadata(tmp_path, {"train": train, "test": test})
+    assert load_dataset(root)["train"].features["category"] == Value("large_string")  # as `datasets` reads it
+    with caplog.at_level(logging.INFO, logger="training.data"):
+        data = load(root, validation_split_size=3)
+    assert (data.image_column, data.label_column) == ("image", "category")
+    assert data.label_names == ["cat", "dog", "fish"]  # sorted, over all splits together
+    assert labels_of(data, "test") == test
+    assert np.asarray(data.datasets["test"][:]["labels"]).tolist() == [1, 0, 1, 0]
+    held = labels_of(data, "train") + labels_of(data, "validation")
+    assert sorted(held) == sorted(train)
+    assert "its only column of strings 'category'" in caplog.text
+    assert "column 'category' holds large_string values, not a ClassLabel: its 3 distinct values" in caplog.text
+
+
+def test_parquet_string_labels_with_superclass_names(tmp_path):
+    features = {"img": Image(), "category": Value("string"), "coarse_label": Value("string")}
+    names = ["pear", "apple", "tulip", "rose"]
+    kinds = {"pear": "fruit", "apple": "fruit", "tulip": "flower", "rose": "flower"}
+
+    def columns(labels):
+        images = list(class_images([names.index(label) for label in labels]))
+        return {"img": images, "category": labels, "coarse_label": [kinds[label] for label in labels]}
+
+    test = ["rose", "pear", "rose"]  # neither apple nor tulip
+    root = write_splits(tmp_path, {"train": columns(names * 4), "test": columns(test)}, features)
+    data = load(root, label_column_name="category", validation_split_size=4)
+    assert data.label_names == ["apple", "pear", "rose", "tulip"]
+    assert labels_of(data, "test") == test
+    assert data.fine_to_coarse == [1, 1, 0, 0]  # superclass names numbered in sorted order: flower 0, fruit 1
+
+
+def test_integer_labels_that_are_no_class_label_are_classes_named_by_value(tmp_path):
     features = {"img": Image(), "label": Value("int64")}
-    root = write_splits(tmp_path, {"train": three_class_columns(9), "test": three_class_columns(3)}, features)
-    with pytest.raises(ValueError, match="'label' must be a ClassLabel column"):
-        load(root, label_column_name="label", validation_split_size=3)
+    labels = [20, 3, 100] * 3
+    columns = {"img": list(class_images(np.arange(9) % 3)), "label": labels}
+    root = write_splits(tmp_path, {"train": columns, "test": {"img": columns["img"][:2], "label": [100, 3]}}, features)
+    data = load(root, label_column_name="label", validation_split_size=3)
+    assert data.label_names == ["3", "20", "100"]  # in numeric order, not "100" < "20" < "3"
+    assert labels_of(data, "test") == ["100", "3"]
+
+
+@pytest.mark.parametrize(
+    ("feature", "values", "kind"),
+    [
+        (Value("float32"), [0.0, 1.0, 2.0], "float32 values"),
+        (List(Value("int64")), [[0], [1], [2]], r"List values \(List\(Value\('int64'\)\)\)"),
+        ({"id": Value("int64")}, [{"id": 0}, {"id": 1}, {"id": 2}], "dicts"),
+        (Value("null"), [None, None, None], "null values"),
+    ],
+    ids=["float", "list", "dict", "null"],
+)
+def test_a_label_column_that_cannot_hold_classes_is_refused_in_one_line(tmp_path, feature, values, kind):
+    columns = {"img": list(class_images([0, 1, 2])), "score": values}
+    root = write_splits(tmp_path, {"train": columns, "test": columns}, {"img": Image(), "score": feature})
+    with pytest.raises(
+        ValueError,
+        match=rf"^--label_column_name 'score' is a column of {kind}, which cannot be class "
+        "labels: pick a column of class names \\(strings\\) or integers, or a ClassLabel column$",
+    ):
+        load(root, label_column_name="score", validation_split_size=1)
+
+
+def test_a_row_without_a_label_is_an_error(tmp_path):
+    columns = {"img": list(class_images(np.arange(6) % 3)), "category": ["a", "b", "c", None, "a", "b"]}
+    root = write_splits(tmp_path, {"train": columns, "test": columns}, {"img": Image(), "category": Value("string")})
+    with pytest.raises(
+        ValueError, match="split 'train' has 1 row.* without a label in column 'category', e.g. at index 3"
+    ):
+        load(root, label_column_name="category", validation_split_size=3)
 
 
 @pytest.mark.parametrize("bad_label", [3, -1])

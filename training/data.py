@@ -1,4 +1,5 @@
-"""Image classification data: load a dataset in the Hub's CIFAR schema, decode it once, split it, and batch it.
+"""Image classification data: load a dataset (the Hub's CIFAR schema, an `imagefolder`, parquet files), decode it once,
+split it, and batch it.
 
 Images are decoded once into uint8 arrays that `datasets` caches on disk, in a column called `images`. Normalisation
 and augmentation happen later, on whole batches on the device; only then do they become the model's float
@@ -9,7 +10,7 @@ import inspect
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import datasets
 import numpy as np
@@ -21,6 +22,7 @@ from torch.utils.data import default_convert
 
 from endpoint.handler import to_rgb
 
+from .arguments import DataArguments
 from .hub_access import hub_unreachable_reason
 
 logger = logging.getLogger(__name__)
@@ -39,12 +41,16 @@ class ImageDatasets:
         label_names (`list[str]`): class names in label order, as they should be published.
         fine_to_coarse (`list[int]` or `None`): the superclass of each label, or `None` without a superclass column.
         validation_held_out (`bool`): whether "validation" was held out of train (by the seed), not the dataset's own.
+        image_column (`str` or `None`), label_column (`str` or `None`): the dataset's columns the images and labels
+            were read from: the flags', or those found when the flags were left at defaults the dataset lacks.
     """
 
     datasets: DatasetDict
     label_names: list[str]
     fine_to_coarse: list[int] | None
     validation_held_out: bool = True
+    image_column: str | None = None
+    label_column: str | None = None
 
     @property
     def id2label(self):
@@ -109,15 +115,22 @@ class ImageTensorDataset(torch.utils.data.Dataset):
 def load_image_datasets(data_args, image_size=32, seed=42):
     """Load `data_args.dataset_name`, decode every image once to uint8 RGB, and return train, validation and test.
 
-    Without a "validation" split in the dataset, `validation_split_size` images are held out of train, stratified by
-    label; the hold-out depends only on `seed`. `max_train_samples` and `max_eval_samples` cut after that.
+    The columns are the flags' (`_resolve_columns`); labels are a ClassLabel's classes, or a column's strings or
+    integers encoded as classes (`_label_classes`). Without a "validation" split in the dataset,
+    `validation_split_size` images are held out of train, stratified by label; the hold-out depends only on `seed`.
+    `max_train_samples` and `max_eval_samples` cut after that.
     """
     raw = _check_splits(_load_raw_splits(data_args), data_args)
-    label_names = _label_names(raw, data_args.label_column_name)
-    fine_to_coarse = _fine_to_coarse(raw, data_args.label_column_name, data_args.coarse_label_column_name)
+    image_column, label_column = _resolve_columns(raw, data_args)
+    label_names, label_ids = _label_classes(raw, label_column)
+    fine_to_coarse = _fine_to_coarse(raw, label_column, label_ids, len(label_names), data_args.coarse_label_column_name)
+    columns = {"image_column": image_column, "label_column": label_column, "label_ids": label_ids}
 
     splits = DatasetDict(
-        {split: _decode_split(dataset, split, data_args, label_names, image_size) for split, dataset in raw.items()}
+        {
+            split: _decode_split(dataset, split, data_args, label_names, image_size, **columns)
+            for split, dataset in raw.items()
+        }
     )
     validation_held_out = "validation" not in splits
     if validation_held_out:
@@ -133,7 +146,7 @@ def load_image_datasets(data_args, image_size=32, seed=42):
     splits = DatasetDict({split: splits[split] for split in limits})
     # The torch formatter would widen uint8 pixels to int64 (8x the memory): pin the images' dtype, labels stay ints.
     splits.set_format("torch", columns=["images"], dtype=torch.uint8, output_all_columns=True)
-    return ImageDatasets(splits, label_names, fine_to_coarse, validation_held_out)
+    return ImageDatasets(splits, label_names, fine_to_coarse, validation_held_out, image_column, label_column)
 
 
 # The Trainer's `data_collator`: `ImageTensorDataset.__getitems__` already returns the batch, which passes through.
@@ -183,7 +196,7 @@ def _unavailable_message(name, reason):
 
 
 def _check_splits(raw, data_args):
-    """Keep train, validation (if any) and test; check that each has rows and the named columns."""
+    """Keep train, validation (if any) and test; check that each has rows."""
     for split in ("train", "test"):
         if split not in raw:
             raise ValueError(f"dataset {data_args.dataset_name!r} has no {split!r} split; its splits are {list(raw)}")
@@ -191,34 +204,134 @@ def _check_splits(raw, data_args):
     for split, dataset in raw.items():
         if len(dataset) == 0:
             raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no rows")
-        for flag in ("image_column_name", "label_column_name"):
-            if getattr(data_args, flag) not in dataset.column_names:
-                raise ValueError(
-                    f"--{flag} {getattr(data_args, flag)!r} is not a column of split {split!r} of "
-                    f"{data_args.dataset_name!r}; its columns are {dataset.column_names}"
-                )
     return raw
 
 
-def _label_names(raw, label_column):
-    """The ClassLabel's names as they should be published, after checking every label is one of them."""
-    label_feature = raw["train"].features[label_column]
-    if not isinstance(label_feature, ClassLabel):
+# `Value` dtypes whose distinct values can be classes: a label column of these is encoded (`_label_classes`).
+TEXT_DTYPES = ("string", "large_string")
+INTEGER_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _resolve_columns(raw, data_args):
+    """The image and label columns to read: `--image_column_name` and `--label_column_name`, or, for a flag left at
+    its default that is a column of no split (CIFAR-100's `img` and `fine_label`, on an `imagefolder` whose
+    columns are `image` and `label`), the dataset's only Image column or its only label column (`_label_candidates`),
+    said in one info line. Otherwise raises once, naming every missing column and the dataset's columns.
+
+    The run's record keeps the flags as given: the same flags find the same columns in the same dataset, so a rerun
+    or an evaluation that repeats them reads the same data, and `training.rerun`'s hold-out check stays sound."""
+    defaults = {field.name: field.default for field in fields(DataArguments)}
+    features = raw["train"].features
+    common = [name for name in features if all(name in dataset.column_names for dataset in raw.values())]
+    candidates = {
+        "image_column_name": [name for name in common if isinstance(features[name], Image)],
+        "label_column_name": _label_candidates(features, common),
+    }
+    columns, found, unresolved = {}, [], []
+    for flag in ("image_column_name", "label_column_name"):
+        columns[flag] = asked = getattr(data_args, flag)
+        if asked != defaults[flag] or any(asked in dataset.column_names for dataset in raw.values()):
+            continue
+        kind = "Image column" if flag == "image_column_name" else _label_kind(features, candidates[flag])
+        if len(candidates[flag]) == 1:
+            columns[flag] = candidates[flag][0]
+            found.append((f"--{flag} {asked!r}", f"its only {kind} {columns[flag]!r}"))
+        else:
+            has = ", ".join(repr(name) for name in candidates[flag]) if candidates[flag] else "none"
+            unresolved.append(f"--{flag} would take its only {kind}, but it has {len(candidates[flag])} ({has})")
+
+    by_columns = {}  # the splits that lack the same flags' columns, with the same columns of their own
+    for split, dataset in raw.items():
+        missing = tuple(f"--{flag} {name!r}" for flag, name in columns.items() if name not in dataset.column_names)
+        if missing:
+            by_columns.setdefault((missing, tuple(dataset.column_names)), []).append(split)
+    if by_columns:
+        problems = [
+            f"{' and '.join(missing)} {'is not a column' if len(missing) == 1 else 'are not columns'} of split"
+            f"{'s' if len(splits) > 1 else ''} {', '.join(map(repr, splits))} of {data_args.dataset_name!r}; its "
+            f"columns are {list(dataset_columns)}"
+            for (missing, dataset_columns), splits in by_columns.items()
+        ]
+        if unresolved:
+            problems.append(
+                f"left at {'its default' if len(unresolved) == 1 else 'their defaults'}, {' and '.join(unresolved)}"
+            )
+        raise ValueError("; ".join(problems) + ". Pass the flags that name the columns to use.")
+    if found:
+        absent = (
+            "(left at its default) is not a column" if len(found) == 1 else "(left at their defaults) are not columns"
+        )
+        logger.info(
+            f"{' and '.join(asked for asked, _ in found)} {absent} of {data_args.dataset_name!r}: using "
+            f"{' and '.join(used for _, used in found)}"
+        )
+    return columns["image_column_name"], columns["label_column_name"]
+
+
+def _label_candidates(features, columns):
+    """The columns of `columns` that could hold the labels: the ClassLabel columns, or, without any, the columns of
+    strings (an `imagefolder`'s `metadata.csv`, say). Integer columns are not guessed: they are often ids."""
+    class_labels = [name for name in columns if isinstance(features[name], ClassLabel)]
+    if class_labels:
+        return class_labels
+    return [name for name in columns if isinstance(features[name], Value) and features[name].dtype in TEXT_DTYPES]
+
+
+def _label_kind(features, candidates):
+    if any(isinstance(features[name], ClassLabel) for name in candidates):
+        return "ClassLabel column"
+    return "ClassLabel column, or else column of strings" if not candidates else "column of strings"
+
+
+def _label_classes(raw, label_column):
+    """The class names in label order, as they should be published, and how the column's values become label ids:
+    `None` for a ClassLabel, whose values are the ids (each is checked to be one of its classes); otherwise
+    `{value: id}` over the sorted distinct values of all splits together (strings, or integers in numeric order, named
+    as written), so every split numbers the classes alike, a class missing from one of them included, and so does a
+    later evaluation of the same data. (`datasets`' `class_encode_column` numbers each split on its own.)
+
+    Refuses in one line a column whose values cannot be classes (floats, lists, dicts, nulls), and a row without a
+    label."""
+    feature = raw["train"].features[label_column]
+    encoded = isinstance(feature, Value) and feature.dtype in TEXT_DTYPES + INTEGER_DTYPES
+    if not (isinstance(feature, ClassLabel) or encoded):
         raise ValueError(
-            f"--label_column_name {label_column!r} must be a ClassLabel column, which carries the label names, but "
-            f"it is {label_feature}. Cast it first, e.g. `dataset.cast_column({label_column!r}, "
-            "ClassLabel(names=[...]))`, or pick another column."
+            f"--label_column_name {label_column!r} is a column of {_kind_of_values(feature)}, which cannot be class "
+            "labels: pick a column of class names (strings) or integers, or a ClassLabel column"
         )
     for split, dataset in raw.items():
+        labels = dataset.select_columns([label_column]).with_format("arrow")[:][label_column]
+        if labels.null_count:
+            raise ValueError(
+                f"split {split!r} has {labels.null_count} row(s) without a label in column {label_column!r}, e.g. at "
+                f"index {np.flatnonzero(labels.is_null().to_numpy())[0]}: every image needs a class"
+            )
+    if encoded:
+        classes = np.unique(np.concatenate([_column(dataset, label_column) for dataset in raw.values()])).tolist()
+        names = [str(value) for value in classes]
+        logger.info(
+            f"column {label_column!r} holds {feature.dtype} values, not a ClassLabel: its {len(names)} distinct values "
+            f"over all splits, sorted, are the classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+        )
+        return names, {value: index for index, value in enumerate(classes)}
+    for split, dataset in raw.items():
         labels = _column(dataset, label_column)
-        outside = (labels < 0) | (labels >= label_feature.num_classes)
+        outside = (labels < 0) | (labels >= feature.num_classes)
         if outside.any():
             raise ValueError(
-                f"split {split!r} has labels outside [0, {label_feature.num_classes}) in column {label_column!r}, "
+                f"split {split!r} has labels outside [0, {feature.num_classes}) in column {label_column!r}, "
                 f"e.g. {labels[outside][0]} at index {np.flatnonzero(outside)[0]}: every image needs one of the "
                 "ClassLabel's classes"
             )
-    return [LABEL_NAME_FIXES.get(name, name) for name in label_feature.names]
+    return [LABEL_NAME_FIXES.get(name, name) for name in feature.names], None
+
+
+def _kind_of_values(feature):
+    if isinstance(feature, Value):
+        return f"{feature.dtype} values"
+    if isinstance(feature, dict):
+        return "dicts"
+    return f"{type(feature).__name__} values ({feature})"
 
 
 def _column(dataset, name):
@@ -226,14 +339,25 @@ def _column(dataset, name):
     return dataset.select_columns([name]).with_format("numpy")[:][name]
 
 
-def _fine_to_coarse(raw, label_column, coarse_column):
-    """The superclass of every label, read off the rows; `None` without a usable superclass column, or with one that
-    groups nothing (the label column itself, or one superclass per label: superclass accuracy would be top-1)."""
+def _label_ids(dataset, label_column, label_ids):
+    """The label id of each row, as `_label_classes` numbers the classes."""
+    labels = _column(dataset, label_column)
+    return labels if label_ids is None else np.array([label_ids[label] for label in labels.tolist()], dtype=np.int64)
+
+
+def _fine_to_coarse(raw, label_column, label_ids, num_labels, coarse_column):
+    """The superclass of every label, read off the rows (superclass ids, or names); `None` without a usable superclass
+    column, or with one that groups nothing (the label column itself, or one superclass per label: superclass
+    accuracy would be top-1)."""
     if coarse_column in (None, label_column) or any(coarse_column not in ds.column_names for ds in raw.values()):
         return None
-    num_labels = raw["train"].features[label_column].num_classes
-    fine = np.concatenate([_column(dataset, label_column) for dataset in raw.values()])
+    fine = np.concatenate([_label_ids(dataset, label_column, label_ids) for dataset in raw.values()])
     coarse = np.concatenate([_column(dataset, coarse_column) for dataset in raw.values()])
+    if coarse.dtype.kind in "OUS" and not any(value is None for value in coarse.tolist()):
+        coarse = np.unique(coarse.astype(str), return_inverse=True)[1]  # superclass names, numbered in sorted order
+    if coarse.dtype.kind not in "iu":
+        logger.warning(f"column {coarse_column!r} holds no superclass ids or names: no superclass accuracy")
+        return None
     pairs = np.unique(np.stack([fine, coarse], axis=1), axis=0)  # (distinct (fine, coarse) pairs, 2)
     if (coarse < 0).any() or len(pairs) != num_labels or len(np.unique(pairs[:, 0])) != num_labels:
         logger.warning(
@@ -245,9 +369,8 @@ def _fine_to_coarse(raw, label_column, coarse_column):
     return pairs[:, 1].tolist()  # `pairs` is sorted by fine label, one row per label
 
 
-def _decode_split(dataset, split, data_args, label_names, image_size):
+def _decode_split(dataset, split, data_args, label_names, image_size, image_column, label_column, label_ids):
     """Decode a split's images to uint8 (3, image_size, image_size) arrays, once: `datasets` caches the result."""
-    image_column = data_args.image_column_name
     if not isinstance(dataset.features[image_column], Image):
         raise ValueError(
             f"--image_column_name {image_column!r} must be an Image column, but it is {dataset.features[image_column]}"
@@ -260,10 +383,16 @@ def _decode_split(dataset, split, data_args, label_names, image_size):
         }
     )
     encoded = dataset.cast_column(image_column, Image(decode=False))
-    input_columns = [image_column, data_args.label_column_name]
-    fn_kwargs = {"split": split, "image_size": image_size, "skip_corrupt": data_args.corrupt_images == "skip"}
+    input_columns = [image_column, label_column]
+    fn_kwargs = {
+        "split": split,
+        "image_size": image_size,
+        "skip_corrupt": data_args.corrupt_images == "skip",
+        "label_ids": label_ids,
+    }
+    root = os.path.abspath(data_args.dataset_name) if os.path.isdir(data_args.dataset_name) else None
     # `datasets` fingerprints a module-level function by its name, not its code: hash the decoder's source as well,
-    # so that editing it decodes again instead of reusing stale cached arrays.
+    # so that editing it decodes again instead of reusing stale cached arrays. `root` only names files in errors.
     decoder_source = "".join(inspect.getsource(function) for function in (_decode_batch, _decode_image, to_rgb))
     decoded = encoded.map(
         _decode_batch,
@@ -272,21 +401,36 @@ def _decode_split(dataset, split, data_args, label_names, image_size):
         input_columns=input_columns,
         remove_columns=dataset.column_names,
         features=features,
-        fn_kwargs=fn_kwargs,
+        fn_kwargs={**fn_kwargs, "root": root},
         num_proc=data_args.preprocessing_num_workers,
         desc=f"Decoding {split} images",
         new_fingerprint=Hasher.hash([encoded._fingerprint, decoder_source, input_columns, fn_kwargs, features]),
     )
     if len(decoded) < len(dataset):
         skipped = np.setdiff1d(np.arange(len(dataset)), _column(decoded, "source_index"))
-        more = " and more" if len(skipped) > 20 else ""
+        shown = skipped[:20].tolist()
+        rows = [
+            f"{name} (index {index})" if (name := _file_name(image, root)) else f"index {index}"
+            for image, index in zip(encoded.select(shown)[image_column], shown, strict=True)
+        ]
         logger.warning(
-            f"skipped {len(skipped)} image(s) of split {split!r} that cannot be decoded, at indices "
-            f"{skipped[:20].tolist()}{more}"
+            f"skipped {len(skipped)} image{'s' if len(skipped) > 1 else ''} of split {split!r} that cannot be "
+            f"decoded: {', '.join(rows)}{' and more' if len(skipped) > len(shown) else ''}"
         )
     if len(decoded) == 0:
         raise ValueError(f"split {split!r} of dataset {data_args.dataset_name!r} has no image that can be decoded")
     return decoded.remove_columns("source_index")
+
+
+def _file_name(image, root):
+    """The file an encoded image (`{"bytes", "path"}`) came from, relative to the dataset's folder `root` when it lies
+    there (`cats/broken.jpg` of an `imagefolder`); `None` where the dataset does not know it."""
+    path = (image or {}).get("path")
+    if path and root and os.path.isabs(path):
+        relative = os.path.relpath(path, root)
+        if not relative.startswith(os.pardir):
+            return relative
+    return path or None
 
 
 def _hold_out(train, validation_split_size, seed):
@@ -309,7 +453,7 @@ def _hold_out(train, validation_split_size, seed):
     return parts["train"], parts["test"]
 
 
-def _decode_batch(images, labels, indices, split, image_size, skip_corrupt):
+def _decode_batch(images, labels, indices, split, image_size, skip_corrupt, label_ids, root):
     batch = {"images": [], "labels": [], "source_index": []}
     for image, label, index in zip(images, labels, indices, strict=True):
         try:
@@ -317,12 +461,13 @@ def _decode_batch(images, labels, indices, split, image_size, skip_corrupt):
         except Exception as error:  # PIL raises many types on bad bytes; all mean "cannot be decoded"
             if skip_corrupt:
                 continue
+            name = _file_name(image, root)
             raise ValueError(
-                f"image {index} of split {split!r} cannot be decoded ({type(error).__name__}: {error}). "
-                "Pass `--corrupt_images skip` to drop such images."
+                f"image {index} of split {split!r}{f' ({name})' if name else ''} cannot be decoded "
+                f"({type(error).__name__}: {error}). Pass `--corrupt_images skip` to drop such images."
             ) from error
         batch["images"].append(pixels)
-        batch["labels"].append(label)
+        batch["labels"].append(label if label_ids is None else label_ids[label])
         batch["source_index"].append(index)
     return batch
 

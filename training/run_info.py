@@ -106,8 +106,9 @@ def dataset_source_name(data_args):
 def describe_dataset(data_args, data):
     """The dataset as the card shows it: its name (`--dataset_display_name`, which names and never makes a dataset
     CIFAR-100), where it came from, its Hub id (CIFAR-100's for a complete local copy of it, None for other local
-    folders), classes, whether superclass accuracy means anything, sizes, and the training images per class after
-    the validation hold-out."""
+    folders), the columns its images and labels were read from (the flags', or those found in their place:
+    `training.data`), classes, whether superclass accuracy means anything, sizes, and the training images per class
+    after the validation hold-out."""
     is_cifar100 = is_all_of_cifar100(data)
     local = os.path.exists(data_args.dataset_name)
     train_per_class = data.class_counts("train")
@@ -116,6 +117,7 @@ def describe_dataset(data_args, data):
         "source": dataset_source_name(data_args),  # a Hub id, or a local folder's own name
         "hub_id": CIFAR100_HUB_ID if is_cifar100 else None if local else data_args.dataset_name,
         "is_cifar100": is_cifar100,
+        "columns": {"image": data.image_column, "label": data.label_column},
         "num_classes": len(data.label_names),
         "label_names": data.label_names,
         "has_superclasses": data.fine_to_coarse is not None,
