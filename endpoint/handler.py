@@ -19,7 +19,9 @@ decodes to 1,250 x 1,250. Images that cannot be decoded at reduced scale (PNG, W
 `MAX_DECODED_PIXELS`, and every image above `MAX_INPUT_PIXELS` is refused before any decoding. PIL's own
 decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`, which warns above its limit and refuses twice it) is set to
 `MAX_INPUT_PIXELS` too: it also covers the images that the endpoint decodes itself, at full size, for `image/*`
-request bodies. Send large images as JSON (base64) to get the reduced-scale decoding.
+request bodies. Send large images as JSON (base64) to get the reduced-scale decoding. The full-size limit is
+`load_image`'s `max_decoded_pixels`, not a global: the endpoint and the demo keep it, and `scripts/predict.py` lifts
+it for its user's own files.
 
 This file imports only torch, transformers, PIL and the standard library: the model's own code comes from the
 repository through `trust_remote_code=True`.
@@ -101,8 +103,12 @@ def parse_top_k(top_k, num_labels: int) -> int:
     return min(top_k, num_labels)
 
 
-def load_image(value) -> Image.Image:
-    """Decode one input (PIL image, bytes or base64 string) into an RGB image no larger than `WORKING_SIZE`."""
+def load_image(value, max_decoded_pixels=MAX_DECODED_PIXELS) -> Image.Image:
+    """Decode one input (PIL image, bytes or base64 string) into an RGB image no larger than `WORKING_SIZE`.
+
+    An image that cannot be decoded at reduced scale is refused above `max_decoded_pixels`; None decodes any image
+    up to `MAX_INPUT_PIXELS` (and PIL's own `Image.MAX_IMAGE_PIXELS`), for a caller that reads its user's own files.
+    """
     if isinstance(value, str):
         value = decode_base64(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -132,15 +138,19 @@ def load_image(value) -> Image.Image:
     # JPEG only: decode straight to a smaller scale that still covers WORKING_SIZE; a no-op for other formats.
     image.draft(None, (WORKING_SIZE, WORKING_SIZE))
     still_encoded = bool(getattr(image, "tile", None))  # an image already in memory costs nothing more to shrink
-    if still_encoded and image.width * image.height > MAX_DECODED_PIXELS:
+    if still_encoded and max_decoded_pixels is not None and image.width * image.height > max_decoded_pixels:
         raise ValueError(
             f"the image is {width}x{height}; a {image.format or image.mode} image is decoded at full size, and at "
-            f"most {MAX_DECODED_PIXELS:,} pixels are: downscale it, or send it as JPEG"
+            f"most {max_decoded_pixels:,} pixels are: downscale it, or send it as JPEG"
         )
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
+        if image is value:  # the caller's image is never changed: transposed into a copy, which is ours to shrink
+            image = ImageOps.exif_transpose(image)
+        else:  # decoded here: no copy of what may be a full-size image
+            ImageOps.exif_transpose(image, in_place=True)
+        if image.mode != "RGB":  # an RGB image is already ours, and converting it would copy it
+            image = to_rgb(image)
     except DECODE_ERRORS as error:
         raise ValueError(f"the image could not be decoded ({error})") from error
     image.thumbnail((WORKING_SIZE, WORKING_SIZE))  # shrinks in place, keeps the aspect ratio, never enlarges

@@ -150,17 +150,23 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def gray_png(width: int, height: int, rows: int) -> bytes:
-    """An 8-bit grayscale PNG whose header says width x height, with `rows` all-black rows of pixel data.
+def solid_png(width: int, height: int, rows: int, rgb=None) -> bytes:
+    """A PNG whose header says width x height, with `rows` rows of pixel data in one colour: black 8-bit grayscale,
+    or `rgb` (red, green, blue) in 8-bit RGB.
 
-    The rows are compressed one at a time: a full 10,000 x 10,000 image is a 100 KB file that decodes to 100 MB,
-    and this process never holds the decoded image.
+    The rows are compressed one at a time, each after the first as PNG's "up" filter (no change from the row above:
+    zeros), run-length coded: a full 10,000 x 10,000 image is a 100 KB file that decodes to 100 MB, and this process
+    never holds the decoded image.
     """
-    compressor = zlib.compressobj(9)
-    row = bytes(width + 1)  # a filter byte, then the pixels
-    pixels = b"".join(compressor.compress(row) for _ in range(rows)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
+    channels = 1 if rgb is None else 3
+    # The first row: black, or PNG's "sub" filter (the first pixel, then no change from the pixel to the left).
+    first = bytes(width + 1) if rgb is None else b"\x01" + bytes(rgb) + bytes(channels * (width - 1))
+    up = b"\x02" + bytes(channels * width)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    pixels = compressor.compress(first) + b"".join(compressor.compress(up) for _ in range(rows - 1))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if rgb is None else 2, 0, 0, 0)
+    idat = pixels + compressor.flush()
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +181,9 @@ def endpoint(tmp_path_factory):
     import numpy as np
 
     np.save(inputs_dir / "image.npy", class_images([3], image_size=40)[0])
-    (inputs_dir / "png_bomb").write_bytes(gray_png(10_000, 10_000, rows=10_000))
-    (inputs_dir / "png_header_too_large").write_bytes(gray_png(20_000, 20_000, rows=1))
-    (inputs_dir / "png_header_above_limit").write_bytes(gray_png(30_000, 30_000, rows=1))
+    (inputs_dir / "png_bomb").write_bytes(solid_png(10_000, 10_000, rows=10_000))
+    (inputs_dir / "png_header_too_large").write_bytes(solid_png(20_000, 20_000, rows=1))
+    (inputs_dir / "png_header_above_limit").write_bytes(solid_png(30_000, 30_000, rows=1))
     huge = Image.new("RGB", (10_000, 10_000), (120, 30, 200))
     huge.paste((20, 200, 90), (2_000, 3_000, 8_000, 9_000))
     huge.save(inputs_dir / "huge_jpeg", "JPEG", quality=90)

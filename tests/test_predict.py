@@ -1,12 +1,15 @@
 """scripts/predict.py: top-k labels for image files, through the image-classification pipeline."""
 
+import http.server
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, class_images, load_script, parse_table, save_tiny_model
+from conftest import REPO_ROOT, class_images, free_port, load_script, parse_table, save_tiny_model
 from PIL import Image
+from test_handler import solid_png
 
 
 def load_predict():
@@ -55,26 +58,184 @@ def test_predict_prints_the_pipelines_top_k_for_every_image(model_dir, image_fil
     assert [row[3] for row in rows] == pytest.approx([row[3] for row in expected], abs=1e-4)
 
 
-def test_missing_and_corrupt_files_are_named_and_fail_before_the_model_loads(model_dir, image_files, tmp_path, capsys):
+def error_lines(stderr):
+    """The `error:` lines of `stderr`, without what transformers writes there as it loads a model."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def answered_images_of(rows):
+    """The images that rows of `scripts/predict.py`'s table (`parse_table`) answer, in order."""
+    return list(dict.fromkeys(row[0] for row in rows))
+
+
+def test_bad_files_among_good_ones_are_named_one_line_each_and_the_good_ones_answered(
+    model_dir, image_files, tmp_path, capsys
+):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(image_files[0].read_bytes()[:100])
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     missing = tmp_path / "missing.jpg"
 
-    argv = [str(tmp_path / "no-model-here"), str(image_files[0]), str(missing), str(corrupt), str(text), str(tmp_path)]
+    good = list(map(str, image_files))
+    argv = [str(model_dir), good[0], str(missing), str(corrupt), str(text), good[1], "--top_k", "2"]
     predict = load_predict()
-    assert predict.run_cli(predict.main, argv) == 2
+    with pytest.raises(SystemExit) as stopped:  # through `run_cli`, as the script runs
+        predict.run_cli(predict.main, argv)
+    assert stopped.value.code == 1  # some inputs failed
+    output = capsys.readouterr()
+    rows = parse_table(output.out)
+    assert answered_images_of(rows) == good and len(rows) == 4
+    # The endpoint's and the demo's messages: the three decode an image one way (`endpoint.handler.load_image`).
+    assert error_lines(output.err) == [
+        f"error: {missing}: no such file",
+        f"error: {corrupt}: the image could not be decoded (image file is truncated)",
+        f"error: {text}: the bytes are not in any image format PIL can read",
+    ]
+
+
+def test_when_no_input_decodes_each_is_named_and_the_model_is_never_loaded(model_dir, tmp_path, monkeypatch, capsys):
+    def pipeline(*args, **kwargs):
+        raise AssertionError("the model was loaded with nothing to classify")
+
+    monkeypatch.setattr("transformers.pipeline", pipeline)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    missing = tmp_path / "missing.jpg"
+    predict = load_predict()
+    with pytest.raises(SystemExit) as stopped:
+        predict.run_cli(predict.main, [str(model_dir), str(missing), str(text)])
+    assert stopped.value.code == 2  # nothing was done: a user's mistake, as every script's
     output = capsys.readouterr()
     assert output.out == ""
-    (line,) = output.err.splitlines()  # one line, as every script ends a user's mistake
-    errors = line.removeprefix("error: ").split("; ")
-    assert len(errors) == 4
-    assert errors[0] == f"{missing}: no such file"
-    # The endpoint's and the demo's messages: the three decode an image one way (`endpoint.handler.load_image`).
-    assert errors[1] == f"{corrupt}: the image could not be decoded (image file is truncated)"
-    assert errors[2] == f"{text}: the bytes are not in any image format PIL can read"
-    assert errors[3] == f"{tmp_path}: is a directory, not an image file"
+    assert output.err.splitlines() == [
+        f"error: {missing}: no such file",
+        f"error: {text}: the bytes are not in any image format PIL can read",
+    ]
+
+
+def test_a_folder_is_read_as_the_image_files_directly_inside_it_sorted_by_name(
+    model_dir, image_files, tmp_path, capsys
+):
+    folder = tmp_path / "photos"
+    (folder / "below").mkdir(parents=True)
+    for name, source in (("b.png", image_files[0]), ("a.JPG", image_files[1]), ("below/c.png", image_files[0])):
+        (folder / name).write_bytes(source.read_bytes())
+    (folder / "notes.txt").write_text("not an image, and not read")
+    (folder / "._a.JPG").write_bytes(b"macOS metadata, hidden: not read")
+
+    predict = load_predict()
+    assert predict.main([str(model_dir), str(folder), str(image_files[0]), "--top_k", "3"])
+    rows = parse_table(capsys.readouterr().out)
+    assert answered_images_of(rows) == [str(folder / "a.JPG"), str(folder / "b.png"), str(image_files[0])]
+    assert [row[1:] for row in rows[3:6]] == [row[1:] for row in rows[6:]]  # b.png is image_files[0]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit) as stopped:
+        predict.main([str(model_dir), str(empty)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: {empty}: is a directory with no image files directly inside it\n"
+
+
+@pytest.fixture
+def web_server(image_files):
+    """An HTTP server on 127.0.0.1, in a thread, for one test: `/<file name>` serves that file of `image_files`,
+    `/big` 4 KiB more than a PNG of them and `/declared-big` a Content-Length of 1 GB (and nothing), `/stalled` its
+    headers (100 bytes to come) and then nothing; anything else is a 404."""
+    release = threading.Event()
+    bodies = {f"/{path.name}": path.read_bytes() for path in image_files}
+    bodies["/big"] = bodies[f"/{image_files[0].name}"] + bytes(4096)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path in ("/stalled", "/declared-big"):
+                self.send_response(200)
+                self.send_header("Content-Length", "100" if self.path == "/stalled" else "1000000000")
+                self.end_headers()
+                self.wfile.flush()
+                if self.path == "/stalled":
+                    release.wait(10)  # until the test ends
+            elif self.path == "/big":  # no Content-Length: only reading it finds the size
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(bodies["/big"])
+            elif self.path in bodies:
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(bodies[self.path])))
+                self.end_headers()
+                self.wfile.write(bodies[self.path])
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_urls_are_fetched_within_a_time_and_size_limit(model_dir, image_files, web_server, monkeypatch, capsys):
+    import training.prediction
+
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(training.prediction, "DOWNLOAD_TIMEOUT", 0.5)
+    limit = len(image_files[0].read_bytes()) + 1024
+    monkeypatch.setattr(training.prediction, "MAX_DOWNLOAD_BYTES", limit)
+    url = f"{web_server}/{image_files[0].name}"
+    refused = f"http://127.0.0.1:{free_port()}/cat.png"
+    inputs = [url, f"{web_server}/missing.png", f"{web_server}/big", f"{web_server}/declared-big"]
+    inputs += [f"{web_server}/stalled", refused, str(image_files[0])]
+
+    predict = load_predict()
+    with pytest.raises(SystemExit) as stopped:
+        predict.main([str(model_dir), *inputs, "--top_k", "3"])
+    assert stopped.value.code == 1
+    output = capsys.readouterr()
+    rows = parse_table(output.out)
+    assert answered_images_of(rows) == [url, str(image_files[0])]
+    assert [row[1:] for row in rows[:3]] == [row[1:] for row in rows[3:]]  # the URL serves that file
+    errors = error_lines(output.err)
+    assert errors[:4] == [
+        f"error: {web_server}/missing.png: the server answered HTTP 404 Not Found",
+        f"error: {web_server}/big: the answer is larger than the {limit:,} bytes downloaded at most",
+        f"error: {web_server}/declared-big: the answer is larger than the {limit:,} bytes downloaded at most",
+        f"error: {web_server}/stalled: no complete answer within 0.5 s",
+    ]
+    assert errors[4].startswith(f"error: {refused}: could not be fetched (") and len(errors) == 5
+
+
+def test_a_huge_png_is_classified_by_predict_and_refused_by_the_endpoint(model_dir, tmp_path, monkeypatch, capsys):
+    """8,000 x 8,000 pixels: above the endpoint's full-size decoding limit, which a local command line need not
+    keep; decoded, it is shrunk as a JPEG of that size is."""
+    from endpoint.handler import EndpointHandler, load_image
+
+    colour = (120, 30, 200)
+    huge, small = tmp_path / "huge.png", tmp_path / "small.png"
+    huge.write_bytes(solid_png(8_000, 8_000, rows=8_000, rgb=colour))
+    Image.new("RGB", (64, 64), colour).save(small)
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the handler sets it for the process
+    handler = EndpointHandler(str(model_dir))
+    with pytest.raises(ValueError, match="the image is 8000x8000; a PNG image is decoded at full size"):
+        handler({"inputs": huge.read_bytes()})
+    with pytest.raises(ValueError, match="is decoded at full size"):
+        load_image(huge.read_bytes())  # the default, as the demo decodes
+
+    assert load_predict().main([str(model_dir), str(huge), str(small), "--top_k", "3"])
+    rows = parse_table(capsys.readouterr().out)
+    assert answered_images_of(rows) == [str(huge), str(small)]
+    assert [row[1:] for row in rows[:3]] == [row[1:] for row in rows[3:]]  # one colour, at any size
 
 
 @pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
