@@ -225,7 +225,7 @@ def test_help_of_a_no_flag_says_what_it_turns_off():
     process = run_script("train", "--help")
     assert process.returncode == 0
     help_text = " ".join(process.stdout.split())
-    assert "--no_horizontal_flip, --no-horizontal-flip Turn --horizontal_flip off." in help_text
+    assert "--no_horizontal_flip Turn --horizontal_flip off." in help_text
 
 
 def test_a_mistyped_config_override_lists_the_fields(tmp_path):

@@ -4,8 +4,14 @@ This module imports only transformers' `TrainingArguments`, the config and the i
 and a bad flag answer before the model code, `datasets` or the Trainer load.
 """
 
+import argparse
+import copy
+import inspect
+import logging
 import math
 import os
+import sys
+import textwrap
 from dataclasses import dataclass, field
 
 import torch
@@ -15,12 +21,15 @@ from transformers import HfArgumentParser, TrainingArguments
 from modeling import PRESETS
 from modeling.configuration_vtlm import ATTENTION_INITIALIZERS
 
-from .cli import parse_flags, suggest_flags
+from .cli import given_flags, parse_flags, suggest_flags
 from .image_ops import AUTO_AUGMENT_POLICIES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"  # a class attribute, not a field: HfArgumentParser's title of the group in --help
     model_preset: str | None = field(
         default="vtlm-37m",
         metadata={
@@ -94,6 +103,8 @@ CORRUPT_IMAGE_POLICIES = ("fail", "skip")
 class DataArguments:
     """Which data to train and evaluate on. Names follow transformers' `run_image_classification.py`."""
 
+    _argument_group_name = "data"
+
     dataset_name: str = field(
         default="uoft-cs/cifar100",
         metadata={
@@ -165,6 +176,8 @@ class DataArguments:
 class AugmentationArguments:
     """The training-time augmentation recipe. The defaults are the usual ViT-from-scratch recipe on CIFAR-100
     (DeiT's ingredients with CIFAR's pad-and-crop); 0 (or False, or None) turns an ingredient off."""
+
+    _argument_group_name = "augmentation"
 
     crop_padding: int = field(
         default=4,
@@ -282,6 +295,8 @@ class DistillationArguments:
     docs/compare-teacher-100-epochs.md): feature guidance at weight 1 on every block, mimetic attention init, no
     output distillation. Each part turns off with 0 or `none`; they combine."""
 
+    _argument_group_name = "distillation"
+
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -352,6 +367,10 @@ class VTLMTrainingArguments(TrainingArguments):
     0.1. Evaluated and saved every epoch; the best epoch on the validation split is kept.
     """
 
+    # --help shows the fields declared here (VTLM's defaults and flags) in this group; the Trainer's other flags are
+    # listed by --help_all only (`ArgumentParser`).
+    _argument_group_name = "training (transformers' Trainer, with VTLM's defaults)"
+
     output_dir: str = field(default="runs/vtlm-37m-cifar100", metadata={"help": "Where checkpoints and results go."})
     hub_vit_model_id: str | None = field(
         default=None,
@@ -408,7 +427,23 @@ class VTLMTrainingArguments(TrainingArguments):
     fp16: bool = field(
         default=True,
         metadata={
-            "help": "fp16 mixed precision on CUDA, as the original model used; off with --bf16, --no_fp16 or on a CPU."
+            "help": "fp16 mixed precision on a CUDA GPU, as the original model used; off with --bf16 or --no_fp16. "
+            "A CPU trains in fp32 (and says so once when --fp16 was given)."
+        },
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed precision instead of fp16, on a CUDA GPU that has it (Ampere or newer), or on the CPU "
+            "with --use_cpu. Elsewhere the run trains in fp32 and says so once."
+        },
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Publish the finished run to --hub_model_id once, at the end of training (never at each save): "
+            "the selected weights, code, card, results and logs, no pickles or checkpoints. The token, the route to "
+            "the Hub and the right to write are checked before the first step."
         },
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Batches carry uint8 pixel_values."})
@@ -436,14 +471,18 @@ class VTLMTrainingArguments(TrainingArguments):
         # --bf16 replaces the default fp16. The Trainer gets what this host can run; the record keeps what was asked
         # for (`to_dict`), the same on every host.
         self.fp16 = self.fp16 and not self.bf16
-        self.asked_for = {name: getattr(self, name) for name in ("fp16", "dataloader_pin_memory", "use_cpu")}
+        asked = ("fp16", "bf16", "dataloader_pin_memory", "use_cpu")
+        self.asked_for = {name: getattr(self, name) for name in asked}
         # A launcher's processes (torchrun, `accelerate launch`) on a machine without CUDA train as one DDP run over
         # gloo: without `use_cpu` each would train alone, all into one output_dir.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
-        # fp16 and pinned memory on CUDA only: a CPU trains in fp32.
+        # Mixed precision where this host runs it (`PRECISION_NEEDS`), fp32 elsewhere: fp16 and pinned memory on
+        # CUDA only; bf16 on a CUDA GPU that has it, or on the CPU when --use_cpu was asked for with it (the Trainer
+        # would refuse bf16 on a host without it).
         on_cuda = torch.cuda.is_available() and not self.use_cpu
         self.fp16 = self.fp16 and on_cuda
+        self.bf16 = self.bf16 and (self.asked_for["use_cpu"] or (on_cuda and torch.cuda.is_bf16_supported()))
         self.dataloader_pin_memory = self.dataloader_pin_memory and on_cuda
         super().__post_init__()
 
@@ -460,7 +499,23 @@ class VTLMTrainingArguments(TrainingArguments):
     @property
     def precision_asked(self):
         """The precision the arguments ask for: the default fp16 trains in fp32 on a CPU."""
-        return _precision_name(self.asked_for["fp16"], self.bf16)
+        return _precision_name(self.asked_for["fp16"], self.asked_for["bf16"])
+
+    def precision_fallback(self):
+        """The one line that says this host trains in another precision than the one asked for, or None."""
+        asked, used = self.precision_asked, self.precision
+        if asked == used:
+            return None
+        needs = PRECISION_NEEDS[asked]
+        return f"--{asked}: this host cannot train in {asked} ({asked} needs {needs}); training in {used} instead"
+
+
+# Where each mixed precision trains; elsewhere a run trains in fp32. Said by the warning of a run that asked for one
+# and by its model card.
+PRECISION_NEEDS = {
+    "fp16": "a CUDA GPU",
+    "bf16": "a CUDA GPU with bf16, Ampere or newer, or --use_cpu",
+}
 
 
 def _precision_name(fp16, bf16):
@@ -472,6 +527,8 @@ class PretrainingArguments:
     """Masked image modelling (`scripts/pretrain.py`), as MAE (He et al. 2022) and transformers' `ViTMAEConfig` name
     it. The decoder exists only in pre-training; MAE found a narrow decoder enough (its fine-tuning accuracy barely
     moves between 1 and 8 blocks), so the default is half of vtlm-37m's width, 4 blocks."""
+
+    _argument_group_name = "pre-training (masked image modelling)"
 
     mask_ratio: float = field(default=0.75, metadata={"help": "Share of each image's patches hidden from the encoder."})
     norm_pix_loss: bool = field(
@@ -523,16 +580,127 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTr
 
 
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+USAGE = "%(prog)s [RECIPE.yaml] [--flag value ...]"
+RECIPE_HELP = (
+    "RECIPE.yaml (optional, first): flag values from a .yaml or .json file (recipes/), replaced by the flags after "
+    "it. Every flag also takes dashes: --num-train-epochs."
+)
+# --help's groups, in this order: what the script is for first (pre-training's masking and decoder), the rest as
+# train.py reads them. The Trainer's other flags come last, with --help_all only.
+HELP_ORDER = (
+    PretrainingArguments,
+    ModelArguments,
+    DataArguments,
+    AugmentationArguments,
+    DistillationArguments,
+    VTLMTrainingArguments,
+)
 
 
-def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """transformers' help formatter (each flag with its default) that keeps the description's lines as written, and
+    names each flag once: its dashed twin (`--num-train-epochs`) is said once, in the description."""
+
+    def _format_action_invocation(self, action):
+        if len(action.option_strings) > 1 and action.option_strings[0].startswith("--"):
+            action = copy.copy(action)
+            action.option_strings = action.option_strings[:1]
+        return super()._format_action_invocation(action)
+
+    def _get_help_string(self, action):
+        if isinstance(action, argparse._StoreFalseAction):  # `--no_X`: its "default" is X's, said beside X
+            return action.help
+        return super()._get_help_string(action)
+
+    def _split_lines(self, text, width):  # `uoft-cs/cifar100` and `--flag_names` kept whole on one line
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class HelpAction(argparse.Action):
+    """`--help` (the project's flags) or, with `full`, `--help_all` (the Trainer's other flags too); exits 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None, full=False):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.full = full
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(parser.format_help(full=self.full), sys.stdout)
+        parser.exit()
+
+
+class ArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` over VTLM's argument classes, whose `--help` a reader can use: the script's description
+    and its usage with a recipe file first, then the project's flags, one group per argument class (its
+    `_argument_group_name`, in `HELP_ORDER`; of `VTLMTrainingArguments`, the fields it declares itself). The
+    Trainer's other flags parse as ever, and `--help_all` lists them too, titled as such."""
+
+    def __init__(self, argument_classes, prog=None, description=None):
+        super().__init__(
+            argument_classes,
+            prog=prog,
+            usage=USAGE,
+            description="\n\n".join(part for part in ((description or "").strip(), _fill(RECIPE_HELP)) if part),
+            formatter_class=HelpFormatter,
+            add_help=False,
+            exit_on_error=False,
+        )
+        self.add_argument("-h", "--help", action=HelpAction, help="Show this help: the project's flags, and exit.")
+        self.add_argument(
+            "--help_all", action=HelpAction, full=True, help="Show every flag, the Trainer's too, and exit."
+        )
+        titles = {cls._argument_group_name: cls for cls in HELP_ORDER}
+        self.trainer_flags = self.add_argument_group("the Trainer's other flags (transformers' TrainingArguments)")
+        for group in self._action_groups:
+            if titles.get(group.title) is VTLMTrainingArguments:
+                own = set(inspect.get_annotations(VTLMTrainingArguments))
+                self.trainer_flags._group_actions = [a for a in group._group_actions if a.dest not in own]
+                group._group_actions = [a for a in group._group_actions if a.dest in own]
+        # The project's groups first, then argparse's own (the two help flags), then the Trainer's other flags.
+        order = [*HELP_ORDER, None]
+        self._action_groups.sort(
+            key=lambda group: len(order) if group is self.trainer_flags else order.index(titles.get(group.title))
+        )
+
+    def format_help(self, full=True):
+        """The help text; without `full`, the Trainer's other flags are only counted, and named by --help_all."""
+        groups, epilog = self._action_groups, self.epilog
+        if not full:
+            self._action_groups = [group for group in groups if group is not self.trainer_flags]
+            count = len({action.dest for action in self.trainer_flags._group_actions})
+            self.epilog = _fill(
+                f"The Trainer's other {count} flags (transformers' TrainingArguments: --seed, --max_steps, "
+                "--hub_model_id, --gradient_accumulation_steps, ...) work too: --help_all lists them."
+            )
+        try:
+            return super().format_help()
+        finally:
+            self._action_groups, self.epilog = groups, epilog
+
+
+def _fill(text):
+    return textwrap.fill(text, 79, break_on_hyphens=False)
+
+
+def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None, prog=None, description=None):
     """`argument_classes` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
     the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`. `defaults` replace the classes'
-    own (`PRETRAINING_DEFAULTS`), and the recipe file replaces those."""
-    parser = HfArgumentParser(argument_classes, exit_on_error=False)
+    own (`PRETRAINING_DEFAULTS`), and the recipe file replaces those. `--help` shows `description` and `prog`, by
+    default the calling script's docstring and file name.
+
+    A precision asked for (`--fp16`, `--bf16`, or a recipe's value other than the default) that this host cannot
+    train in is said in one warning, by the main process; the default fp16 on a CPU is not."""
+    caller = sys._getframe(1).f_globals  # the script whose main() parses: its docstring describes it
+    parser = ArgumentParser(
+        argument_classes,
+        prog=prog or os.path.basename(caller.get("__file__") or sys.argv[0]),
+        description=caller.get("__doc__") if description is None else description,
+    )
     parser.set_defaults(**(defaults or {}))
+    given = set()
     if argv and argv[0].endswith(RECIPE_SUFFIXES) and not argv[0].startswith("-"):
-        parser.set_defaults(**read_recipe(argv[0], parser))
+        recipe = read_recipe(argv[0], parser)
+        given = {name for name, value in recipe.items() if value != parser.get_default(name)}
+        parser.set_defaults(**recipe)
         argv = argv[1:]
     # Flags first, as one line for any mistake: HfArgumentParser finds an unknown flag only after building every
     # dataclass, and building TrainingArguments loads transformers' integrations (seconds).
@@ -545,7 +713,14 @@ def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None):
             raise ValueError(f"{misplaced[0]}: a recipe file comes first, before any flag "
                              f"(`train.py {misplaced[0]} --flag value`)") from None  # fmt: skip
         raise
-    return parser.parse_args_into_dataclasses(argv)
+    arguments = parser.parse_args_into_dataclasses(argv)
+    given |= given_flags(parser, argv)
+    for training_args in arguments:
+        if not isinstance(training_args, VTLMTrainingArguments) or training_args.precision_asked not in given:
+            continue
+        if (fallback := training_args.precision_fallback()) and training_args.process_index == 0:
+            logger.warning(fallback)
+    return arguments
 
 
 def read_recipe(path, parser):

@@ -83,6 +83,18 @@ def parse_flags(parser, argv):
     return namespace
 
 
+def given_flags(parser, argv):
+    """The names (dests) of `parser`'s arguments that `argv` sets, whatever the value: `--fp16` counts, though fp16
+    is on by default. `argv` is one that `parse_flags` accepted."""
+    unset = object()
+    flags = {option for action in parser._actions for option in action.option_strings}
+    argv = [underscored_flag(argument, flags) for argument in argv]
+    # argparse fills in a default only where the namespace lacks the name: what it leaves unset was not given.
+    names = {action.dest for action in parser._actions if action.dest != argparse.SUPPRESS}
+    namespace, _ = parser.parse_known_args(argv, argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {name for name, value in vars(namespace).items() if value is not unset}
+
+
 def underscored_flag(argument, flags):
     """`--hub-model-id` (or `--hub-model-id=x`) as `--hub_model_id` where only that is one of `flags`: transformers'
     parser takes both spellings of every flag, so every script does."""
