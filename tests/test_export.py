@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import site
 import statistics
 import subprocess
 import sys
@@ -217,14 +218,27 @@ def test_every_preset_exports_to_onnx(preset, tmp_path):
     assert ("is not a built-in ViT" in (tmp_path / "onnx" / "README.md").read_text()) != exportable
 
 
+@requires_onnx
 def test_no_path_of_this_machine_is_in_an_export(tmp_path):
     save_random_run(tmp_path / "run", VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG))
     export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
     save_random_run(tmp_path / "plain", VTLMConfig(**TINY_CONFIG))
     export_model(tmp_path / "plain", tmp_path / "vit", ("vit", "onnx"))
+    # Nor the source files the exporter traced through (its stack traces name the checkout's and the packages').
+    paths = [str(tmp_path), str(REPO_ROOT), sys.prefix, *site.getsitepackages()]
     for path in [*(tmp_path / "onnx").rglob("*"), *(tmp_path / "vit").rglob("*")]:
         if path.is_file():
-            assert str(tmp_path).encode() not in path.read_bytes(), path
+            assert [local for local in paths if local.encode() in path.read_bytes()] == [], path
+
+
+@requires_onnx
+def test_the_export_card_of_a_published_export_loads_its_hub_id():
+    differences = {"vit": 0.0, "onnx": 2e-6}
+    published = str(training.export.render_export_card("`run`", differences, 16, model_id="someone/vtlm-vit"))
+    assert 'pipeline("image-classification", model="someone/vtlm-vit")' in published
+    assert 'model = "someone/vtlm-vit"' in published and "MODEL" not in published
+    local = str(training.export.render_export_card("`run`", differences, 16))  # a folder: its reader fills it in
+    assert "Replace `MODEL` with this folder or its Hub id." in local and 'model = "MODEL"' in local
 
 
 def test_a_field_the_layout_does_not_read_blocks_no_export():

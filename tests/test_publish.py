@@ -1,10 +1,17 @@
 """Publishing a run folder, against a fake Hub that records every uploaded byte (no network)."""
 
+import getpass
 import json
 import logging
+import os
 import pickle
+import re
 import secrets
 import shutil
+import site
+import socket
+import sys
+import sysconfig
 from pathlib import Path
 
 import huggingface_hub
@@ -12,15 +19,22 @@ import pytest
 from conftest import RESULTS, load_script, make_run_folder
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
+from transformers import TrainerControl, TrainerState
+from transformers.integrations import TensorBoardCallback
 
 import training.export
 import training.hub
-from training.hub import publish_run
+from modeling import VTLMForImageClassification
+from training.arguments import parse_arguments
+from training.hub import TENSORBOARD_FILE, publish_run
 from training.run_info import save_example_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-EVENTS_FILE = "runs/Nov26_05-09-50_host/events.out.tfevents.1764133790.host.1234.0"
+# The host name this machine has, and the one the tests' runs write wherever a run writes its host's name: long and
+# unique, so that finding it in a binary file means it was written there.
+HOST_NAME = socket.gethostname()
+PLANTED_HOST_NAME = f"vtlm-host-{secrets.token_hex(6)}"
 EXPECTED_UPLOAD = {
     "config.json",
     "configuration_vtlm.py",
@@ -36,7 +50,7 @@ EXPECTED_UPLOAD = {
     "test_results.json",
     "run_info.json",
     "trainer_state.json",
-    EVENTS_FILE,
+    TENSORBOARD_FILE,
     "handler.py",
     "requirements.txt",
 }
@@ -44,7 +58,27 @@ EXPECTED_UPLOAD = {
 
 @pytest.fixture(scope="session")
 def publish_template(tmp_path_factory):
-    return make_run_folder(tmp_path_factory.mktemp("publish-template"))
+    run_dir = make_run_folder(tmp_path_factory.mktemp("publish-template"))
+    # Each entry of a real run's log history has the global step the Trainer logged it at.
+    state = TrainerState.load_from_json(str(run_dir / "trainer_state.json"))
+    for entry in state.log_history:
+        entry["step"] = round(entry["epoch"] * state.global_step / state.num_train_epochs)
+    state.save_to_json(str(run_dir / "trainer_state.json"))
+    return run_dir
+
+
+def write_tensorboard_logs(run_dir):
+    """The Trainer's TensorBoard files in `run_dir`, written as a real run writes them: by `TensorBoardCallback`,
+    into `runs/<date>_<host name>/` (its default logging dir), with the arguments as text (the run folder's absolute
+    path among them) and the scalars of each entry of the run's log history at its step."""
+    training_args = parse_arguments([f"--output_dir={run_dir}", "--report_to=tensorboard"])[3]
+    state = TrainerState.load_from_json(str(run_dir / "trainer_state.json"))
+    callback, control = TensorBoardCallback(), TrainerControl()
+    callback.on_train_begin(training_args, state, control, model=VTLMForImageClassification.from_pretrained(run_dir))
+    for entry in state.log_history:
+        state.global_step = entry["step"]
+        callback.on_log(training_args, state, control, logs={k: v for k, v in entry.items() if k != "step"})
+    callback.on_train_end(training_args, state, control)
 
 
 @pytest.fixture
@@ -53,8 +87,11 @@ def token():
 
 
 @pytest.fixture
-def run_dir(publish_template, tmp_path, token):
-    """A run folder with everything a real one may hold, the token planted in the pickles like the Trainer does."""
+def run_dir(publish_template, tmp_path, token, monkeypatch):
+    """A run folder with everything a real one may hold, the token planted in the pickles like the Trainer does,
+    and TensorBoard logs written on a machine called `PLANTED_HOST_NAME`."""
+    monkeypatch.setattr(socket, "gethostname", lambda: PLANTED_HOST_NAME)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     run_dir = shutil.copytree(publish_template, tmp_path / "vtlm-run")
     planted = pickle.dumps({"hub_token": token, "learning_rate": 1e-3})
     (run_dir / "training_args.bin").write_bytes(planted)
@@ -66,9 +103,7 @@ def run_dir(publish_template, tmp_path, token):
     for name in ("model.safetensors", "config.json", "configuration_vtlm.py", "modeling_vtlm.py", "trainer_state.json"):
         shutil.copy(run_dir / name, checkpoint / name)
     (run_dir / "notes.pkl").write_bytes(planted)
-    events = run_dir / EVENTS_FILE
-    events.parent.mkdir(parents=True)
-    events.write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00 brain.Event:2 scalars")
+    write_tensorboard_logs(run_dir)
     return run_dir
 
 
@@ -86,7 +121,7 @@ def test_publish_uploads_the_model_card_metrics_and_handler_and_no_pickle(hub, r
     uploaded = hub.commits[0]["added"]
     assert set(uploaded) == EXPECTED_UPLOAD
     assert not [path for path in uploaded if path.endswith(PICKLE_SUFFIXES) or "checkpoint-" in path]
-    for path in EXPECTED_UPLOAD - {"handler.py", "requirements.txt"}:
+    for path in EXPECTED_UPLOAD - {"handler.py", "requirements.txt", TENSORBOARD_FILE}:
         assert uploaded[path] == (run_dir / path).read_bytes(), path
     for name in ("handler.py", "requirements.txt"):
         assert uploaded[name] == (REPO_ROOT / "endpoint" / name).read_bytes()
@@ -113,9 +148,144 @@ def test_publish_uploads_the_model_card_metrics_and_handler_and_no_pickle(hub, r
     assert card.data.widget[0]["src"] == "https://huggingface.co/someone/vtlm-tiny/resolve/main/examples/00.png"
 
 
-def test_publishing_again_is_idempotent_and_removes_stale_examples(hub, run_dir, token):
-    hub.files[("someone/vtlm-tiny", "main")] = {".gitattributes": b"*.png filter=lfs", "notes/eval.md": b"mine"}
+def scalars_of(folder):
+    """{tag: [(step, value), ...]} of the TensorBoard event files in `folder`, as TensorBoard itself reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_the_runs_tensorboard_metrics_are_published_under_a_name_free_of_the_host(hub, run_dir, token):
+    (trainer_logs,) = (run_dir / "runs").iterdir()  # the Trainer's own, named after the host
+    assert PLANTED_HOST_NAME in trainer_logs.name
     publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
+
+    uploaded = hub.commits[0]["added"]
+    assert [path for path in uploaded if "tfevents" in path] == [TENSORBOARD_FILE]
+    published = run_dir.parent / "published" / TENSORBOARD_FILE
+    published.parent.mkdir(parents=True)
+    published.write_bytes(uploaded[TENSORBOARD_FILE])
+    # A Hub visitor sees every metric the Trainer wrote, under its tag and at its step.
+    scalars = scalars_of(published.parent)
+    assert scalars == scalars_of(trainer_logs)
+    assert scalars["eval/accuracy"] == [(10, pytest.approx(0.1)), (20, pytest.approx(0.2)), (30, pytest.approx(0.3))]
+    assert {"train/loss", "train/learning_rate", "eval/loss"} <= set(scalars)
+    assert trainer_logs.is_dir()  # the run folder keeps its own logs
+
+
+# A short name turns up in random bytes by chance (2 letters about once in 100 kB): it is looked for in binary files
+# only from this length on, and otherwise in file names and text files.
+MIN_BINARY_NAME = 5
+# What publishing copies from this checkout (the endpoint's handler, the Space's app, the model's code): its words are
+# the project's ("the root of the model repository"), not a user or host name of this machine.
+COPIED_FILES = {
+    path.read_bytes() for folder in ("endpoint", "space", "modeling") for path in (REPO_ROOT / folder).glob("*")
+    if path.is_file()
+}  # fmt: skip
+
+
+def machine_names(run_dir) -> list[tuple[str, str, bool]]:
+    """(what it is, the string, whether it is a path) for each thing that names this machine: the paths of the run
+    folder, the checkout, the Python environment and its packages and the home folder, the user's name and the host's,
+    and the host name the tests' runs were written under (`PLANTED_HOST_NAME`)."""
+    paths = [
+        ("the run folder", str(run_dir)),
+        ("the run folder", str(run_dir.resolve())),
+        ("the checkout", str(REPO_ROOT)),
+        ("the Python environment", sys.prefix),
+        ("the Python standard library", sysconfig.get_paths()["stdlib"]),
+        *(("site-packages", path) for path in site.getsitepackages()),
+        ("the home folder", os.path.expanduser("~")),
+    ]
+    names = [
+        ("the user name", getpass.getuser()),
+        ("the host name", HOST_NAME),
+        ("the planted host name", PLANTED_HOST_NAME),
+    ]
+    return [(what, path, True) for what, path in paths if path.strip("/")] + [
+        (what, name, False) for what, name in names
+    ]
+
+
+def machine_name_findings(files, names) -> list[tuple[str, str]]:
+    """(file, what) for each of `files` ({path: bytes}) whose path or content holds one of `names` (`machine_names`):
+    a path anywhere, a user or host name as a whole word (but in no copy of the checkout's `COPIED_FILES`); binary
+    content only for names of `MIN_BINARY_NAME` characters or more."""
+    found = []
+    for path, data in files.items():
+        try:
+            data.decode("utf-8")
+            binary = False
+        except UnicodeDecodeError:
+            binary = True
+        for what, name, is_path in names:
+            pattern = re.escape(name.encode())
+            if not is_path:
+                pattern = rb"(?<![A-Za-z0-9])" + pattern + rb"(?![A-Za-z0-9])"
+            look_inside = (is_path or data not in COPIED_FILES) and (not binary or len(name) >= MIN_BINARY_NAME)
+            if re.search(pattern, path.encode()) or (look_inside and re.search(pattern, data)):
+                found.append((path, what))
+    return sorted(set(found))
+
+
+def publish_everywhere(run_dir, token):
+    """Publish `run_dir` to every repository a publish can upload to: the model, its ViT and ONNX export, the Space."""
+    publish_run(
+        run_dir,
+        hub_model_id="someone/vtlm-tiny",
+        token=token,
+        hub_vit_model_id="someone/vtlm-tiny-vit",
+        space_id="someone/vtlm-demo",
+    )
+
+
+def test_nothing_published_names_this_machine(hub, run_dir, token, caplog):
+    """Every file that publishing uploads (the model, its ViT and ONNX export, the Space), binary ones included, and
+    every file name and commit message: no path of this machine, no user name, no host name."""
+    pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
+    names = machine_names(run_dir)
+    # The scan finds what it looks for: a path in a binary file, a host name in a file name, a user in a text...
+    planted = {
+        "onnx/model.onnx": b"\x08\x07" + f'File "{site.getsitepackages()[0]}/torch/nn/modules/module.py"'.encode(),
+        f"runs/Dec07_06-12-28_{HOST_NAME}/events.out.tfevents.1765087948.{HOST_NAME}.7.0": b"\x00",
+        "run_info.json": json.dumps({"output_dir": str(run_dir), "user": getpass.getuser()}).encode(),
+    }
+    found = {what for _, what in machine_name_findings(planted, names)}
+    assert found >= {"site-packages", "the Python environment", "the host name", "the run folder", "the user name"}
+    # ... and the Trainer's own TensorBoard files, which a run writes, hold the run folder's path and the host's name.
+    trainer_logs = {
+        path.relative_to(run_dir).as_posix(): path.read_bytes() for path in run_dir.glob("runs/*/*") if path.is_file()
+    }
+    assert {what for _, what in machine_name_findings(trainer_logs, names)} >= {
+        "the planted host name",
+        "the run folder",
+    }
+
+    caplog.set_level(logging.INFO)
+    publish_everywhere(run_dir, token)
+    published = {f"{repo_id}/{path}": data for (repo_id, _), files in hub.files.items() for path, data in files.items()}
+    assert {"someone/vtlm-tiny-vit/onnx/model.onnx", "someone/vtlm-demo/app.py"} <= set(published)
+    published |= {f"commit {index}": commit["message"].encode() for index, commit in enumerate(hub.commits)}
+    assert machine_name_findings(published, names) == []
+    assert f"someone/vtlm-tiny/{TENSORBOARD_FILE}" in published  # the run's metrics, under a name free of the host
+    graph = published["someone/vtlm-tiny-vit/onnx/model.onnx"]
+    assert b"pkg.torch.onnx.stack_trace" not in graph and b"pkg.torch.onnx.fx_node" not in graph  # the exporter's
+    # The exporter's passes log nothing at INFO that a user could act on.
+    assert not [record for record in caplog.records if record.name.startswith(("onnx_ir", "onnxscript"))]
+
+
+def test_publishing_again_is_idempotent_and_removes_stale_examples(hub, run_dir, token):
+    # What an earlier publish left: the Trainer's own TensorBoard file, named after its host.
+    stale_events = "runs/Nov26_05-09-50_host/events.out.tfevents.1764133790.host.1234.0"
+    hub.files[("someone/vtlm-tiny", "main")] = {
+        ".gitattributes": b"*.png filter=lfs",
+        "notes/eval.md": b"mine",
+        stale_events: b"brain.Event:2",
+    }
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
+    assert hub.commits[0]["deleted"] == [stale_events]
     first_state = dict(hub.files[("someone/vtlm-tiny", "main")])
     readme_mtime = (run_dir / "README.md").stat().st_mtime_ns
 
@@ -230,7 +400,11 @@ def test_the_vit_export_is_published_beside_the_custom_code_and_the_cards_link_e
         "requirements.txt",
     }
     assert json.loads(vit["config.json"])["model_type"] == "vit"  # the built-in class: no code file to run
-    assert "[`someone/vtlm-tiny`](https://huggingface.co/someone/vtlm-tiny)" in vit["README.md"].decode()
+    vit_card = vit["README.md"].decode()
+    assert "[`someone/vtlm-tiny`](https://huggingface.co/someone/vtlm-tiny)" in vit_card
+    # The card's snippets load the repository it is published to: nothing for the reader to fill in.
+    assert 'pipeline("image-classification", model="someone/vtlm-tiny-vit")' in vit_card
+    assert 'model = "someone/vtlm-tiny-vit"' in vit_card and "MODEL" not in vit_card
     readme = main["README.md"].decode()
     assert 'pipeline("image-classification", model="someone/vtlm-tiny-vit")  # no trust_remote_code' in readme
     assert 'hf_hub_download("someone/vtlm-tiny-vit", "onnx/model.onnx")' in readme
@@ -347,13 +521,7 @@ def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub
 def test_the_space_loads_the_vit_export_when_one_is_published(hub, run_dir, token):
     from huggingface_hub import metadata_load
 
-    publish_run(
-        run_dir,
-        hub_model_id="someone/vtlm-tiny",
-        token=token,
-        hub_vit_model_id="someone/vtlm-tiny-vit",
-        space_id="someone/vtlm-demo",
-    )
+    publish_everywhere(run_dir, token)
     readme = run_dir.parent / "space-README.md"
     readme.write_bytes(hub.files[("someone/vtlm-demo", "main")]["README.md"])
     assert metadata_load(readme)["models"] == ["someone/vtlm-tiny-vit", "someone/vtlm-tiny"]  # app.py loads the first

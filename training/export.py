@@ -6,6 +6,7 @@ fused qkv projection, which the ViT keeps as three. A config the ViT cannot expr
 written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is asked for.
 """
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -72,6 +73,14 @@ FUSED_QKV = re.compile(r"vtlm\.encoder\.layer\.(\d+)\.attention\.qkv\.(weight|bi
 # Runtime fuses and reorders the arithmetic, which grows with depth and activation size (up to 3e-5 was seen on a
 # 12-layer model); a wrong weight mapping is off by far more.
 MAX_LOGIT_DIFFERENCE = {"vit": 1e-5, "onnx": 1e-3}
+# What the ONNX exporter logs that no user of the export can act on, and the level that keeps it quiet: torch warns
+# that it skips torchvision's detection ops (a classifier has none); onnx_ir's passes log each initializer they
+# deduplicate (two dozen INFO lines for a tiny model) and onnxscript's optimizer each rule it applied.
+EXPORTER_LOGGERS = {
+    "torch.onnx._internal.exporter._registration": logging.ERROR,
+    "onnx_ir": logging.WARNING,
+    "onnxscript": logging.WARNING,
+}
 CHECK_BATCH_SIZE = 16  # random images (seeded) on which each export is compared with its source
 # How the model card names each format, its file, and how to run it (`MODEL`: the folder or its Hub id).
 CARD_FORMATS = {
@@ -203,31 +212,44 @@ class LogitsOnly(nn.Module):
 
 def export_onnx(model, path):
     """Write `model` (a VTLM or ViT classifier) to the ONNX file `path`: input `pixel_values` with a dynamic batch
-    dimension, output `logits`, weights inside the file."""
+    dimension, output `logits`, weights inside the file.
+
+    The exporter's debugging metadata is dropped from the graph's nodes before it is written: its stack traces
+    (`pkg.torch.onnx.stack_trace`) and FX nodes name this machine's source files (`File "<venv>/site-packages/..."`),
+    and the graph is published. ONNX Runtime never reads node metadata, so the graph computes the same."""
+    from onnxscript.ir.passes.common import ClearMetadataAndDocStringPass
+
     config = model.config
     example = torch.zeros(2, config.num_channels, config.image_size, config.image_size)  # batch 2: not specialised
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # The exporter warns that it skips torchvision's detection ops (a classifier has none) and that torch's own pytree
-    # code uses a deprecated check: nothing a user of the export can act on.
-    registration_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration_logger.level
-    registration_logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), _quiet(EXPORTER_LOGGERS):
+        # torch's own pytree code uses a deprecated check: nothing a user of the export can act on either.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+        program = torch.onnx.export(
+            LogitsOnly(model).eval(),
+            (example,),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
+            dynamo=True,
+            verbose=False,
+        )
+        ClearMetadataAndDocStringPass()(program.model)
+        program.save(str(path), external_data=False)
+
+
+@contextlib.contextmanager
+def _quiet(levels):
+    """Raise each logger of `levels` ({name: level}) to its level inside the block, and restore it after."""
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    before = {logger: logger.level for logger in loggers}
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
-            torch.onnx.export(
-                LogitsOnly(model).eval(),
-                (example,),
-                str(path),
-                input_names=["pixel_values"],
-                output_names=["logits"],
-                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
+        for logger, level in loggers.items():
+            logger.setLevel(max(logger.level, level))
+        yield
     finally:
-        registration_logger.setLevel(level)
+        for logger, level in before.items():
+            logger.setLevel(level)
 
 
 def onnx_session(path, num_threads=None):
@@ -272,10 +294,13 @@ def check_images(config, batch_size=CHECK_BATCH_SIZE) -> torch.Tensor:
     return torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, generator=generator)
 
 
-def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_output_dir=False, source=None) -> dict:
+def export_model(
+    model_name_or_path, output_dir, formats=("vit",), overwrite_output_dir=False, source=None, model_id=None
+) -> dict:
     """Export a VTLM model into `output_dir` in each of `formats` and return the measured max logit differences.
 
-    The card names the source as `source` (a Hub id or folder, default `model_name_or_path`) would be named.
+    The card names the source as `source` (a Hub id or folder, default `model_name_or_path`) would be named, and its
+    usage snippets load `model_id`, the Hub id the export is published to, when it is known.
 
     `"vit"` writes a folder for the built-in `ViTForImageClassification` (config.json, model.safetensors); `"onnx"`
     writes `onnx/model.onnx`, of the ViT when both are asked for, else of the VTLM model (with its config.json,
@@ -324,7 +349,11 @@ def export_model(model_name_or_path, output_dir, formats=("vit",), overwrite_out
         write_export_config(staging, config, weights="vit" in formats, graph="onnx" in formats)
         shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
         card = render_export_card(
-            source_reference(source or model_name_or_path), differences, len(images), graph_of=_graph_of(config)
+            source_reference(source or model_name_or_path),
+            differences,
+            len(images),
+            graph_of=_graph_of(config),
+            model_id=model_id,
         )
         card.save(staging / "README.md")
         if output_dir.exists():
@@ -376,10 +405,11 @@ def _check(logits, expected, name) -> float:
     return difference
 
 
-def render_export_card(source, differences, num_images, graph_of=None) -> ModelCard:
+def render_export_card(source, differences, num_images, graph_of=None, model_id=None) -> ModelCard:
     """The exported folder's README.md: its source (`source_reference`), what it holds, and how exact each format
     was measured to be (`differences`, by format). `graph_of` names the layout of an ONNX graph that is no built-in
-    ViT (`_graph_of`)."""
+    ViT (`_graph_of`). The usage snippets load `model_id`, the export's own Hub id, when it is published; otherwise
+    they say `MODEL`, for the reader to replace."""
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     if "onnx" in differences:
         import onnxruntime
@@ -390,6 +420,10 @@ def render_export_card(source, differences, num_images, graph_of=None) -> ModelC
         for name, difference in differences.items()
     )
     usage = "\n".join(CARD_FORMATS[name][2] for name in differences)
+    if model_id is None:
+        usage = f"Replace `MODEL` with this folder or its Hub id.\n\n{usage}"
+    else:
+        usage = usage.replace('"MODEL"', json.dumps(model_id))
     title = "transformers' built-in ViT" if "vit" in differences else "ONNX"
     tags = ["image-classification", "vision", "vtlm", *differences]  # the formats' names: "vit", "onnx"
     data = ModelCardData(library_name="transformers", pipeline_tag="image-classification", tags=tags, license=LICENSE)
@@ -406,8 +440,6 @@ source's; see the source's model card. The preprocessing (`{PREPROCESSOR_FILE}`)
 The differences were measured at export time, in fp32 on a CPU, on {num_images} random images, with {versions}.
 {_graph_note(graph_of)}
 ## Usage
-
-Replace `MODEL` with this folder or its Hub id.
 
 {usage}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

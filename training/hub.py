@@ -2,10 +2,15 @@
 
 What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and checkpoints are refused by
 `NEVER_UPLOAD` whatever the allow-list says: `training_args.bin` holds the Hub token in clear text, and
-`checkpoint-*/` holds optimizer and RNG state that no user of the model needs.
+`checkpoint-*/` holds optimizer and RNG state that no user of the model needs. No path, user or host name of the
+training machine is published: the Trainer's own TensorBoard files are replaced by ones written from the run's record
+(`write_tensorboard_log`), and the ONNX graph of the export carries none of the exporter's stack traces.
 """
 
+import io
+import json
 import logging
+import os
 import shlex
 import shutil
 import tempfile
@@ -21,6 +26,7 @@ from training import LICENSE
 from training.export import export_model, published_export_formats
 from training.hub_access import hub_unreachable_reason
 from training.model_card import is_generated_card, write_model_card
+from training.trainer import TRAINING_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +45,18 @@ UPLOAD_PATTERNS = [
     "*_results.json",  # all_results.json, test_results.json, and the Trainer's train_ and eval_results.json
     "run_info.json",
     "trainer_state.json",
-    "runs/*events.out.tfevents*",  # TensorBoard
-    "logs/*events.out.tfevents*",
     "requirements.txt",
 ]
+# The Trainer's own TensorBoard files are never uploaded: their folder and file names carry the host name
+# (`runs/Dec07_06-12-28_<host>/events.out.tfevents.<time>.<host>.<pid>.0`) and their `args` text the run folder's
+# absolute path. Rewriting them would mean editing what TensorBoard recorded; instead, publishing writes the scalars of
+# the run's own record, `trainer_state.json`'s log history, under the same tags (`write_tensorboard_log`), into this
+# host-free file: a Hub visitor gets the run's training metrics, from the record the card renders, and for every run,
+# one resumed across processes or trained with `--report_to none` alike.
+TENSORBOARD_FILE = "runs/trainer_state/events.out.tfevents.vtlm"
 NEVER_UPLOAD = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "checkpoint-*", "*/checkpoint-*"]
-# Folders that publishing owns on the Hub: files there that the run folder no longer has are deleted.
+# Folders that publishing owns on the Hub: files there that this upload does not hold are deleted (the Trainer's
+# TensorBoard files that an earlier publish uploaded, say).
 MIRRORED_PATTERNS = ["examples/*", "runs/*", "logs/*"]
 
 
@@ -97,23 +109,25 @@ def publish_run(
         )
     add_endpoint_files(output_dir)
 
-    files = select_upload_files(output_dir)
-    _refuse_files_with_token(output_dir, token or get_token(), files)
-
-    logger.info(
-        "Uploading %d files from %s to %s (revision %s)", len(files), output_dir, hub_model_id, revision or "main"
-    )
-    commit = _upload_folder(
-        api,
-        hub_model_id,
-        output_dir,
-        private,
-        revision,
-        commit_message=commit_message or f"Upload VTLM run {output_dir.resolve().name}",
-        allow_patterns=UPLOAD_PATTERNS,
-        ignore_patterns=NEVER_UPLOAD,
-        delete_patterns=MIRRORED_PATTERNS,
-    )
+    with tempfile.TemporaryDirectory() as workdir:
+        upload_dir = stage_upload(output_dir, Path(workdir) / "upload")
+        _refuse_files_with_token(upload_dir, token or get_token())
+        logger.info(
+            "Uploading %d files from %s to %s (revision %s)",
+            sum(path.is_file() for path in upload_dir.rglob("*")),
+            output_dir,
+            hub_model_id,
+            revision or "main",
+        )
+        commit = _upload_folder(
+            api,
+            hub_model_id,
+            upload_dir,
+            private,
+            revision,
+            commit_message=commit_message or f"Upload VTLM run {output_dir.resolve().name}",
+            delete_patterns=MIRRORED_PATTERNS,
+        )
     logger.info("Published %s", commit.commit_url)
     if hub_vit_model_id is not None:
         publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision)
@@ -133,7 +147,7 @@ def publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id,
         )
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = Path(workdir) / "vit"
-        export_model(output_dir, export_dir, formats, source=hub_model_id)
+        export_model(output_dir, export_dir, formats, source=hub_model_id, model_id=hub_vit_model_id)
         if "vit" in formats:  # an ONNX graph alone has no weights for the endpoint's handler to load
             add_endpoint_files(export_dir)
         _refuse_files_with_token(export_dir, token or get_token())
@@ -258,10 +272,60 @@ def add_endpoint_files(folder):
 
 
 def select_upload_files(output_dir) -> list[str]:
-    """The paths, relative to `output_dir`, that `publish_run` uploads: `upload_folder`'s own filter."""
+    """The paths, relative to `output_dir`, of the run folder's files that `publish_run` uploads as they are
+    (`upload_folder`'s own filter); `stage_upload` adds `TENSORBOARD_FILE`."""
     output_dir = Path(output_dir)
     paths = sorted(path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file())
     return list(filter_repo_objects(paths, allow_patterns=UPLOAD_PATTERNS, ignore_patterns=NEVER_UPLOAD))
+
+
+def stage_upload(output_dir, folder) -> Path:
+    """Gather into `folder` what `publish_run` uploads from the run folder `output_dir`: its `select_upload_files`
+    (hard links where the file system allows, copies elsewhere) and the TensorBoard file of its log history
+    (`TENSORBOARD_FILE`, from `trainer_state.json`). The run folder itself keeps the Trainer's own TensorBoard files."""
+    output_dir, folder = Path(output_dir), Path(folder)
+    for name in select_upload_files(output_dir):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(output_dir / name, folder / name)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(output_dir / name, folder / name)
+    trainer_state = output_dir / "trainer_state.json"
+    if trainer_state.is_file():
+        write_tensorboard_log(json.loads(trainer_state.read_text()).get("log_history", []), folder / TENSORBOARD_FILE)
+    return folder
+
+
+def write_tensorboard_log(log_history, path) -> bool:
+    """Write the scalars of `log_history` (`trainer_state.json`'s) to the TensorBoard event file `path`, each at its
+    global step and under the tag the Trainer's `TensorBoardCallback` gives it (`train/loss`, `eval/accuracy`, ...,
+    transformers' own `rewrite_logs`). Return whether there was any to write; with none, nothing is written.
+
+    The same log history gives the same bytes. An event's time is the run's training seconds at that entry
+    (`training_seconds`, which a resumed run continues): TensorBoard's relative time axis shows how long the run had
+    trained, and its wall-clock axis starts at 1970, since when the run ran is no part of its record."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    events, seconds = [], 0.0
+    for entry in log_history:
+        seconds = float(entry.get(TRAINING_SECONDS, seconds))
+        scalars = {key: value for key, value in entry.items() if key != "step" and isinstance(value, (int, float))}
+        if "step" not in entry or not scalars:
+            continue
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in rewrite_logs(scalars).items()]
+        events.append(Event(wall_time=seconds, step=int(entry["step"]), summary=Summary(value=values)))
+    if not events:
+        return False
+    buffer = io.BytesIO()
+    writer = RecordWriter(buffer)
+    for event in [Event(wall_time=events[0].wall_time, file_version="brain.Event:2"), *events]:
+        writer.write(event.SerializeToString())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(buffer.getvalue())
+    return True
 
 
 def _upload_folder(api, repo_id, folder, private, revision, repo_type="model", **upload_options) -> CommitInfo:
