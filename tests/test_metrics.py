@@ -83,7 +83,9 @@ def test_preprocess_logits_keeps_the_top_indices_best_first():
     expected = [[1, 4, 2, 3, 5], [6, 5, 4, 3, 2]]
     assert preprocess_logits_for_metrics(logits, None).tolist() == expected
     assert preprocess_logits_for_metrics((logits, torch.zeros(2, 3)), None).tolist() == expected  # with hidden states
-    assert preprocess_logits_for_metrics(logits[:, :3], None).tolist() == [[1, 2, 0], [2, 0, 1]]  # fewer than 5 labels
+    # With no more than 5 labels, the C best always hold the label: one fewer is kept, and top-5 is not reported.
+    assert preprocess_logits_for_metrics(logits[:, :3], None).tolist() == [[1, 2], [2, 0]]
+    assert preprocess_logits_for_metrics(logits[:, :6], None).tolist() == [[1, 4, 2, 3, 5], [5, 4, 3, 2, 0]]
 
 
 def test_compute_metrics_reads_an_eval_prediction():
@@ -98,12 +100,16 @@ def test_compute_metrics_reads_an_eval_prediction():
     assert build_compute_metrics()(prediction) == pytest.approx(expected, abs=1e-12)
 
 
-def test_trainer_evaluate_reports_the_metrics(tmp_path, tiny_config):
+@pytest.mark.parametrize("num_labels", [100, 6, 5, 3])
+def test_trainer_evaluate_reports_the_metrics(tmp_path, tiny_config, num_labels):
+    """... and top-5 only with more than 5 classes: a top-5 of 3 classes is 100% whatever the model, so neither the
+    results nor the log (the Trainer logs every key of them) carry one."""
     from transformers import Trainer, TrainingArguments
 
     from modeling import VTLMForImageClassification
 
     torch.manual_seed(0)
+    tiny_config.num_labels = num_labels
     model = VTLMForImageClassification(tiny_config).eval()
     pixel_values = torch.randn(40, 3, 32, 32)
     labels = torch.randint(0, tiny_config.num_labels, (40,))
@@ -121,6 +127,9 @@ def test_trainer_evaluate_reports_the_metrics(tmp_path, tiny_config):
     with torch.no_grad():
         logits = model(pixel_values).logits.numpy()
     expected = numpy_metrics(logits, labels.numpy(), np.asarray(fine_to_coarse))
+    if num_labels <= 5:
+        assert "eval_top5_accuracy" not in results
+        del expected["top5_accuracy"]
     assert {key: results[f"eval_{key}"] for key in expected} == pytest.approx(expected, abs=1e-12)
     assert results["eval_num_images"] == 40
 

@@ -10,7 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_CLASSES, REPO_ROOT, RESULTS, TINY_CONFIG, make_run_folder
+import torch
+from conftest import (
+    EXAMPLE_CLASSES,
+    REPO_ROOT,
+    RESULTS,
+    TINY_CONFIG,
+    TINY_RUN,
+    load_script,
+    make_run_folder,
+    write_hub_dataset,
+)
 from huggingface_hub import ModelCard, metadata_load
 from PIL import Image
 
@@ -101,10 +111,13 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
 
     run_info = json.loads((run_dir / "run_info.json").read_text())
     recipe = section(body, "Training recipe")
+    hardware = run_info["hardware"]
     for group in ("model_arguments", "data_arguments", "augmentation_arguments", "training_arguments"):
         for name, value in run_info[group].items():
             if name != "hub_token" and name not in NOT_SHOWN:
                 expected = "None" if value is None else value if isinstance(value, str) else json.dumps(value)
+                if name == hardware["precision_asked"] != hardware["precision"]:  # the default fp16, on a CPU
+                    expected = f"true (asked for; this run trained in {hardware['precision']}: fp16 needs a CUDA GPU)"
                 assert table_row(recipe, f"`{name}`")[1] == expected
     assert "hub_token" not in body and f"commit `{run_info['git_commit']}`" in recipe
 
@@ -123,6 +136,11 @@ def test_card_body_shows_computed_counts_the_recipe_and_the_results(run_dir):
     )
     assert "100 classes of CIFAR-100" in results
     assert "selected on the test set" in results
+    seed = run_info["training_arguments"]["seed"]
+    assert (
+        "The validation split is 5,000 images held out of CIFAR-100's training split, stratified by label "
+        f"(`validation_split_size` 0.1, seed {seed}): the model never trained on them."
+    ) in " ".join(results.split())
 
     hardware = section(body, "Hardware and speed")
     assert table_row(hardware, "device")[1] == run_info["hardware"]["device"]
@@ -325,10 +343,66 @@ def test_a_display_name_names_a_local_dataset_and_never_makes_it_cifar100(tmp_pa
     )
     readme = write_model_card(run_dir)
     assert "datasets" not in metadata_load(readme)  # a local folder: no Hub dataset to link
-    assert {result.dataset_type for result in ModelCard.load(readme).data.eval_results} == {"my-copy"}
+    # The model-index names it by its display name, as an identifier that is no Hub id (nor a path).
+    assert {result.dataset_type for result in ModelCard.load(readme).data.eval_results} == {"uoft-cs-cifar100"}
     body = card_body(readme)
     assert table_row(section(body, "Training recipe"), "`dataset_name`")[1] == "my-copy"
     assert "54.84%" not in body and "(3 images per class)" in body
+
+
+def test_a_dataset_with_its_own_validation_split_is_said_to_have_been_validated_on_it(tmp_path):
+    """A folder with train/, validation/ and test/ (as `scripts/compare.py` writes Fashion-MNIST's proxy): nothing is
+    held out, and the record, the model-index and the card say so. Its 3 classes get no top-5 (always 100%), and the
+    model-index names the local folder by its display name, never by its path."""
+    names = ["Sandal", "Shirt", "Sneaker"]
+    data = write_hub_dataset(tmp_path / "fashion-3", {"train": 30, "validation": 15, "test": 15}, names, "label", False)
+    run_dir = tmp_path / "run"
+    load_script("train").main(
+        [f"--dataset_name={data}", "--label_column_name=label", "--dataset_display_name=Fashion-MNIST (3 classes)"]
+        + [*TINY_RUN, "--num_train_epochs=1", f"--output_dir={run_dir}"]
+    )
+    run_info = json.loads((run_dir / "run_info.json").read_text())
+    assert run_info["dataset"]["validation_held_out"] is False
+    assert run_info["dataset"]["images"] == {"train": 30, "validation": 15, "test": 15}  # nothing moved out of train
+    results = json.loads((run_dir / "all_results.json").read_text())
+    assert not [key for key in results if "top5" in key]
+    logged = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    assert not [key for entry in logged for key in entry if "top5" in key]
+
+    readme = run_dir / "README.md"
+    validation, test = ModelCard.load(readme).data.eval_results
+    assert (validation.dataset_split, validation.metric_name) == (
+        "validation",
+        "Validation top-1 accuracy (the dataset's own validation split)",
+    )
+    assert {validation.dataset_type, test.dataset_type} == {"fashion-mnist-3-classes"}
+    assert test.dataset_name == "Fashion-MNIST (3 classes)"
+    text = readme.read_text()
+    assert "held out from the train split" not in text and str(tmp_path) not in text
+    body = card_body(readme)
+    results_section = " ".join(section(body, "Results").split())
+    own = "The validation split is Fashion-MNIST (3 classes)'s own (15 images): nothing was held out of its training"
+    assert own in results_section
+    assert "top-5" not in results_section and "Top-1 accuracy over the 3 classes" in results_section
+    row = table_row(section(body, "Results"), "this run | validation")
+    assert row[3] == f"{100 * results['eval_accuracy']:.2f}%" and len(row) == 5  # no top-5 column after its interval
+    recipe = section(body, "Training recipe")
+    assert table_row(recipe, "`validation_split_size`")[1] == "not used: the dataset has its own validation split"
+
+
+def test_a_record_from_before_the_hold_out_was_recorded_claims_neither_way(run_dir):
+    """`run_info.json` written before `validation_held_out`: the card does not say the validation images came from
+    train; and a top-5 such a record holds for 5 classes or fewer (always 100%) is not shown."""
+    run_info = json.loads((run_dir / "run_info.json").read_text())
+    del run_info["dataset"]["validation_held_out"]
+    run_info["dataset"]["num_classes"] = 5
+    (run_dir / "run_info.json").write_text(json.dumps(run_info))
+    readme = write_model_card(run_dir)
+    validation = ModelCard.load(readme).data.eval_results[0]
+    assert (validation.dataset_split, validation.metric_name) == ("validation", "Validation top-1 accuracy")
+    results = section(card_body(readme), "Results")
+    assert "does not record whether the validation split was held out" in " ".join(results.split())
+    assert "top-5" not in results and f"{100 * RESULTS['test_top5_accuracy']:.2f}%" not in results
 
 
 def test_superclass_accuracy_is_shown_only_where_the_dataset_has_superclasses(run_dir, tmp_path):
@@ -386,23 +460,36 @@ def test_a_student_is_trained_from_scratch_only_when_its_teacher_saw_only_its_da
     assert "## Teacher" not in plain and "Distillation arguments" not in plain and "taught by" not in plain
 
 
+FP16_NEEDS = "fp16 needs a CUDA GPU"
+BF16_NEEDS = "bf16 needs a CUDA GPU with bf16, Ampere or newer, or --use_cpu"
+
+
 @pytest.mark.parametrize(
-    "flags, recorded, shown",
+    "flags, recorded, shown, recipe",
     [
-        (["--use_cpu"], ("fp32", "fp16"), "fp32 (asked for fp16, which trains on CUDA only)"),  # the default recipe
-        (["--no_fp16"], ("fp32", "fp32"), "fp32"),
-        (["--bf16", "--use_cpu"], ("bf16", "bf16"), "bf16"),
+        (["--use_cpu"], ("fp32", "fp16"), f"fp32 (asked for fp16: {FP16_NEEDS})",  # the default recipe, on a CPU
+         {"fp16": f"true (asked for; this run trained in fp32: {FP16_NEEDS})", "bf16": "false"}),
+        (["--no_fp16"], ("fp32", "fp32"), "fp32", {"fp16": "false", "bf16": "false"}),
+        (["--bf16", "--use_cpu"], ("bf16", "bf16"), "bf16", {"fp16": "false", "bf16": "true"}),
+        pytest.param(
+            ["--bf16"], ("fp32", "bf16"), f"fp32 (asked for bf16: {BF16_NEEDS})",
+            {"fp16": "false", "bf16": f"true (asked for; this run trained in fp32: {BF16_NEEDS})"},
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="what a host without CUDA records"),
+        ),
     ],
-    ids=["fp16-on-a-cpu", "fp32", "bf16"],
-)
+    ids=["fp16-on-a-cpu", "fp32", "bf16", "bf16-on-a-cpu"],
+)  # fmt: skip
 def test_the_run_records_the_precision_used_beside_the_one_asked_for_and_the_card_shows_both(
-    tmp_path, flags, recorded, shown
+    tmp_path, flags, recorded, shown, recipe
 ):
+    """The hardware table says the precision the run trained in, and the recipe's flags agree with it."""
     run_dir = make_run_folder(tmp_path / "run", flags=flags)
     run_info = json.loads((run_dir / "run_info.json").read_text())
     assert (run_info["hardware"]["precision"], run_info["hardware"]["precision_asked"]) == recorded
     assert run_info["training_arguments"]["fp16"] is (recorded[1] == "fp16")  # the recipe, as asked for
-    assert table_row(section(card_body(write_model_card(run_dir)), "Hardware and speed"), "precision")[1] == shown
+    body = card_body(write_model_card(run_dir))
+    assert table_row(section(body, "Hardware and speed"), "precision")[1] == shown
+    assert {name: table_row(section(body, "Training recipe"), f"`{name}`")[1] for name in recipe} == recipe
 
 
 def test_an_unpublished_card_says_only_what_its_folder_holds(run_dir):

@@ -8,6 +8,8 @@ import evaluate
 
 # Found by path, so it loads offline and from an installed package alike: it is a module of the `training` package.
 ACCURACY_METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classification_accuracy.py")
+# Top-k accuracy is reported for k = 5 only where there are more than 5 classes: the k best of k classes always hold
+# the label, so a top-5 of 3 classes would read 100% and say nothing.
 TOP_K = 5
 
 
@@ -17,17 +19,21 @@ def load_accuracy_metric():
 
 
 def preprocess_logits_for_metrics(logits, labels):
-    """The Trainer's `preprocess_logits_for_metrics`: keep the top-5 label indices (B, 5), not all logits (B, C)."""
+    """The Trainer's `preprocess_logits_for_metrics`: keep the best label indices (B, k), not all logits (B, C):
+    k = `TOP_K` where there are more classes, else C - 1 (at least 1), which tells `compute_metrics` that top-5
+    means nothing here."""
     if isinstance(logits, tuple):  # models that also return hidden states or attentions
         logits = logits[0]
-    return logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
+    return logits.topk(max(1, min(TOP_K, logits.shape[-1] - 1)), dim=-1).indices
 
 
 def build_compute_metrics(fine_to_coarse=None):
     """The Trainer's `compute_metrics`: `EvalPrediction` of top-k indices -> accuracy with its 95% Wilson interval
-    (`accuracy_ci_low`, `accuracy_ci_high`), top-5, superclass accuracy, and the number of images scored.
+    (`accuracy_ci_low`, `accuracy_ci_high`), top-5 (with more than 5 classes only), superclass accuracy, and the
+    number of images scored.
 
-    Pair it with `preprocess_logits_for_metrics`, which makes `predictions` the top-k indices, best first.
+    Pair it with `preprocess_logits_for_metrics`, which makes `predictions` the top-k indices, best first, and keeps
+    fewer than `TOP_K` where there are no more classes than that.
     """
     metric = load_accuracy_metric()
 
@@ -37,6 +43,8 @@ def build_compute_metrics(fine_to_coarse=None):
             references=eval_prediction.label_ids,
             fine_to_coarse=fine_to_coarse,
         )
+        if eval_prediction.predictions.shape[1] < TOP_K:  # no more than TOP_K classes: top-5 would be 100%
+            del results[f"top{TOP_K}_accuracy"]
         # How many images were scored; under DDP, each image of the split exactly once.
         num_images = len(eval_prediction.label_ids)
         low, high = wilson_interval(round(results["accuracy"] * num_images), num_images)

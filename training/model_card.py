@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,10 +17,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from PIL import Image
 
 from training import LICENSE
-from training.arguments import FEATURE_GUIDANCE
+from training.arguments import FEATURE_GUIDANCE, PRECISION_NEEDS
 from training.config_fields import field_names, unused_fields
 from training.export import vit_refusals
 from training.flops import flops_per_image
+from training.metrics import TOP_K
 from training.trainer import training_seconds
 
 logger = logging.getLogger(__name__)
@@ -103,9 +105,11 @@ def render_model_card(output_dir, hub_model_id=None, revision=None, hub_vit_mode
     flops = flops_per_image(config)
     examples = _predict_examples(classifier, output_dir, run_info.get("examples") or [], hub_model_id, revision)
 
+    dataset = run_info.get("dataset") or UNKNOWN_DATASET
+    top_k = _shows_top_k(results, dataset)
     curves_path = output_dir / CURVES_FILE
     try:
-        curves = plot_training_curves(log_history)
+        curves = plot_training_curves(log_history, top_k=top_k)
         curves_note = f"{NOT_MEASURED}: the run's `trainer_state.json` holds no loss or accuracy by epoch."
     except ImportError:  # the card is rendered at the end of training, where matplotlib may be missing
         logger.warning("matplotlib is not installed: the model card has no training curves")
@@ -115,7 +119,6 @@ def render_model_card(output_dir, hub_model_id=None, revision=None, hub_vit_mode
     else:
         _write_if_changed(curves_path, curves)
 
-    dataset = run_info.get("dataset") or UNKNOWN_DATASET
     card_data = build_card_data(results, dataset, model_name, examples, smoke=smoke_reason is not None)
     training_arguments = run_info.get("training_arguments") or {}
     if training_arguments.get("load_best_model_at_end"):
@@ -148,6 +151,8 @@ def render_model_card(output_dir, hub_model_id=None, revision=None, hub_vit_mode
         git_commit=f"commit `{run_info['git_commit']}`" if run_info.get("git_commit") else "commit not recorded",
         recipe=_recipe(run_info),
         checkpoint=checkpoint,
+        validation_split=_validation_split(dataset, run_info)["sentence"],
+        top_k=top_k,
         results=_results_rows(results, smoke=smoke_reason is not None),
         curves_file=CURVES_FILE if curves is not None else None,
         curves_note=curves_note,
@@ -160,10 +165,11 @@ def build_card_data(results: dict, dataset: dict, model_name: str, examples: lis
     """The card's YAML metadata: results on the dataset the run used, named as `run_info.json` records it. A smoke
     run claims no results: its `model-index` is left out."""
     hub_id = dataset["hub_id"]
+    validation = _validation_split(dataset)
     eval_results = []
     if not smoke:
         for key, split, metric_name in (
-            ("eval_accuracy", "train", "Validation top-1 accuracy (held out from the train split)"),
+            ("eval_accuracy", validation["split"], validation["metric_name"]),
             ("test_accuracy", "test", "Test top-1 accuracy"),
         ):
             value = _measured(results, key)
@@ -171,7 +177,7 @@ def build_card_data(results: dict, dataset: dict, model_name: str, examples: lis
                 eval_results.append(
                     EvalResult(
                         task_type="image-classification",
-                        dataset_type=hub_id or dataset.get("source") or dataset["name"],
+                        dataset_type=_dataset_type(dataset),
                         dataset_name=dataset["name"],
                         dataset_split=split,
                         metric_type="accuracy",
@@ -195,8 +201,57 @@ def build_card_data(results: dict, dataset: dict, model_name: str, examples: lis
     )
 
 
-def plot_training_curves(log_history: list) -> bytes | None:
-    """A PNG of loss (train and validation) and validation accuracy by epoch, or None when nothing was logged."""
+def _dataset_type(dataset: dict) -> str:
+    """The model-index `type` of the dataset: its Hub id, which the Hub links; for a local folder, its display name as
+    an identifier (lower case, runs of other characters than letters, digits, `.`, `_` and `-` as one `-`): stable,
+    never a path of the training machine, and never a Hub id that the data did not come from."""
+    if dataset["hub_id"]:
+        return dataset["hub_id"]
+    return re.sub(r"[^a-z0-9._-]+", "-", dataset["name"].lower()).strip("-") or "local-dataset"
+
+
+def _validation_split(dataset: dict, run_info: dict | None = None) -> dict:
+    """How the validation split was made, as `run_info.json`'s dataset records it (`validation_held_out`): its
+    model-index split and metric name, and the card's sentence on it (which names the hold-out's size and seed from
+    `run_info`)."""
+    held_out = dataset.get("validation_held_out")
+    images = (dataset.get("images") or {}).get("validation")
+    images = f"{images:,} images" if isinstance(images, int) else "images"
+    if held_out:
+        size = ((run_info or {}).get("data_arguments") or {}).get("validation_split_size")
+        seed = ((run_info or {}).get("training_arguments") or {}).get("seed")
+        return {
+            "split": "train",  # its images come from the train split
+            "metric_name": "Validation top-1 accuracy (held out from the train split)",
+            "sentence": f"The validation split is {images} held out of {dataset['name']}'s training split, "
+            f"stratified by label (`validation_split_size` {_text(size)}, seed {_text(seed)}): the model never "
+            "trained on them.",
+        }
+    if held_out is False:
+        return {
+            "split": "validation",
+            "metric_name": "Validation top-1 accuracy (the dataset's own validation split)",
+            "sentence": f"The validation split is {dataset['name']}'s own ({images}): nothing was held out of its "
+            "training split.",
+        }
+    return {
+        "split": "validation",
+        "metric_name": "Validation top-1 accuracy",
+        "sentence": "`run_info.json` does not record whether the validation split was held out of the training "
+        "split or is the dataset's own.",
+    }
+
+
+def _shows_top_k(results: dict, dataset: dict) -> bool:
+    """Whether the card shows top-5 accuracy: measured, and over more than 5 classes (`training.metrics.TOP_K`),
+    where it can miss; a run recorded before that rule may hold a top-5 of 3 classes, always 100%."""
+    measured = any(_measured(results, f"{prefix}_top{TOP_K}_accuracy") is not None for prefix in ("eval", "test"))
+    return measured and (dataset.get("num_classes") or math.inf) > TOP_K
+
+
+def plot_training_curves(log_history: list, top_k: bool = True) -> bytes | None:
+    """A PNG of loss (train and validation) and validation accuracy by epoch, or None when nothing was logged;
+    top-5 only with `top_k`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -207,7 +262,7 @@ def plot_training_curves(log_history: list) -> bytes | None:
     losses = {"train loss": series("loss"), "validation loss": series("eval_loss")}
     accuracies = {
         "validation top-1": series("eval_accuracy"),
-        "validation top-5": series("eval_top5_accuracy"),
+        f"validation top-{TOP_K}": series(f"eval_top{TOP_K}_accuracy") if top_k else None,
         "validation superclass": series("eval_superclass_accuracy"),
     }
     if not any(losses.values()) and not any(accuracies.values()):
@@ -391,7 +446,7 @@ def _recipe(run_info: dict) -> list:
     groups = []
     for key in keys:
         rows = [
-            (name, _text(value, absent="None"))  # an argument left at None is a value the run used
+            (name, _argument_cell(key, name, value, run_info))
             for name, value in sorted(run_info[key].items())
             if not name.lower().endswith(SECRET_NAME_ENDINGS) and name not in NOT_SHOWN
         ]
@@ -399,6 +454,24 @@ def _recipe(run_info: dict) -> list:
     if not groups:
         groups.append({"title": "Arguments", "rows": [("run_info.json", NOT_MEASURED)]})
     return groups
+
+
+def _argument_cell(group: str, name: str, value, run_info: dict) -> str:
+    """An argument's value as the recipe table shows it: as recorded (an argument left at None is a value the run
+    used), with what the run did instead where the rest of the card says it did not use it: a hold-out size beside
+    the dataset's own validation split, a precision this host could not train in (as the hardware table says)."""
+    own_validation = (run_info.get("dataset") or {}).get("validation_held_out") is False
+    if group == "data_arguments" and name == "validation_split_size" and own_validation:
+        return "not used: the dataset has its own validation split"
+    hardware = run_info.get("hardware") or {}
+    used, asked = hardware.get("precision"), hardware.get("precision_asked")
+    if group == "training_arguments" and name == asked and value is True and used not in (None, asked):
+        return f"true (asked for; this run trained in {used}: {_precision_needs(asked)})"
+    return _text(value, absent="None")
+
+
+def _precision_needs(precision: str) -> str:
+    return f"{precision} needs {PRECISION_NEEDS[precision]}" if precision in PRECISION_NEEDS else "not run here"
 
 
 def _results_rows(results: dict, smoke: bool) -> list:
@@ -410,7 +483,7 @@ def _results_rows(results: dict, smoke: bool) -> list:
             "top1": _percent(_measured(results, f"{prefix}_accuracy")),
             "interval": _interval(results, prefix),
             "images": _text(results.get(f"{prefix}_num_images")),
-            "top5": _percent(_measured(results, f"{prefix}_top5_accuracy")),
+            "top5": _percent(_measured(results, f"{prefix}_top{TOP_K}_accuracy")),
             "superclass": _percent(_measured(results, f"{prefix}_superclass_accuracy")),
         }
         for prefix, split in (("eval", "validation"), ("test", "test"))
@@ -454,7 +527,7 @@ def _precision(hardware: dict) -> str:
     used, asked = hardware.get("precision"), hardware.get("precision_asked")
     if used is None:
         return "not recorded"
-    return used if asked in (None, used) else f"{used} (asked for {asked}, which trains on CUDA only)"
+    return used if asked in (None, used) else f"{used} (asked for {asked}: {_precision_needs(asked)})"
 
 
 def _measured(results: dict, key: str) -> float | None:

@@ -122,6 +122,7 @@ def describe_dataset(data_args, data):
         "label_names": data.label_names,
         "has_superclasses": data.fine_to_coarse is not None,
         "images": {split: len(dataset) for split, dataset in data.datasets.items()},
+        "validation_held_out": data.validation_held_out,  # False: the dataset's own validation split, none held out
         "train_images_per_class": {"min": min(train_per_class), "max": max(train_per_class)},
     }
 
