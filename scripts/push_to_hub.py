@@ -9,7 +9,8 @@ The flags are the Trainer's (`train.py --push_to_hub` takes the same ones).
 
 Uploads the weights, the model's code, the preprocessor, the model card (rendered first unless README.md was
 written by hand), the metrics, trainer_state.json, TensorBoard logs and the Inference Endpoints handler; never
-pickles or checkpoints. With --space_id, also a Gradio Space that demonstrates the model (`space/app.py`). The
+pickles or checkpoints. With --space_id, also a Gradio Space that demonstrates the model (`space/app.py`); with
+--static_space_id, a static Space that runs the export's ONNX graph in the visitor's browser (`space/static/`). The
 token comes from --hub_token, else HF_TOKEN, else `hf auth login`.
 """
 
@@ -41,6 +42,12 @@ def parse_arguments(argv):
         "loads the --hub_vit_model_id export when there is one, so it runs no custom code.",
     )
     parser.add_argument(
+        "--static_space_id",
+        default=None,
+        help="Also publish a static Space (`user/name`) that runs the --hub_vit_model_id repository's ONNX graph in "
+        "the visitor's browser with transformers.js: no server, no custom code, any layout that exports a graph.",
+    )
+    parser.add_argument(
         "--hub_token",
         default=None,
         help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a flag shows in the process list.",
@@ -60,6 +67,7 @@ def main(argv=None):
         commit_message=args.commit_message,
         hub_vit_model_id=args.hub_vit_model_id,
         space_id=args.space_id,
+        static_space_id=args.static_space_id,
     )
     print(commit.commit_url)
 

@@ -21,11 +21,13 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
-from space.folder import write_space
+from space.folder import write_space, write_static_space
 from training import LICENSE
 from training.export import export_model, published_export_formats
 from training.hub_access import hub_unreachable_reason
+from training.metrics import describe_accuracy
 from training.model_card import is_generated_card, write_model_card
+from training.run_info import RUN_INFO_FILE, read_saved_record
 from training.trainer import TRAINING_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def publish_run(
     commit_message: str | None = None,
     hub_vit_model_id: str | None = None,
     space_id: str | None = None,
+    static_space_id: str | None = None,
 ) -> CommitInfo:
     """Upload the run folder `output_dir` to the model repository `hub_model_id` (`namespace/name`).
 
@@ -84,7 +87,8 @@ def publish_run(
     to the other. The custom-code repository stays the primary one.
 
     With `space_id`, a Gradio Space that demonstrates the model is published too (`publish_space`), and the model
-    card links it.
+    card links it. With `static_space_id`, a static Space that runs the `hub_vit_model_id` repository's ONNX graph in
+    the visitor's browser with transformers.js (`publish_static_space`): it needs that repository, with its graph.
     """
     # Before the folder is touched, so a failed publish changes nothing; what this machine holds first.
     output_dir = Path(output_dir)
@@ -94,7 +98,13 @@ def publish_run(
     formats = ()
     if hub_vit_model_id is not None:  # what cannot be exported is refused before anything changes
         formats = published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
-    api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token)
+    if static_space_id is not None and "onnx" not in formats:
+        raise ValueError(
+            "--static_space_id runs the model's ONNX graph in the browser, which --hub_vit_model_id publishes"
+            + (": add it" if hub_vit_model_id is None else " with the export extra: pip install -e '.[export]'")
+        )
+    api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token,
+                            static_space_id=static_space_id)  # fmt: skip
 
     readme = output_dir / "README.md"
     if readme.is_file() and not is_generated_card(readme):
@@ -130,17 +140,23 @@ def publish_run(
         )
     logger.info("Published %s", commit.commit_url)
     if hub_vit_model_id is not None:
-        publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision)
+        export_config = publish_vit_export(
+            api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision
+        )
     if space_id is not None:
         # The Space's Gradio app loads a model with transformers: an ONNX graph alone is not one.
         vit_model_id = hub_vit_model_id if "vit" in formats else None
         publish_space(api, output_dir, space_id, [vit_model_id, hub_model_id], token, private)
+    if static_space_id is not None:
+        dtype = export_config["transformers.js_config"]["dtype"]
+        publish_static_space(api, output_dir, static_space_id, hub_model_id, hub_vit_model_id, dtype, token, private)
     return commit
 
 
-def publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision):
+def publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id, token, private, revision) -> dict:
     """Export `output_dir` in `formats` (`published_export_formats`: the built-in ViT, and ONNX when its packages are
-    installed) and upload it, with the endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id`."""
+    installed) and upload it, with the endpoint handler, to `hub_vit_model_id`; its card names `hub_model_id`.
+    Returns the export's `config.json`."""
     if "onnx" not in formats:
         logger.warning(
             "onnxruntime is not installed: %s gets no onnx/model.onnx (pip install -e '.[export]')", hub_vit_model_id
@@ -159,8 +175,9 @@ def publish_vit_export(api, output_dir, formats, hub_model_id, hub_vit_model_id,
             revision,
             commit_message=f"Exact export of {hub_model_id} to {' and '.join(formats)}",
         )
+        export_config = json.loads((export_dir / "config.json").read_text())
     logger.info("Published the ViT export %s", commit.commit_url)
-    return commit
+    return export_config
 
 
 def publish_space(api, output_dir, space_id, model_ids, token, private) -> CommitInfo:
@@ -185,20 +202,59 @@ def publish_space(api, output_dir, space_id, model_ids, token, private) -> Commi
     return commit
 
 
-def check_can_publish(hub_model_id, hub_vit_model_id=None, space_id=None, revision=None, token=None) -> HfApi:
+def publish_static_space(api, output_dir, static_space_id, hub_model_id, model_id, dtype, token, private):
+    """Create or update the static Space `static_space_id` (`space.folder.write_static_space`): its page runs the
+    `dtype` ONNX graph of the repository `model_id` in the visitor's browser, with the run folder `output_dir`'s
+    example images and its card's test accuracy."""
+    run_info, results = (read_saved_record(output_dir, name) for name in (RUN_INFO_FILE, "all_results.json"))
+    dataset = (run_info.get("dataset") or {}).get("name", "its dataset")
+    if run_info.get("smoke_run"):
+        accuracy = f"A smoke run on {dataset}: its card claims no accuracy."
+    elif "test_accuracy" in results:
+        accuracy = f"On {dataset}'s test split, {describe_accuracy(results, 'test')}, as its model card reports."
+    else:
+        accuracy = f"Its accuracy on {dataset} is not recorded."
+    model = {"id": model_id, "name": hub_model_id.split("/")[1], "accuracy": accuracy, "dtype": dtype}
+    examples = [
+        {"file": Path(output_dir) / example["file"], "label": example["label"]}
+        for example in run_info.get("examples", [])
+    ]
+    with tempfile.TemporaryDirectory() as workdir:
+        space_dir = write_static_space(Path(workdir) / "space", model, examples, static_space_id, LICENSE)
+        _refuse_files_with_token(space_dir, token or get_token())
+        commit = _upload_folder(
+            api,
+            static_space_id,
+            space_dir,
+            private,
+            None,
+            repo_type="space",
+            commit_message=f"Run {model_id} in the browser",
+            space_sdk="static",
+            delete_patterns=["examples/*"],
+        )
+    logger.info("Published the static Space %s", commit.commit_url)
+    return commit
+
+
+def check_can_publish(
+    hub_model_id, hub_vit_model_id=None, space_id=None, revision=None, token=None, static_space_id=None
+) -> HfApi:
     """Raise within seconds, before any work, unless the repo ids are well formed, the Hub is reachable, and the
     token may write to every repository (`check_hub_access`); return the `HfApi` that was checked. `publish_run`
     starts with it, and `scripts/train.py --push_to_hub` calls it before the first step."""
     check_repo_id(hub_model_id, "--hub_model_id")
-    for repo_id, flag in ((hub_vit_model_id, "--hub_vit_model_id"), (space_id, "--space_id")):
+    spaces = (("--space_id", space_id), ("--static_space_id", static_space_id))
+    for flag, repo_id in (("--hub_vit_model_id", hub_vit_model_id), *spaces):
         if repo_id is not None:
             check_repo_id(repo_id, flag)
-    if space_id is not None and revision not in (None, "main"):
-        raise ValueError(
-            f"a Space shows the main branch of its model, not {revision!r}: publish to main to publish --space_id"
-        )
+    for flag, repo_id in spaces:
+        if repo_id is not None and revision not in (None, "main"):
+            raise ValueError(
+                f"a Space shows the main branch of its model, not {revision!r}: publish to main to publish {flag}"
+            )
     api = HfApi(token=token)
-    check_hub_access(api, [hub_model_id, hub_vit_model_id, space_id])
+    check_hub_access(api, [hub_model_id, hub_vit_model_id, space_id, static_space_id])
     return api
 
 
@@ -230,7 +286,9 @@ def check_hub_access(api, repo_ids=()):
             )
 
 
-def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, space_id=None, private=False, revision=None):
+def publish_command(
+    output_dir, hub_model_id, hub_vit_model_id=None, space_id=None, private=False, revision=None, static_space_id=None
+):
     """The `scripts/push_to_hub.py` command that publishes the run folder `output_dir` as `publish_run` would."""
     command = [
         "python",
@@ -244,6 +302,8 @@ def publish_command(output_dir, hub_model_id, hub_vit_model_id=None, space_id=No
         command += ["--hub_vit_model_id", hub_vit_model_id]
     if space_id:
         command += ["--space_id", space_id]
+    if static_space_id:
+        command += ["--static_space_id", static_space_id]
     if private:
         command.append("--hub_private_repo")
     if revision:
@@ -328,10 +388,13 @@ def write_tensorboard_log(log_history, path) -> bool:
     return True
 
 
-def _upload_folder(api, repo_id, folder, private, revision, repo_type="model", **upload_options) -> CommitInfo:
-    """Create the repository `repo_id` (a model, or a Gradio Space; private if `private`, when new) and the branch
-    `revision` when missing, then upload `folder` there in one commit."""
-    space_sdk = "gradio" if repo_type == "space" else None
+def _upload_folder(
+    api, repo_id, folder, private, revision, repo_type="model", space_sdk=None, **upload_options
+) -> CommitInfo:
+    """Create the repository `repo_id` (a model, or a Space of `space_sdk`, Gradio by default; private if `private`,
+    when new) and the branch `revision` when missing, then upload `folder` there in one commit."""
+    if repo_type == "space":
+        space_sdk = space_sdk or "gradio"
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
