@@ -10,6 +10,7 @@ loopback ones; the browser's network log must show no request to any other host.
 import functools
 import json
 import os
+import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,8 +25,9 @@ from space.folder import TRANSFORMERS_JS_URL
 from training.hub import publish_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-# Where to keep a screenshot of the page for the docs: VTLM_STATIC_SPACE_SCREENSHOT=docs/static-space.png.
-SCREENSHOT = "VTLM_STATIC_SPACE_SCREENSHOT"
+# For the docs' screenshot: VTLM_STATIC_SPACE_MODEL=RUN (a trained plain run folder, published in place of the tiny
+# random one) VTLM_STATIC_SPACE_SCREENSHOT=docs/static-space.png python -m pytest tests/test_static_space.py -k plain
+MODEL, SCREENSHOT = "VTLM_STATIC_SPACE_MODEL", "VTLM_STATIC_SPACE_SCREENSHOT"
 
 LAYOUTS = {
     "plain": {},  # exports exactly to the built-in ViT: the repository has its weights and its graph
@@ -68,9 +70,12 @@ def published(request, tmp_path_factory, browser):
 
     hub = FakeHub(monkeypatch)
     root = tmp_path_factory.mktemp(f"static-{layout}")
-    run_dir = make_run_folder(root / "run")
-    torch.manual_seed(0)  # the layout's own model in place of the tiny plain one make_run_folder saves
-    VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **LAYOUTS[layout])).save_pretrained(run_dir)
+    if layout == "plain" and os.environ.get(MODEL):
+        run_dir = shutil.copytree(os.environ[MODEL], root / "run", ignore=shutil.ignore_patterns("checkpoint-*"))
+    else:
+        run_dir = make_run_folder(root / "run")
+        torch.manual_seed(0)  # the layout's own model in place of the tiny plain one make_run_folder saves
+        VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **LAYOUTS[layout])).save_pretrained(run_dir)
     publish_run(run_dir, hub_model_id="someone/vtlm-tiny", hub_vit_model_id="someone/vtlm-tiny-onnx",
                 static_space_id="someone/vtlm-static", token="hf_fake")  # fmt: skip
     space_files = hub.files[("someone/vtlm-static", "main")]
