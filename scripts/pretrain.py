@@ -11,6 +11,7 @@ reads the training split only, never the validation or test images. The folder i
 """
 
 import logging
+import shlex
 import sys
 
 from training.arguments import PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS, parse_arguments
@@ -32,7 +33,7 @@ def main(argv=None):
     from training.flops import describe_compute
     from training.model_card import write_pretraining_card
     from training.pretraining import VTLMForMaskedImageModeling, check_maskable
-    from training.rerun import SaveRunArguments, prepare_output_dir, train_resumably
+    from training.rerun import SaveRunArguments, prepare_output_dir, same_data_flags, train_resumably
     from training.run_info import run_arguments, write_run_info
 
     model_args, data_args, augmentation_args, training_args, pretraining_args = arguments
@@ -53,11 +54,13 @@ def main(argv=None):
 
     recorded_arguments = run_arguments(arguments)
     previous = prepare_output_dir(training_args, recorded_arguments)
+    # On the data it was pre-trained on, with the same images held out for validation.
+    fine_tune = " ".join(["python scripts/train.py --model_name_or_path", shlex.quote(training_args.output_dir),
+                          *same_data_flags(data_args, training_args)])  # fmt: skip
     if previous.finished:
         logger.info(
-            f"{training_args.output_dir} already holds this pre-training, finished: fine-tune it with "
-            f"`python scripts/train.py --model_name_or_path {training_args.output_dir}`, or pass "
-            "--overwrite_output_dir to pre-train again."
+            f"{training_args.output_dir} already holds this pre-training, finished: fine-tune it with `{fine_tune}`, "
+            "or pass --overwrite_output_dir to pre-train again."
         )
         return
     if previous.checkpoint:
@@ -95,10 +98,7 @@ def main(argv=None):
         )
         write_run_info(training_args.output_dir, arguments, config, data, compute, resumed_from=previous.checkpoint)
         write_pretraining_card(training_args.output_dir)
-    logger.info(
-        f"pre-trained {training_args.output_dir}: fine-tune it with "
-        f"`python scripts/train.py --model_name_or_path {training_args.output_dir}`"
-    )
+    logger.info(f"pre-trained {training_args.output_dir}: fine-tune it with `{fine_tune}`")
 
 
 if __name__ == "__main__":

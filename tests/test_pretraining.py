@@ -3,6 +3,8 @@ it leaves behind, and that its folder fine-tunes into a classifier that exports 
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN, kill_after_first_checkpoint, load_script
 from safetensors.torch import load_file
+from test_resume import assert_same_weights, signal_after_first_loss, stopped_step
 
 from modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
 from training.arguments import (
@@ -22,7 +25,7 @@ from training.build import build_augmentation, build_pretraining_trainer
 from training.data import load_image_datasets
 from training.export import export_model
 from training.pretraining import MaskedImageModelingTrainer, VTLMForMaskedImageModeling, check_maskable
-from training.rerun import last_complete_checkpoint
+from training.rerun import hold_out_arguments, last_complete_checkpoint, same_data_flags, source_validation_split
 
 TINY_DECODER = PretrainingArguments(
     decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=24
@@ -198,24 +201,45 @@ def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, 
     assert export_model(fine_tuned, tmp_path / "vit", ("vit",))["vit"] == 0.0
 
 
-@pytest.mark.slow  # scripts in fresh interpreters
-def test_an_interrupted_pretraining_resumes_to_identical_weights(cifar100_dir, tmp_path):
-    flags = ["--num_train_epochs=2", "--save_strategy=steps", "--save_steps=4", "--save_total_limit=10",
+RESUMABLE = ["--num_train_epochs=2", "--save_strategy=steps", "--save_steps=4", "--save_total_limit=10",
              "--full_determinism"]  # fmt: skip
-    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
-    run(pretrain_command(cifar100_dir, clean, *flags))
 
-    command = pretrain_command(cifar100_dir, resumed, *flags)
-    kill_after_first_checkpoint(command, resumed)
-    assert "resuming from" in run(command).stderr
 
+@pytest.fixture(scope="module")
+def clean_pretraining(cifar100_dir, tmp_path_factory):
+    """The unbroken pre-training that every resumed one must end as."""
+    folder = tmp_path_factory.mktemp("clean") / "mae"
+    run(pretrain_command(cifar100_dir, folder, *RESUMABLE))
+    return folder
+
+
+def assert_same_pretraining(clean, resumed):
     # The checkpoints of the last step hold the decoder too: both must match, not only the saved encoder.
     last = os.path.basename(last_complete_checkpoint(clean))
     for name in ("model.safetensors", f"{last}/model.safetensors"):
-        clean_weights, resumed_weights = load_file(clean / name), load_file(resumed / name)
-        assert clean_weights.keys() == resumed_weights.keys()
-        for key, tensor in clean_weights.items():
-            torch.testing.assert_close(resumed_weights[key], tensor, atol=0, rtol=0, msg=f"{name}: {key}")
+        assert_same_weights(clean, resumed, name)
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_an_interrupted_pretraining_resumes_to_identical_weights(cifar100_dir, clean_pretraining, tmp_path):
+    resumed = tmp_path / "resumed"
+    command = pretrain_command(cifar100_dir, resumed, *RESUMABLE)
+    kill_after_first_checkpoint(command, resumed)
+    assert "resuming from" in run(command).stderr
+    assert_same_pretraining(clean_pretraining, resumed)
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_sigterm_saves_a_complete_checkpoint_and_the_pretraining_resumes_to_identical_weights(
+    cifar100_dir, clean_pretraining, tmp_path
+):
+    stopped = tmp_path / "stopped"
+    command = pretrain_command(cifar100_dir, stopped, *RESUMABLE, "--logging_steps=1")
+    checkpoint = stopped / f"checkpoint-{stopped_step(*signal_after_first_loss(command), stopped)}"
+    # No encoder, record or card of a finished pre-training.
+    assert not {"model.safetensors", "run_arguments.json", "README.md"} & {path.name for path in stopped.iterdir()}
+    assert f"resuming from {checkpoint}" in run(command).stderr
+    assert_same_pretraining(clean_pretraining, stopped)
 
 
 def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path):
@@ -247,3 +271,31 @@ def test_pretrain_refuses_locality_on_a_grid_it_hides_before_loading_data(tmp_pa
         load_script("pretrain").main([flag, f"--dataset_name={tmp_path / 'no-such-dataset'}",
                                       f"--output_dir={tmp_path / 'run'}"])  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_the_fine_tuning_hint_names_the_data_and_its_hold_out(tmp_path):
+    """The flags a pre-training prints for fine-tuning it: its images, read the same way, with the same validation
+    hold-out, where they differ from train.py's defaults; a flag that only cuts the run short is left out."""
+    data = tmp_path / "my images"
+    _, data_args, _, training_args, _ = parse_arguments(
+        [f"--dataset_name={data}", "--label_column_name=label", "--validation_split_size=100", "--seed=7",
+         "--max_train_samples=50", f"--output_dir={tmp_path / 'mae'}"],
+        PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS,
+    )  # fmt: skip
+    flags = same_data_flags(data_args, training_args)
+    assert flags == [f"--dataset_name '{data}'", "--label_column_name label", "--validation_split_size 100", "--seed 7"]
+    _, fine_tuning_data, _, fine_tuning, _ = parse_arguments(shlex.split(" ".join(flags)))
+    assert hold_out_arguments(vars(fine_tuning_data), fine_tuning.seed) == hold_out_arguments(vars(data_args), 7)
+
+
+@pytest.mark.slow  # scripts in fresh interpreters
+def test_a_finished_pretraining_says_how_to_fine_tune_it_on_its_own_data(cifar100_dir, pretrained):
+    log = run(pretrain_command(cifar100_dir, pretrained, "--num_train_epochs=2")).stderr
+    hint = re.search(r"already holds this pre-training, finished: fine-tune it with `([^`]+)`", log)
+    assert hint, log[-3000:]
+    command = shlex.split(hint.group(1))
+    assert command == ["python", "scripts/train.py", "--model_name_or_path", str(pretrained),
+                       "--dataset_name", cifar100_dir, "--validation_split_size", "100"]  # fmt: skip
+    # As printed, train.py would fine-tune on the images the pre-training held out for it.
+    _, data_args, _, training_args, _ = parse_arguments(command[2:])
+    assert source_validation_split(str(pretrained), data_args, training_args.seed) == ("same", [])

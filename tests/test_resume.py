@@ -1,9 +1,13 @@
-"""Kill and resume: a run killed with SIGKILL and started again ends with exactly the weights of an unbroken run."""
+"""Kill and resume: a run killed with SIGKILL, or stopped by SIGTERM, and started again ends with exactly the weights
+of an unbroken run."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -46,21 +50,65 @@ def run(command):
     return result
 
 
-@pytest.mark.slow  # a script in a fresh interpreter
-def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, tmp_path):
-    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
-    run(train_command(cifar100_dir, clean))
+def signal_after_first_loss(command, signum=signal.SIGTERM):
+    """Start `command` (a training script that logs every step), send it `signum` as soon as it prints its first
+    training loss, mid-epoch, and return its exit status and stderr."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},  # each log line as it is printed
+        )
+        for line in process.stdout:  # the Trainer prints each log entry there
+            if "'loss'" in line:
+                process.send_signal(signum)
+                break
+        process.communicate(timeout=300)
+        stderr.seek(0)
+        return process.returncode, stderr.read()
 
+
+def stopped_step(status, log, output_dir, signum=signal.SIGTERM):
+    """The step that a run stopped by `signum` saved: it exits with 128 + `signum`, no traceback, and one line, from
+    one of its processes, that names the step's checkpoint, the newest complete one, which the same command resumes."""
+    assert status == 128 + signum, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    said = [line for line in log.splitlines() if line.startswith(("terminated", "interrupted", "error:"))]
+    assert len(said) == 1, log[-3000:]
+    word = "terminated" if signum == signal.SIGTERM else "interrupted"
+    resume = re.fullmatch(rf"{word}: rerun the same command to resume from (.+)/checkpoint-(\d+)", said[0])
+    assert resume and resume.group(1) == str(output_dir), log[-3000:]
+    assert last_complete_checkpoint(output_dir) == str(output_dir / f"checkpoint-{resume.group(2)}")
+    return int(resume.group(2))
+
+
+def assert_same_weights(clean, resumed, name="model.safetensors"):
+    clean_weights, resumed_weights = load_file(clean / name), load_file(resumed / name)
+    assert clean_weights.keys() == resumed_weights.keys()
+    for key, tensor in clean_weights.items():
+        torch.testing.assert_close(resumed_weights[key], tensor, atol=0, rtol=0, msg=f"{name}: {key}")
+
+
+@pytest.fixture(scope="module")
+def clean(cifar100_dir, tmp_path_factory):
+    """The unbroken run that every resumed one must end as."""
+    folder = tmp_path_factory.mktemp("clean") / "run"
+    run(train_command(cifar100_dir, folder))
+    return folder
+
+
+@pytest.mark.slow  # a script in a fresh interpreter
+def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, clean, tmp_path):
+    resumed = tmp_path / "resumed"
     kill_after_first_checkpoint(train_command(cifar100_dir, resumed), resumed)
     assert not (resumed / "all_results.json").exists()
     # The same command again finds the checkpoint and resumes from it.
     log = run(train_command(cifar100_dir, resumed)).stderr
     assert "resuming from" in log
 
-    clean_weights, resumed_weights = load_file(clean / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert clean_weights.keys() == resumed_weights.keys()
-    for name, tensor in clean_weights.items():
-        torch.testing.assert_close(resumed_weights[name], tensor, atol=0, rtol=0, msg=name)
+    assert_same_weights(clean, resumed)
     # The record says the run resumed, and its training time covers both processes: the clock goes on from the
     # checkpoint's, it does not start again at 0.
     resumed_from = json.loads((resumed / "run_info.json").read_text())["resumed_from_checkpoint"]
@@ -83,6 +131,51 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, tmp_p
     for key, value in clean_results.items():
         if key.startswith(("eval_", "test_")) and "runtime" not in key and "per_second" not in key:
             assert resumed_results[key] == value, key
+
+
+@pytest.mark.slow  # a script in a fresh interpreter
+def test_sigterm_saves_the_step_under_way_and_the_same_command_resumes_to_identical_weights(
+    cifar100_dir, clean, tmp_path
+):
+    """What a cluster scheduler sends before it kills a job: the run saves the step it is in, mid-epoch and off the
+    save schedule (every 4 steps of 10 an epoch), says how to resume, and is not taken for a finished run."""
+    stopped = tmp_path / "stopped"
+    command = [*train_command(cifar100_dir, stopped), "--logging_steps=1"]  # how often it logs does not define it
+    step = stopped_step(*signal_after_first_loss(command), stopped)
+    checkpoint = stopped / f"checkpoint-{step}"
+    assert 0 < step < 20  # before the end: 2 epochs of 10 steps
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    saved = {path.name for path in checkpoint.iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "run_arguments.json"} <= saved
+    assert not {"model.safetensors", "all_results.json", "run_arguments.json"} & {p.name for p in stopped.iterdir()}
+
+    log = run(command).stderr
+    assert f"resuming from {checkpoint}" in log
+    # The Trainer skips the batches of the epoch that the checkpoint's steps trained on.
+    assert f"Fast-forwarding the dataloader past {step // 10} epochs and {step % 10} batches" in log
+    assert_same_weights(clean, stopped)
+
+
+@pytest.mark.slow  # two launches of two processes each
+def test_sigterm_to_a_launcher_stops_its_processes_at_one_step_and_the_run_resumes_to_identical_weights(
+    cifar100_dir, tmp_path, monkeypatch
+):
+    """Kubernetes sends SIGTERM to a container's first process: here `accelerate launch`, whose torch agent sends it
+    on to each process (and kills them 30 s later). The processes agree on one step, save it once, and one line says
+    how to resume; the same command then ends as an unbroken 2-process DDP run (gloo) does."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+              "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]  # fmt: skip
+
+    def command(output_dir):  # 10 steps of 2 x 16 images
+        flags = ["--per_device_train_batch_size=16", "--num_train_epochs=1", "--logging_steps=1"]
+        return [*launch, *train_command(cifar100_dir, output_dir)[1:], *flags]
+
+    clean, stopped = tmp_path / "clean", tmp_path / "stopped"
+    run(command(clean))
+    stopped_step(*signal_after_first_loss(command(stopped)), stopped)
+    assert "resuming from" in run(command(stopped)).stderr
+    assert_same_weights(clean, stopped)
 
 
 def test_half_written_checkpoint_is_skipped(tmp_path):

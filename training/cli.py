@@ -5,7 +5,11 @@ import argparse
 import difflib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
 
 import transformers
 
@@ -40,24 +44,73 @@ def _not_an_image_processor_dump(record):
 USER_ERRORS = (ValueError, OSError)
 
 
+class Stopped(KeyboardInterrupt):
+    """A script stopped by a signal: Ctrl-C's SIGINT, or the SIGTERM that a cluster scheduler (Slurm, Kubernetes) or a
+    launcher sends before it kills a job. Its message says what was kept and how to go on; `run_cli` ends the script
+    with exit status 128 + `signum` (130, 143), as a shell reports a process killed by that signal."""
+
+    def __init__(self, message="", signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+
+# How long a launcher's other processes wait before they say a mistake of theirs: the first process meets the same
+# mistake within it, says it, and the launcher then ends the others.
+OTHER_PROCESS_WAIT_S = 5.0
+
+
 def run_cli(main, argv=None):
     """Run a script's `main(argv)`: a user's mistake ends with `error: <message>` and exit status 2, Ctrl-C with
-    `interrupted` (and what the script says of it) and exit status 130, no traceback.
+    `interrupted` and SIGTERM with `terminated` (and what the script says of it: `training.rerun.train_resumably`
+    names the checkpoint to resume from) and exit status 130 or 143, no traceback.
+
+    Under a launcher (torchrun, `accelerate launch`: one process per device, numbered in LOCAL_RANK), each process
+    meets the same mistake or signal, and only the first on each machine prints it. Another process says a mistake
+    only if it is still running `OTHER_PROCESS_WAIT_S` later: then the mistake was its own, and the first process
+    did not end the run by meeting it too.
 
     Set `VTLM_TRACEBACK=1` to see the traceback anyway."""
-    try:
-        main(argv)
-    except USER_ERRORS as error:
-        if os.environ.get("VTLM_TRACEBACK") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: what it stopped, and how to go on, not the stack it stopped in
-        if os.environ.get("VTLM_TRACEBACK") == "1":
-            raise
-        print(f"interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
-        return 130
+    first = os.environ.get("LOCAL_RANK", "0") == "0"
+    with terminated_as_interrupted():
+        try:
+            main(argv)
+        except USER_ERRORS as error:
+            if os.environ.get("VTLM_TRACEBACK") == "1":
+                raise
+            if not first:
+                try:
+                    time.sleep(OTHER_PROCESS_WAIT_S)
+                except KeyboardInterrupt:  # the launcher ends it: the first process failed, and said why
+                    return 2
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as interrupt:  # what it stopped, and how to go on, not the stack it stopped in
+            if os.environ.get("VTLM_TRACEBACK") == "1":
+                raise
+            signum = getattr(interrupt, "signum", signal.SIGINT)
+            word = "terminated" if signum == signal.SIGTERM else "interrupted"
+            if first:
+                print(f"{word}: {interrupt}" if str(interrupt) else word, file=sys.stderr)
+            return 128 + signum
     return 0
+
+
+@contextmanager
+def terminated_as_interrupted():
+    """SIGTERM raises `Stopped` as Ctrl-C raises KeyboardInterrupt, so that it ends a script with a line and 143, not
+    silently, where SIGTERM has its default action (not where the parent ignores it) and in the main thread."""
+
+    def stop(signum, frame):
+        raise Stopped(signum=signum)
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def parse_flags(parser, argv):

@@ -3,20 +3,27 @@ complete checkpoint, or stop because the run is finished, another run is there, 
 
 `scripts/train.py` calls `prepare_output_dir` once, before any data is loaded, and `check_source_hold_out` (for its
 teacher and the saved model it starts from) before training; `scripts/evaluate_model.py` asks `check_same_hold_out`
-whether a validation split is the run's own. The run's record itself (`run_arguments.json`, `run_info.json`) is
-written and read by `training.run_info`.
+whether a validation split is the run's own. `train_resumably` trains, resuming where a checkpoint was left, and
+turns Ctrl-C or SIGTERM into a checkpoint of the step under way (`StopOnSignal`) that the same command resumes.
+The run's record itself (`run_arguments.json`, `run_info.json`) is written and read by `training.run_info`.
 """
 
 import json
 import os
+import shlex
 import shutil
-from dataclasses import dataclass
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from fnmatch import fnmatch
 
+import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, sort_checkpoints
 from transformers.utils import logging
 
+from .cli import Stopped
 from .run_info import ARGUMENTS_FILE, RUN_INFO_FILE, dataset_source_name, read_run_arguments, read_saved_record
 
 logger = logging.get_logger(__name__)
@@ -108,6 +115,25 @@ def differing_arguments(saved, current):
 def hold_out_arguments(data_arguments, seed):
     """What decides which images a run's validation split holds, from its data arguments (a dict) and seed."""
     return {"data_arguments": {name: data_arguments.get(name) for name in HOLD_OUT_ARGUMENTS}, "seed": seed}
+
+
+# Data arguments that only cut a run short or make it faster: another run on the same data need not repeat them.
+NOT_WHICH_DATA = ("max_train_samples", "max_eval_samples", "preprocessing_num_workers")
+
+
+def same_data_flags(data_args, training_args):
+    """The flags that give `scripts/train.py` the data of a run of `data_args` and `training_args`: the same images,
+    read the same way, with the same validation hold-out (a fine-tuning that holds out other images is refused:
+    `check_source_hold_out`), each where it differs from the default, quoted for a shell."""
+    values = [(field.name, getattr(data_args, field.name), field.default) for field in fields(data_args)]
+    seed = next(field.default for field in fields(training_args) if field.name == "seed")
+    values.append(("seed", training_args.seed, seed))
+    flags = []
+    for name, value, default in values:
+        if name not in NOT_WHICH_DATA and value != default:
+            value = int(value) if isinstance(value, float) and value.is_integer() else value
+            flags.append(f"--{name} {shlex.quote(str(value))}")
+    return flags
 
 
 def check_same_hold_out(run, recorded, data_args, seed):
@@ -207,13 +233,103 @@ class SaveRunArguments(TrainerCallback):
                 json.dump(self.arguments, file, indent=2)
 
 
+class StopOnSignal(TrainerCallback):
+    """Turns SIGINT (Ctrl-C) and SIGTERM (what Slurm, Kubernetes and launchers send before they kill a job) into a
+    checkpoint: the step under way ends, is saved as a complete checkpoint, as the Trainer's own saves are, and the
+    save raises `Stopped`, naming it. Further signals are ignored while it saves (a launcher repeats the terminal's
+    signal to its processes); SIGKILL (or Ctrl-\\, SIGQUIT) stops at once.
+
+    The save waits for an optimizer step's end, so gradient accumulation never splits. At an epoch's last step, the
+    epoch's end evaluates, logs and saves first, as in a run that goes on: the resumed run starts the next epoch. The
+    Trainer's own way to stop (`should_training_stop`) would go on past the save: an evaluation at the epoch's end
+    that an unbroken run makes elsewhere, the best model loaded, and with `save_total_limit=1` every checkpoint but
+    the best deleted, this one with them. Raising from `on_save` skips all of that; this callback must be the last, so
+    that every other callback's `on_save` (`SaveRunArguments` writes the run's arguments there) has run.
+
+    Processes of a multi-process run agree, at each step's end, on whether any of them was signalled (over a CPU
+    process group: no device sync), so every one of them saves the same step and stops there."""
+
+    def __init__(self):
+        self.received = 0  # the first signal this process received
+        self.stopping = 0  # the signal the processes agreed to stop on
+        self.group = None
+
+    @contextmanager
+    def catching(self):
+        """Catch SIGINT and SIGTERM in the main thread (where a parent has not set them ignored), as they were after."""
+
+        def receive(signum, frame):
+            self.received = self.received or signum
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    previous[signum] = signal.signal(signum, receive)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def agreed(self, args):
+        """The signal any process received (the highest number), or 0; a collective call in a multi-process run."""
+        if self.group is None:
+            return self.received
+        received = torch.tensor([self.received])
+        torch.distributed.all_reduce(received, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return int(received.item())
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.group = torch.distributed.new_group(backend="gloo")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.stopping:
+            self.stopping = self.agreed(args)
+            if self.stopping and state.is_world_process_zero:
+                name = signal.Signals(self.stopping).name
+                logger.warning(f"{name}: saving step {state.global_step} as a checkpoint, then stopping")
+        if not self.stopping:
+            return
+        if float(state.epoch).is_integer() and IntervalStrategy.EPOCH in (args.eval_strategy, args.logging_strategy):
+            control.should_save = False  # on_epoch_end asks for it, once the epoch's evaluation and log are done
+        else:
+            control.should_save = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopping:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.stopping:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            raise stopped(checkpoint, self.stopping)
+
+
 def train_resumably(trainer, previous):
-    """`trainer.train()`, resuming from `previous.checkpoint` (`prepare_output_dir`); Ctrl-C ends it with one line
-    that names the checkpoint the same command resumes from."""
+    """`trainer.train()`, resuming from `previous.checkpoint` (`prepare_output_dir`). Ctrl-C or SIGTERM saves the step
+    under way and ends it (`StopOnSignal`) with `training.cli.Stopped`, whose one line names the checkpoint the same
+    command resumes from; `run_cli` prints it and exits with 130 or 143."""
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
     try:
-        return trainer.train(resume_from_checkpoint=previous.checkpoint)
-    except KeyboardInterrupt:
-        checkpoint = last_complete_checkpoint(trainer.args.output_dir)
-        raise KeyboardInterrupt(
-            f"rerun the same command to resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-        ) from None
+        with stop.catching():
+            result = trainer.train(resume_from_checkpoint=previous.checkpoint)
+            # A signal after the last step's save: the training is done, what comes after it is not.
+            stop.stopping = stop.stopping or stop.agreed(trainer.args)
+    except Stopped:
+        raise
+    except KeyboardInterrupt:  # where the handlers could not be set: Ctrl-C outside the main thread
+        raise stopped(last_complete_checkpoint(trainer.args.output_dir), signal.SIGINT) from None
+    finally:
+        trainer.remove_callback(stop)
+    if stop.stopping:
+        raise stopped(last_complete_checkpoint(trainer.args.output_dir), stop.stopping)
+    return result
+
+
+def stopped(checkpoint, signum):
+    """The `Stopped` of a run stopped by `signum`, naming the `checkpoint` the same command resumes from."""
+    message = f"rerun the same command to resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+    return Stopped(message, signum=signum)
