@@ -38,7 +38,7 @@ def main(argv=None):
     from training.data import load_image_datasets
     from training.export import published_export_formats
     from training.flops import count_parameters, describe_compute
-    from training.hub import check_can_publish, publish_command
+    from training.hub import check_can_publish, check_static_space, publish_command
     from training.metrics import describe_accuracy
     from training.model_card import write_model_card
     from training.rerun import SaveRunArguments, check_source_hold_out, prepare_output_dir, train_resumably
@@ -56,6 +56,7 @@ def main(argv=None):
         "hub_model_id": training_args.hub_model_id,
         "hub_vit_model_id": training_args.hub_vit_model_id,
         "space_id": training_args.space_id,
+        "static_space_id": training_args.static_space_id,
         "private": training_args.hub_private_repo,
         "revision": training_args.hub_revision,
     }
@@ -63,10 +64,15 @@ def main(argv=None):
         check_model_source(model_args.model_name_or_path)
     config = build_config(model_args, distillation_args)
     if push_to_hub:  # now, not after hours of training: the repo ids, the token, the route and the right to write
-        if publish["hub_vit_model_id"]:
-            published_export_formats(config)
+        formats = published_export_formats(config) if publish["hub_vit_model_id"] else ()
+        check_static_space(publish["static_space_id"], publish["hub_vit_model_id"], formats)
         check_can_publish(
-            publish["hub_model_id"], publish["hub_vit_model_id"], publish["space_id"], publish["revision"], hub_token
+            publish["hub_model_id"],
+            publish["hub_vit_model_id"],
+            publish["space_id"],
+            publish["revision"],
+            hub_token,
+            static_space_id=publish["static_space_id"],
         )
 
     recorded_arguments = run_arguments(arguments)

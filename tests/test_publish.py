@@ -490,6 +490,18 @@ def test_train_push_to_hub_with_a_bad_space_fails_before_loading_any_data(hub, t
     assert hub.repos == {}
 
 
+def test_train_push_to_hub_with_a_static_space_but_no_graph_fails_before_loading_any_data(hub, tmp_path, token, capsys):
+    train = load_script("train")
+    argv = ["--dataset_name=/no/such/data", "--push_to_hub", "--hub_model_id=someone/vtlm", f"--output_dir={tmp_path}"]
+    assert train.run_cli(train.main, [*argv, f"--hub_token={token}", "--static_space_id=someone/vtlm-static"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "error: --static_space_id runs the model's ONNX graph in the browser, which --hub_vit_model_id publishes: "
+        "add it\n"
+    )
+    assert hub.repos == {}
+
+
 def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub, run_dir, token):
     from huggingface_hub import metadata_load
 
@@ -533,6 +545,13 @@ def test_the_space_loads_the_vit_export_when_one_is_published(hub, run_dir, toke
         ({"space_id": "vtlm-demo"}, "repo id must be 'namespace/name'"),
         ({"space_id": "other/vtlm-demo"}, "cannot write to other/vtlm-demo"),
         ({"space_id": "someone/vtlm-demo", "revision": "smoke"}, "a Space shows the main branch"),
+        ({"static_space_id": "someone/vtlm-static"}, "which --hub_vit_model_id publishes: add it"),
+        ({"static_space_id": "vtlm-static", "hub_vit_model_id": "someone/vtlm-vit"}, "--static_space_id: the Hub repo"),
+        ({"static_space_id": "other/vtlm-static", "hub_vit_model_id": "someone/vtlm-vit"}, "cannot write to other/"),
+        (
+            {"static_space_id": "someone/vtlm-static", "hub_vit_model_id": "someone/vtlm-vit", "revision": "smoke"},
+            "a Space shows the main branch of its model, not 'smoke': publish to main to publish --static_space_id",
+        ),
     ],
 )
 def test_a_space_that_cannot_be_published_fails_before_anything_changes(hub, run_dir, token, options, match):

@@ -387,6 +387,13 @@ class VTLMTrainingArguments(TrainingArguments):
             "linked from the model card; it loads the --hub_vit_model_id export when there is one."
         },
     )
+    static_space_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --push_to_hub and --hub_vit_model_id: also publish a static Space (`user/name`) that runs "
+            "the export's ONNX graph in the visitor's browser with transformers.js (no server, no custom code)."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -457,7 +464,7 @@ class VTLMTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         # Checked here, before any data is decoded; the Trainer would find some of these only when it starts.
-        for name in ("hub_vit_model_id", "space_id"):
+        for name in ("hub_vit_model_id", "space_id", "static_space_id"):
             if getattr(self, name) and not self.push_to_hub:
                 raise ValueError(f"--{name} is published with --push_to_hub only: add it, or publish the finished run "
                                  f"later with `scripts/push_to_hub.py --{name} ...`")  # fmt: skip

@@ -98,11 +98,7 @@ def publish_run(
     formats = ()
     if hub_vit_model_id is not None:  # what cannot be exported is refused before anything changes
         formats = published_export_formats(AutoConfig.from_pretrained(output_dir, trust_remote_code=True))
-    if static_space_id is not None and "onnx" not in formats:
-        raise ValueError(
-            "--static_space_id runs the model's ONNX graph in the browser, which --hub_vit_model_id publishes"
-            + (": add it" if hub_vit_model_id is None else " with the export extra: pip install -e '.[export]'")
-        )
+    check_static_space(static_space_id, hub_vit_model_id, formats)
     api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token,
                             static_space_id=static_space_id)  # fmt: skip
 
@@ -200,6 +196,15 @@ def publish_space(api, output_dir, space_id, model_ids, token, private) -> Commi
         )
     logger.info("Published the demo Space %s", commit.commit_url)
     return commit
+
+
+def check_static_space(static_space_id, hub_vit_model_id, formats):
+    """Refuse `static_space_id` without the ONNX graph it runs: the one `hub_vit_model_id` publishes in `formats`."""
+    if static_space_id is not None and "onnx" not in formats:
+        raise ValueError(
+            "--static_space_id runs the model's ONNX graph in the browser, which --hub_vit_model_id publishes"
+            + (": add it" if hub_vit_model_id is None else " with the export extra: pip install -e '.[export]'")
+        )
 
 
 def publish_static_space(api, output_dir, static_space_id, hub_model_id, model_id, dtype, token, private):

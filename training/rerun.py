@@ -32,8 +32,8 @@ logger = logging.get_logger(__name__)
 # data. A rerun may change these freely; any other difference means another run.
 NOT_DEFINING = (
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_", "log_", "disable_tqdm", "report_to",
-    "run_name", "project", "trackio_", "push_to_hub", "hub_", "space_id", "save_total_limit", "save_on_each_node",
-    "save_only_model", "enable_jit_checkpoint", "dataloader_num_workers", "dataloader_pin_memory",
+    "run_name", "project", "trackio_", "push_to_hub", "hub_", "space_id", "static_space_id", "save_total_limit",
+    "save_on_each_node", "save_only_model", "enable_jit_checkpoint", "dataloader_num_workers", "dataloader_pin_memory",
     "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
     "per_device_eval_batch_size", "eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches",
     "eval_use_gather_object", "include_", "skip_memory_metrics", "ddp_timeout", "ddp_backend", "debug", "local_rank",
