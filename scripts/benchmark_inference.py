@@ -5,7 +5,7 @@
     python scripts/benchmark_inference.py --model_presets vtlm-5m --batch_sizes 1 8 64 --repeats 9
 
 For each preset, one run builds a model with random weights (speed does not depend on them), converts it with
-`training/export.py`'s own functions (`to_vit`, `export_onnx`) and times, side by side: the VTLM classes in eager
+the export's own functions (`to_vit`, `export_onnx`) and times, side by side: the VTLM classes in eager
 PyTorch, the built-in `ViTForImageClassification` (only for configs it can express) and ONNX Runtime's CPU provider
 on the exported graph, all with the same number of threads. Every figure is a median over `--repeats` rounds, with
 the runtimes' order rotated each round. Prints a Markdown table and writes every measurement to `--output_json`.
@@ -25,7 +25,8 @@ import torch
 from modeling import VTLMConfig, VTLMForImageClassification
 from training.build import apply_config_overrides
 from training.cli import parse_flags, run_cli
-from training.export import ExportError, export_onnx, onnx_logits, onnx_session, to_vit
+from training.export import ExportError, to_vit
+from training.onnx_graphs import export_onnx, onnx_logits, onnx_session
 from training.run_info import machine_info
 
 RUNTIMES = ("pytorch", "vit", "onnxruntime")

@@ -29,6 +29,7 @@ from training.export import (
     to_vit,
     vit_refusals,
 )
+from training.onnx_graphs import GRAPH_FILES, onnx_logits, onnx_session
 
 requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
@@ -163,16 +164,43 @@ def test_vit_export_gives_the_same_logits_under_transformers_4_57(vit_exports, l
         assert all(prediction["label"] in model.config.label2id for prediction in result["top"])
 
 
+# How close each smaller graph must come to PyTorch's logits, as a fraction of the largest logit, and on how many of
+# the 6 test images its top class must be PyTorch's. Seen on every preset's tiny random model (onnxruntime 1.32):
+# fp16 within 0.1%, 8-bit within 2.7%, and 8-bit rounding swapped a close top two on one image of DHVT-T/2's; the
+# fp32 graph keeps its own bound (1e-4, absolute). The bounds, about 4 to 10 times the worst seen, catch a graph
+# that computes something else (a lost input cast, weights quantized with a wrong scale), not rounding.
+SMALLER_GRAPH_TOLERANCE = {"fp16": (0.01, 6), "q8": (0.1, 5)}
+
+
 def assert_onnx_matches(onnx_path, model, pixel_values):
     """ONNX Runtime on the CPU: the graph's names, a dynamic batch, logits within 1e-4 and the same top-1."""
-    session = training.export.onnx_session(onnx_path)
+    session = onnx_session(onnx_path)
     assert [node.name for node in session.get_inputs()] == ["pixel_values"]
     assert [node.name for node in session.get_outputs()] == ["logits"]
     expected = logits_of(model, pixel_values)
     for batch in (pixel_values[:1], pixel_values):  # batch 1 and 6 through one graph, exported at batch 2
-        logits = training.export.onnx_logits(session, batch)
+        logits = onnx_logits(session, batch)
         assert (logits - expected[: len(batch)]).abs().max() <= 1e-4
         assert torch.equal(logits.argmax(-1), expected[: len(batch)].argmax(-1))
+
+
+def assert_smaller_graphs_match(folder, model, pixel_values):
+    """The fp16 and 8-bit graphs beside the fp32 one: fp32 input and output under the same names, a dynamic batch,
+    and logits within `SMALLER_GRAPH_TOLERANCE` of PyTorch's."""
+    expected = logits_of(model, pixel_values)
+    for dtype, (tolerance, same_top1) in SMALLER_GRAPH_TOLERANCE.items():
+        session = onnx_session(folder / GRAPH_FILES[dtype])
+        assert [(node.name, node.type) for node in session.get_inputs()] == [("pixel_values", "tensor(float)")]
+        assert [(node.name, node.type) for node in session.get_outputs()] == [("logits", "tensor(float)")]
+        assert onnx_logits(session, pixel_values[:1]).shape == expected[:1].shape
+        logits = onnx_logits(session, pixel_values)
+        difference = (logits - expected).abs().max().item()
+        assert difference <= tolerance * expected.abs().max().item(), (dtype, difference, expected.abs().max().item())
+        assert (logits.argmax(-1) == expected.argmax(-1)).sum().item() >= same_top1, dtype
+    # Half and a quarter of the fp32 graph's weights, plus the graph's structure, which dominates a tiny model: its
+    # files were 0.5 to 0.66 of the fp32 graph's here (the 8-bit one has scales and extra nodes per small tensor).
+    sizes = {dtype: (folder / file).stat().st_size for dtype, file in GRAPH_FILES.items()}
+    assert max(sizes["fp16"], sizes["q8"]) < 0.75 * sizes["fp32"], sizes
 
 
 @requires_onnx
@@ -195,6 +223,7 @@ def test_vit_and_onnx_export_replaces_the_folder_and_puts_the_onnx_file_inside(t
     assert not (tmp_path / "vit" / "stale.txt").exists()
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path / "vit")) is ViTForImageClassification
     assert_onnx_matches(tmp_path / "vit" / ONNX_FILE, model, processed_images(tmp_path / "vit"))
+    assert_smaller_graphs_match(tmp_path / "vit", model, processed_images(tmp_path / "vit"))
 
 
 @requires_onnx
@@ -203,12 +232,20 @@ def test_every_preset_exports_to_onnx(preset, tmp_path):
     model = save_random_run(tmp_path / "run", VTLMConfig.from_preset(preset, **TINY_CONFIG))
     differences = export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
     assert differences["onnx"] <= 1e-4
+    assert set(differences) == {"onnx", "onnx_fp16", "onnx_q8"}  # the smaller graphs' differences: recorded only
     # Typed as the built-in ViT for the clients that run the graph alone (transformers.js, optimum), which refuse a
-    # "vtlm" model type; the labels are the model's, and transformers.js is told to take the full-precision graph.
+    # "vtlm" model type; the labels are the model's, and transformers.js is told to take the full-precision graph:
+    # nothing measured the smaller graphs' accuracy.
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["model_type"] == "vit" and config["id2label"]["0"] == model.config.id2label[0]
     assert config["transformers.js_config"] == {"dtype": "fp32"} and "_name_or_path" not in config
     assert_onnx_matches(tmp_path / "onnx" / ONNX_FILE, model, processed_images(tmp_path / "onnx"))
+    assert_smaller_graphs_match(tmp_path / "onnx", model, processed_images(tmp_path / "onnx"))
+    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert "The fp16 and 8-bit graphs' accuracy was **not measured**" in card
+    for name, dtype in training.export.GRAPH_CHECKS.items():
+        assert f"| `{GRAPH_FILES[dtype]}` | {differences[name]:.3g} | " in card
+    assert not (tmp_path / "onnx" / training.export.MEASUREMENT_FILE).exists()
     # No weights: transformers' own classes refuse the folder rather than fill a ViT with random weights.
     assert not (tmp_path / "onnx" / "model.safetensors").exists()
     with pytest.raises(OSError):
@@ -226,18 +263,25 @@ def test_no_path_of_this_machine_is_in_an_export(tmp_path):
     export_model(tmp_path / "plain", tmp_path / "vit", ("vit", "onnx"))
     # Nor the source files the exporter traced through (its stack traces name the checkout's and the packages').
     paths = [str(tmp_path), str(REPO_ROOT), sys.prefix, *site.getsitepackages()]
+    scanned = []
     for path in [*(tmp_path / "onnx").rglob("*"), *(tmp_path / "vit").rglob("*")]:
         if path.is_file():
             assert [local for local in paths if local.encode() in path.read_bytes()] == [], path
+            scanned.append(path.relative_to(tmp_path).as_posix())
+    # Every graph was scanned: the quantizer and the fp16 converter write no path of theirs either.
+    assert {f"{folder}/{file}" for folder in ("onnx", "vit") for file in GRAPH_FILES.values()} <= set(scanned)
 
 
 @requires_onnx
 def test_the_export_card_of_a_published_export_loads_its_hub_id():
-    differences = {"vit": 0.0, "onnx": 2e-6}
-    published = str(training.export.render_export_card("`run`", differences, 16, model_id="someone/vtlm-vit"))
+    checks = {
+        name: {"max_logit_difference": difference, "same_top1": 16}
+        for name, difference in {"vit": 0.0, "onnx": 2e-6, "onnx_fp16": 1e-3, "onnx_q8": 3e-2}.items()
+    }
+    published = str(training.export.render_export_card("`run`", checks, 16, model_id="someone/vtlm-vit"))
     assert 'pipeline("image-classification", model="someone/vtlm-vit")' in published
     assert 'model = "someone/vtlm-vit"' in published and "MODEL" not in published
-    local = str(training.export.render_export_card("`run`", differences, 16))  # a folder: its reader fills it in
+    local = str(training.export.render_export_card("`run`", checks, 16))  # a folder: its reader fills it in
     assert "Replace `MODEL` with this folder or its Hub id." in local and 'model = "MODEL"' in local
 
 
