@@ -396,6 +396,8 @@ def test_the_vit_export_is_published_beside_the_custom_code_and_the_cards_link_e
     main, vit = hub.files[("someone/vtlm-tiny", "main")], hub.files[("someone/vtlm-tiny-vit", "main")]
     assert set(vit) == {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} | {
         "onnx/model.onnx",
+        "onnx/model_fp16.onnx",
+        "onnx/model_quantized.onnx",
         "handler.py",
         "requirements.txt",
     }
@@ -438,7 +440,9 @@ def test_a_model_the_vit_cannot_express_publishes_its_onnx_graph_alone(hub, tmp_
     publish_run(run_dir, hub_model_id="someone/vtlm-mean", token=token, hub_vit_model_id="someone/vtlm-mean-onnx")
     graph = hub.files[("someone/vtlm-mean-onnx", "main")]
     # The graph, what its clients read, and no weights nor endpoint handler that would have nothing to load.
-    assert set(graph) == {"config.json", "preprocessor_config.json", "README.md", "onnx/model.onnx"}
+    assert set(graph) == {"config.json", "preprocessor_config.json", "README.md"} | {
+        f"onnx/{name}" for name in ("model.onnx", "model_fp16.onnx", "model_quantized.onnx")
+    }
     config = json.loads(graph["config.json"])
     assert config["vtlm_config"]["pooling"] == "mean" and config["transformers.js_config"] == {"dtype": "fp32"}
     readme = hub.files[("someone/vtlm-mean", "main")]["README.md"].decode()
