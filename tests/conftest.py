@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -370,15 +371,16 @@ def free_port() -> int:
 
 def parse_table(text):
     """`scripts/predict.py`'s printed table as (image, rank, label, score) rows, the image name carried down to its
-    later ranks."""
-    lines = text.strip().splitlines()
+    later ranks. Labels may hold spaces (Fashion-MNIST's "Ankle boot"): the image is what stands before the rank
+    column, the score the last cell."""
+    lines = text.strip("\n").splitlines()
     assert lines[0].split() == ["image", "rank", "label", "score"]
+    rank_column = lines[0].index("rank")
     rows, image = [], None
     for line in lines[1:]:
-        cells = line.split()
-        if len(cells) == 4:
-            image = cells.pop(0)
-        rows.append((image, int(cells[0]), cells[1], float(cells[2])))
+        image = line[:rank_column].strip() or image
+        rank, label, score = re.fullmatch(r"\s*(\d+)  (.+?)\s+(\d+\.\d+)", line[rank_column:]).groups()
+        rows.append((image, int(rank), label, float(score)))
     return rows
 
 
