@@ -6,7 +6,8 @@
     python scripts/train.py recipes/madras1-vtlm37m.yaml   # every flag from one .json or .yaml file
     python scripts/train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR   # flags after it replace the recipe's
 
-The best epoch is selected on a validation split held out from train; the test split is evaluated once, at the end.
+The best epoch is selected on a validation split (the dataset's own, or one held out from train); the test split is
+evaluated once, at the end.
 """
 
 import logging
