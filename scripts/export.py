@@ -24,20 +24,14 @@ its numbers decide what the export ships: the export must carry the measurement 
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from training.arguments import DataArguments
 from training.cli import parse_flags, run_cli, setup_logging
 from training.export import FORMATS, MEASUREMENT_FILE, export_model
-from training.onnx_graphs import markdown_table
-from training.run_info import read_run_arguments
-
-# train.py's data flags that say which test split the graphs are measured on.
-DATA_FLAGS = ("dataset_name", "dataset_config_name", "dataset_display_name", "image_column_name", "label_column_name")
+from training.onnx_graphs import DATA_FLAGS, markdown_table, recorded_data
 
 
 def parse_arguments(argv):
@@ -68,14 +62,6 @@ def parse_arguments(argv):
     return args
 
 
-def measured_data(args) -> DataArguments:
-    """The data flags given, else those the source run recorded (a run or checkpoint folder), else train.py's."""
-    recorded = read_run_arguments(args.model_name_or_path) if os.path.isdir(args.model_name_or_path) else {}
-    recorded = recorded.get("data_arguments", {})
-    values = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
-    return DataArguments(**{**{name: recorded[name] for name in DATA_FLAGS if name in recorded}, **values})
-
-
 def main(argv=None):
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     setup_logging(logging.WARNING)  # the results, not every file the loaders read
@@ -84,7 +70,9 @@ def main(argv=None):
         args.output_dir,
         args.format.split(","),
         args.overwrite_output_dir,
-        measure_on=measured_data(args) if args.measure_accuracy else None,
+        measure_on=recorded_data(args.model_name_or_path, **{name: getattr(args, name) for name in DATA_FLAGS})
+        if args.measure_accuracy
+        else None,
         num_threads=args.num_threads,
         latency_calls=args.latency_calls,
     )

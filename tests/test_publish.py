@@ -564,3 +564,23 @@ def test_a_space_that_cannot_be_published_fails_before_anything_changes(hub, run
         publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, **options)
     assert hub.repos == {} and hub.commits == []
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
+def test_a_measured_export_sets_the_graph_that_transformers_js_and_the_static_space_load(hub, tmp_path, token):
+    """--measure_onnx_accuracy scores the export's graphs on the run's own test split: the export's config and card
+    carry the chosen graph and each one's accuracy, and the static Space loads that graph."""
+    pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
+    from conftest import write_hub_dataset
+
+    from training.onnx_graphs import choose_default_dtype
+
+    data = write_hub_dataset(tmp_path / "data", {"train": 10, "validation": 10, "test": 200})
+    run_dir = make_run_folder(tmp_path / "run", dataset_name=data)
+    publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, hub_vit_model_id="someone/vtlm-tiny-vit",
+                static_space_id="someone/vtlm-static", measure_onnx_accuracy=True)  # fmt: skip
+    export = hub.files[("someone/vtlm-tiny-vit", "main")]
+    measurement = json.loads(export["onnx_accuracy.json"])
+    dtype = json.loads(export["config.json"])["transformers.js_config"]["dtype"]
+    assert dtype == choose_default_dtype(measurement["graphs"]) and measurement["num_images"] == 200
+    assert "not measured" not in export["README.md"].decode()
+    assert json.loads(hub.files[("someone/vtlm-static", "main")]["space.json"])["dtype"] == dtype

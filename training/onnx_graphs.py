@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .arguments import DataArguments
 from .data import load_image_datasets
 from .image_ops import Normalize
 from .metrics import wilson_interval
-from .run_info import dataset_display_name, machine_info
+from .run_info import dataset_display_name, machine_info, read_run_arguments
 
 # transformers.js loads `onnx/model{suffix}.onnx` for its `dtype` option (or `transformers.js_config.dtype` in
 # config.json): no suffix for fp32, `_fp16` for fp16, `_quantized` for q8. Its int8 and uint8 dtypes would look for
@@ -138,6 +139,18 @@ def onnx_session(path, num_threads=None):
 def onnx_logits(session, pixel_values: torch.Tensor) -> torch.Tensor:
     (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
     return torch.from_numpy(logits)
+
+
+# train.py's data flags that say which test split the graphs are measured on.
+DATA_FLAGS = ("dataset_name", "dataset_config_name", "dataset_display_name", "image_column_name", "label_column_name")
+
+
+def recorded_data(source, **given) -> DataArguments:
+    """The data to measure a run's graphs on: the data flags `given` (not None), else those the run folder or
+    checkpoint `source` recorded in its `run_arguments.json` (the data it trained on), else train.py's defaults."""
+    recorded = read_run_arguments(source).get("data_arguments", {}) if Path(source).is_dir() else {}
+    values = {name: value for name, value in given.items() if value is not None}
+    return DataArguments(**{**{name: recorded[name] for name in DATA_FLAGS if name in recorded}, **values})
 
 
 def load_test_split(data_args, config) -> dict:
