@@ -194,18 +194,7 @@ def publish_space(api, output_dir, space_id, model_ids, token, private) -> Commi
     model_ids = [model_id for model_id in model_ids if model_id is not None]
     with tempfile.TemporaryDirectory() as workdir:
         space_dir = write_space(Path(workdir) / "space", output_dir, model_ids, space_id, LICENSE)
-        _refuse_files_with_token(space_dir, token or get_token())
-        commit = _upload_folder(
-            api,
-            space_id,
-            space_dir,
-            private,
-            None,
-            repo_type="space",
-            commit_message=f"Demo of {model_ids[0]}",
-            ignore_patterns=NEVER_UPLOAD,
-            delete_patterns=["examples/*"],
-        )
+        commit = _upload_space(api, space_id, space_dir, "gradio", token, private, f"Demo of {model_ids[0]}")
     logger.info("Published the demo Space %s", commit.commit_url)
     return commit
 
@@ -238,17 +227,8 @@ def publish_static_space(api, output_dir, static_space_id, hub_model_id, model_i
     ]
     with tempfile.TemporaryDirectory() as workdir:
         space_dir = write_static_space(Path(workdir) / "space", model, examples, static_space_id, LICENSE)
-        _refuse_files_with_token(space_dir, token or get_token())
-        commit = _upload_folder(
-            api,
-            static_space_id,
-            space_dir,
-            private,
-            None,
-            repo_type="space",
-            commit_message=f"Run {model_id} in the browser",
-            space_sdk="static",
-            delete_patterns=["examples/*"],
+        commit = _upload_space(
+            api, static_space_id, space_dir, "static", token, private, f"Run {model_id} in the browser"
         )
     logger.info("Published the static Space %s", commit.commit_url)
     return commit
@@ -408,15 +388,31 @@ def write_tensorboard_log(log_history, path) -> bool:
 def _upload_folder(
     api, repo_id, folder, private, revision, repo_type="model", space_sdk=None, **upload_options
 ) -> CommitInfo:
-    """Create the repository `repo_id` (a model, or a Space of `space_sdk`, Gradio by default; private if `private`,
-    when new) and the branch `revision` when missing, then upload `folder` there in one commit."""
-    if repo_type == "space":
-        space_sdk = space_sdk or "gradio"
+    """Create the repository `repo_id` (a model, or a Space of `space_sdk`; private if `private`, when new) and the
+    branch `revision` when missing, then upload `folder` there in one commit."""
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     return api.upload_folder(
         repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision, **upload_options
+    )
+
+
+def _upload_space(api, space_id, space_dir, sdk, token, private, commit_message) -> CommitInfo:
+    """Upload the folder `space_dir` to the Space `space_id` (of `sdk`, when new) in one commit, after refusing any
+    file that holds the token; the Space's examples are the folder's, earlier ones deleted."""
+    _refuse_files_with_token(space_dir, token or get_token())
+    return _upload_folder(
+        api,
+        space_id,
+        space_dir,
+        private,
+        None,
+        repo_type="space",
+        space_sdk=sdk,
+        commit_message=commit_message,
+        ignore_patterns=NEVER_UPLOAD,
+        delete_patterns=["examples/*"],
     )
 
 
