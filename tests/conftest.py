@@ -362,6 +362,23 @@ def browser():
     driver.quit()
 
 
+# transformers.js from its npm package, which .ci/run installs into VTLM_TRANSFORMERS_JS_DIR (the pages import it from
+# there, no CDN).
+TRANSFORMERS_JS = "@huggingface/transformers"
+NODE_MODULES = Path(os.environ.get("VTLM_TRANSFORMERS_JS_DIR", REPO_ROOT / ".node")) / "node_modules"
+
+
+def require_transformers_js() -> list:
+    """The marks of a test module that runs transformers.js: none where its npm package is installed; else a skip
+    that says how to install it, or a failure where VTLM_REQUIRE_BROWSER is set (.ci/run)."""
+    if (NODE_MODULES / TRANSFORMERS_JS / "dist" / "transformers.js").is_file():
+        return []
+    reason = f"transformers.js is not installed in {NODE_MODULES.parent} (.ci/run: npm install {TRANSFORMERS_JS})"
+    if os.environ.get("VTLM_REQUIRE_BROWSER"):
+        pytest.fail(reason, pytrace=False)
+    return [pytest.mark.skip(reason=reason)]
+
+
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on now."""
     with socket.socket() as probe:

@@ -17,14 +17,21 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, free_port, make_run_folder, predict_top
-from test_transformers_js import NODE_MODULES, PACKAGE
+from conftest import (
+    NODE_MODULES,
+    TINY_CONFIG,
+    TRANSFORMERS_JS,
+    free_port,
+    make_run_folder,
+    predict_top,
+    require_transformers_js,
+)
 
 from modeling import VTLMConfig, VTLMForImageClassification
 from space.folder import TRANSFORMERS_JS_URL
 from training.hub import publish_run
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, *require_transformers_js()]
 # For the docs' screenshot: VTLM_STATIC_SPACE_MODEL=RUN (a trained plain run folder, published in place of the tiny
 # random one) VTLM_STATIC_SPACE_SCREENSHOT=docs/static-space.png python -m pytest tests/test_static_space.py -k plain
 MODEL, SCREENSHOT = "VTLM_STATIC_SPACE_MODEL", "VTLM_STATIC_SPACE_SCREENSHOT"
@@ -83,7 +90,7 @@ def published(request, tmp_path_factory, browser):
     model_files = hub.files[("someone/vtlm-tiny-onnx", "main")]
     write_files(root / "hub" / "someone" / "vtlm-tiny-onnx" / "resolve" / "main", model_files)
     (root / "cdn").mkdir()
-    (root / "cdn" / "transformers").symlink_to(NODE_MODULES / PACKAGE)
+    (root / "cdn" / "transformers").symlink_to(NODE_MODULES / TRANSFORMERS_JS)
     (root / "cdn" / "onnxruntime-web").symlink_to(NODE_MODULES / "onnxruntime-web")
     servers = {name: serve(root / name) for name in ("space", "hub", "cdn")}
     settings = json.loads(space_files["space.json"])

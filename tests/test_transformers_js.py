@@ -8,27 +8,27 @@ classifies 32x32 PNGs; Debian's Chromium runs it (the `browser` fixture). The an
 
 import functools
 import json
-import os
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_CONFIG, class_images, free_port, predict_top
+from conftest import (
+    NODE_MODULES,
+    TINY_CONFIG,
+    TRANSFORMERS_JS,
+    class_images,
+    free_port,
+    predict_top,
+    require_transformers_js,
+)
 from PIL import Image
 
 from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.export import ONNX_FILE, export_model
 
-PACKAGE = "@huggingface/transformers"
-NODE_MODULES = Path(os.environ.get("VTLM_TRANSFORMERS_JS_DIR", REPO_ROOT / ".node")) / "node_modules"
-if not (NODE_MODULES / PACKAGE / "dist" / "transformers.js").is_file():
-    reason = f"transformers.js is not installed in {NODE_MODULES.parent} (.ci/run: npm install {PACKAGE})"
-    if os.environ.get("VTLM_REQUIRE_BROWSER"):
-        pytest.fail(reason, pytrace=False)
-    pytestmark = pytest.mark.skip(reason=reason)
+pytestmark = require_transformers_js()
 
 PAGE = """<!doctype html>
 <script type="module">
@@ -66,7 +66,7 @@ def site(tmp_path_factory):
     each layout's ONNX export under `models/`, and test images under `images/`; yields (URL, root)."""
     root = tmp_path_factory.mktemp("site")
     (root / "index.html").write_text(PAGE)
-    (root / "transformers").symlink_to(NODE_MODULES / PACKAGE)
+    (root / "transformers").symlink_to(NODE_MODULES / TRANSFORMERS_JS)
     (root / "onnxruntime-web").symlink_to(NODE_MODULES / "onnxruntime-web")
     for name, fields in LAYOUTS.items():
         source = root / "sources" / name
