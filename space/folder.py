@@ -73,15 +73,13 @@ STATIC_FILES = ("index.html", "app.js", "style.css")
 TRANSFORMERS_JS_VERSION = "4.3.2"
 TRANSFORMERS_JS_URL = f"https://cdn.jsdelivr.net/npm/@huggingface/transformers@{TRANSFORMERS_JS_VERSION}"
 HUB_URL = "https://huggingface.co/"
-# The ONNX file transformers.js loads for each `dtype` (its `model{suffix}.onnx` naming).
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "q8": "model_quantized.onnx"}
 
 
 def write_static_space(space_dir, model, examples: list[dict], space_id: str, license: str) -> Path:
     """Write a static Space (`sdk: static`) into `space_dir` that classifies images in the visitor's browser with the
     ONNX graph of `model`, a dict: `id` (the repository of the graph), `name`, `accuracy` (what its card reports, as
-    a sentence), `dtype` (the graph transformers.js loads by default: `ONNX_FILES`). `examples` are the run's example
-    images, `{"file": path, "label": name}`. Returns `space_dir`."""
+    a sentence), `dtype` (the graph transformers.js loads by default) and `onnx_file` (that graph's path in the
+    repository). `examples` are the run's example images, `{"file": path, "label": name}`. Returns `space_dir`."""
     space_dir = Path(space_dir)
     (space_dir / "examples").mkdir(parents=True, exist_ok=True)
     for name in STATIC_FILES:
@@ -97,7 +95,7 @@ def write_static_space(space_dir, model, examples: list[dict], space_id: str, li
         "model_name": model["name"],
         "accuracy": model["accuracy"],
         "dtype": model["dtype"],
-        "onnx_file": ONNX_FILES[model["dtype"]],
+        "onnx_file": model["onnx_file"],
         "transformers_js": TRANSFORMERS_JS_URL,
         "hub": HUB_URL,
         "onnxruntime_wasm": None,  # transformers.js's own choice: the ONNX Runtime Web it pins, from the same CDN

@@ -27,7 +27,7 @@ from training.export import export_model, published_export_formats
 from training.hub_access import hub_unreachable_reason
 from training.metrics import describe_accuracy
 from training.model_card import is_generated_card, write_model_card
-from training.onnx_graphs import recorded_data
+from training.onnx_graphs import GRAPH_FILES, recorded_data
 from training.run_info import RUN_INFO_FILE, read_saved_record
 from training.trainer import TRAINING_SECONDS
 
@@ -220,7 +220,13 @@ def publish_static_space(api, output_dir, static_space_id, hub_model_id, model_i
         accuracy = f"On {dataset}'s test split, {describe_accuracy(results, 'test')}, as its model card reports."
     else:
         accuracy = f"Its accuracy on {dataset} is not recorded."
-    model = {"id": model_id, "name": hub_model_id.split("/")[1], "accuracy": accuracy, "dtype": dtype}
+    model = {
+        "id": model_id,
+        "name": hub_model_id.split("/")[1],
+        "accuracy": accuracy,
+        "dtype": dtype,
+        "onnx_file": GRAPH_FILES[dtype],
+    }
     examples = [
         {"file": Path(output_dir) / example["file"], "label": example["label"]}
         for example in run_info.get("examples", [])

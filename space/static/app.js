@@ -38,7 +38,7 @@ try {
   let backend;
   [classifier, backend] = await loadClassifier();
   $("runtime").textContent =
-    `transformers.js ${env.version} on ${backend}, the ${config.dtype} graph onnx/${config.onnx_file} ` +
+    `transformers.js ${env.version} on ${backend}, the ${config.dtype} graph ${config.onnx_file} ` +
     `of ${config.model_id}.`;
   status("Choose an image, or click an example.");
 } catch (error) {
