@@ -32,8 +32,10 @@ import training.hub  # noqa: E402
 from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
 from training.data import LABEL_NAME_FIXES  # noqa: E402
 from training.metrics import wilson_interval  # noqa: E402
-from training.run_info import save_example_images  # noqa: E402
+from training.run_record import save_example_images  # noqa: E402
 from training.trainer import TRAINING_SECONDS  # noqa: E402
+
+pytest_plugins = ["pytester"]  # test_suite_tiers.py runs the fast tier's guard on tests of its own
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The Hub's spelling of CIFAR-100's names, typo included, and its 20 superclasses.
@@ -186,7 +188,7 @@ def make_run_folder(
     from training.arguments import parse_arguments
     from training.data import ImageDatasets
     from training.flops import count_parameters, describe_compute, flops_per_image
-    from training.run_info import write_run_info
+    from training.run_record import check_sources_hold_out, write_run_info
 
     model = save_tiny_model(path)
     (path / "all_results.json").write_text(json.dumps(results))
@@ -227,7 +229,8 @@ def make_run_folder(
             path, class_images(list(EXAMPLE_CLASSES)), [CIFAR100_LABELS[i] for i in EXAMPLE_CLASSES]
         )
     compute = describe_compute(flops, count_parameters(model.config), state.total_flos, teacher_forward_flops_per_image)
-    write_run_info(path, arguments, model.config, data, compute, records)
+    validation_splits = check_sources_hold_out(arguments, data.validation_held_out)
+    write_run_info(path, arguments, model.config, data, compute, records, validation_splits=validation_splits)
     return path
 
 
@@ -327,6 +330,54 @@ def tiny_config():
 def cifar100_dir(tmp_path_factory):
     """A small dataset in `uoft-cs/cifar100`'s exact schema: 400 train and 200 test images."""
     return write_hub_dataset(tmp_path_factory.mktemp("cifar100"), {"train": 400, "test": 200})
+
+
+# A token given on the shared run's command line: no file of the run may hold it.
+TINY_RUN_TOKEN = "hf_DoNotLeakThisTokenAnywhere123"
+
+
+def tiny_run_argv(dataset, output_dir):
+    """The shared run's command line: two epochs of the default recipe, a hold-out of 100 images, a token."""
+    return (
+        [f"--dataset_name={dataset}", "--validation_split_size=100", "--num_train_epochs=2"]
+        + TINY_RUN
+        + [f"--output_dir={output_dir}", f"--hub_token={TINY_RUN_TOKEN}"]
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cifar100_dir, tmp_path_factory):
+    """One finished scripts/train.py run on `cifar100_dir` (`tiny_run_argv`), shared by the tests of training,
+    evaluation, export, publishing and the card: read it, or copy it before changing it."""
+    output_dir = tmp_path_factory.mktemp("tiny-run")
+    load_script("train").main(tiny_run_argv(cifar100_dir, output_dir))
+    return output_dir
+
+
+# The fast tier (every test not marked slow, what `python -m pytest` runs) must stay fast: a test whose own call
+# spends more CPU time than this fails, named. CPU time (this process and the subprocesses it waited for), not wall
+# time, so that a loaded machine does not fail a test. The test's call only: a fixture shared by a module or the
+# session is paid once, and `--durations` shows it.
+FAST_TEST_CPU_SECONDS = 10
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    start = cpu_seconds()
+    result = yield
+    spent = cpu_seconds() - start
+    if spent > FAST_TEST_CPU_SECONDS and item.get_closest_marker("slow") is None:
+        pytest.fail(
+            f"{item.nodeid} is in the fast tier but spent {spent:.1f} s of CPU (limit {FAST_TEST_CPU_SECONDS} s): "
+            "mark it @pytest.mark.slow, or make it faster",
+            pytrace=False,
+        )
+    return result
 
 
 # A real browser: Debian's chromium and chromium-driver, driven by Selenium (the demo extra). Nothing is downloaded.

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, load_script, save_tiny_model, write_hub_dataset
+from conftest import load_script, save_tiny_model, write_hub_dataset
 
 from modeling import CIFAR100_MEAN, CIFAR100_STD
 from training.arguments import DataArguments
@@ -64,42 +64,30 @@ def test_unknown_split_is_an_error(saved_model):
         evaluate_model.main([str(saved_model[0]), "--split=dev"])
 
 
-@pytest.fixture(scope="module")
-def trained_run(cifar100_dir, tmp_path_factory):
-    """A finished one-epoch run of scripts/train.py, with a hold-out of 100 and seed 7."""
-    output_dir = tmp_path_factory.mktemp("trained-run")
-    argv = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--seed=7", "--num_train_epochs=1"]
-    load_script("train").main(argv + TINY_RUN + [f"--output_dir={output_dir}"])
-    return output_dir
-
-
-def test_a_run_folder_is_scored_on_its_own_data_with_no_flags(trained_run, tmp_path, monkeypatch, capsys):
+def test_a_run_folder_is_scored_on_its_own_data_with_no_flags(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    metrics = evaluate_model.main([str(trained_run)])
-    trained = json.loads((trained_run / "test_results.json").read_text())
+    metrics = evaluate_model.main([str(tiny_run)])
+    trained = json.loads((tiny_run / "test_results.json").read_text())
     assert metrics["test_accuracy"] == trained["test_accuracy"] and metrics["test_num_images"] == 200
-    written = json.loads(
-        (tmp_path / "runs" / "evaluate" / f"{trained_run.name}-test" / "test_results.json").read_text()
-    )
-    assert (written["model"], written["split"], written["seed"]) == (str(trained_run), "test", 7)
+    written = json.loads((tmp_path / "runs" / "evaluate" / f"{tiny_run.name}-test" / "test_results.json").read_text())
+    assert (written["model"], written["split"], written["seed"]) == (str(tiny_run), "test", 42)
     assert "epoch" not in written and "test_accuracy_ci_low" in written
     low, high = (f"{written[f'test_accuracy_ci_{end}']:.2%}" for end in ("low", "high"))
     assert f"test split: top-1 {written['test_accuracy']:.2%} (95% interval {low}-{high}) on 200 images" in (
         capsys.readouterr().out
     )
 
-    validation = evaluate_model.main([str(trained_run), "--split=validation"])
-    assert validation["validation_num_images"] == 100  # the run's own hold-out, seed 7, no flag retyped
+    validation = evaluate_model.main([str(tiny_run), "--split=validation"])
+    assert validation["validation_num_images"] == 100  # the run's own hold-out and seed, no flag retyped
     assert (
-        validation["validation_accuracy"]
-        == json.loads((trained_run / "eval_results.json").read_text())["eval_accuracy"]
+        validation["validation_accuracy"] == json.loads((tiny_run / "eval_results.json").read_text())["eval_accuracy"]
     )
 
 
 @pytest.mark.parametrize("flags", [["--validation_split_size=150"], ["--seed=8"]])
-def test_a_validation_split_that_overlaps_training_images_is_refused(trained_run, flags):
+def test_a_validation_split_that_overlaps_training_images_is_refused(tiny_run, flags):
     with pytest.raises(ValueError, match="would hold images the run trained on"):
-        evaluate_model.main([str(trained_run), "--split=validation", *flags])
+        evaluate_model.main([str(tiny_run), "--split=validation", *flags])
 
 
 @pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])

@@ -9,7 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_OVERRIDES, TINY_RUN, load_script, write_hub_dataset
+from conftest import (
+    REPO_ROOT,
+    TINY_OVERRIDES,
+    TINY_RUN,
+    TINY_RUN_TOKEN,
+    load_script,
+    tiny_run_argv,
+    write_hub_dataset,
+)
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -17,7 +25,7 @@ from modeling import CIFAR100_LABELS, PRESETS, VTLMConfig
 from training.arguments import ModelArguments, parse_arguments
 from training.build import build_config, build_model
 from training.flops import flops_per_image
-from training.run_info import is_all_of_cifar100, run_arguments
+from training.run_record import is_all_of_cifar100, run_arguments
 
 TRAIN = str(REPO_ROOT / "scripts" / "train.py")
 train = load_script("train")
@@ -28,34 +36,18 @@ def read_json(path):
         return json.load(file)
 
 
-def finished_run_argv(dataset, output_dir):
-    return (
-        [f"--dataset_name={dataset}", "--validation_split_size=100", "--num_train_epochs=2"]
-        + TINY_RUN
-        + [f"--output_dir={output_dir}", "--hub_token=hf_DoNotLeakThisTokenAnywhere123"]
-    )
-
-
-@pytest.fixture(scope="module")
-def finished_run(cifar100_dir, tmp_path_factory):
-    """Two epochs of the default recipe on a 400-image CIFAR-100-schema dataset."""
-    output_dir = tmp_path_factory.mktemp("run")
-    train.main(finished_run_argv(cifar100_dir, output_dir))
-    return output_dir
-
-
 def snapshot(folder):
     return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
 
 
-def test_a_finished_run_rerun_with_the_same_arguments_changes_nothing(finished_run, cifar100_dir, caplog):
-    before = snapshot(finished_run)
+def test_a_finished_run_rerun_with_the_same_arguments_changes_nothing(tiny_run, cifar100_dir, caplog):
+    before = snapshot(tiny_run)
     with caplog.at_level("INFO"):
-        train.main(finished_run_argv(cifar100_dir, finished_run) + ["--logging_steps=3"])  # logging is not the run
+        train.main(tiny_run_argv(cifar100_dir, tiny_run) + ["--logging_steps=3"])  # logging is not the run
     assert "already holds this run, finished: nothing to do" in caplog.text
     # How to publish it, without retraining: the flags push_to_hub.py takes.
-    assert f"`python scripts/push_to_hub.py --output_dir {finished_run} --hub_model_id USER/NAME`" in caplog.text
-    assert snapshot(finished_run) == before
+    assert f"`python scripts/push_to_hub.py --output_dir {tiny_run} --hub_model_id USER/NAME`" in caplog.text
+    assert snapshot(tiny_run) == before
 
 
 @pytest.mark.parametrize(
@@ -65,13 +57,13 @@ def test_a_finished_run_rerun_with_the_same_arguments_changes_nothing(finished_r
         ([f"--config_overrides={TINY_OVERRIDES},pooling=mean"], "--config_overrides"),
     ],
 )
-def test_a_rerun_with_other_arguments_is_refused_before_any_work(finished_run, cifar100_dir, flags, difference):
-    before = snapshot(finished_run)
+def test_a_rerun_with_other_arguments_is_refused_before_any_work(tiny_run, cifar100_dir, flags, difference):
+    before = snapshot(tiny_run)
     with pytest.raises(ValueError, match="holds a finished run made with other arguments") as error:
-        train.main(finished_run_argv(cifar100_dir, finished_run) + flags)
-    assert difference in str(error.value) and str(finished_run) in str(error.value)
+        train.main(tiny_run_argv(cifar100_dir, tiny_run) + flags)
+    assert difference in str(error.value) and str(tiny_run) in str(error.value)
     assert "--output_dir, or --overwrite_output_dir" in str(error.value)
-    assert snapshot(finished_run) == before
+    assert snapshot(tiny_run) == before
 
 
 def test_overwrite_output_dir_starts_afresh(cifar100_dir, tmp_path):
@@ -86,49 +78,49 @@ def test_overwrite_output_dir_starts_afresh(cifar100_dir, tmp_path):
     assert read_json(tmp_path / "run_info.json")["smoke_run"] is True  # cut short by --max_steps
 
 
-def test_run_leaves_a_loadable_model_folder(finished_run):
-    files = set(os.listdir(finished_run))
+def test_run_leaves_a_loadable_model_folder(tiny_run):
+    files = set(os.listdir(tiny_run))
     expected = {"config.json", "configuration_vtlm.py", "modeling_vtlm.py", "model.safetensors"}
     assert expected | {"preprocessor_config.json", "all_results.json", "test_results.json", "run_info.json"} <= files
-    config = read_json(finished_run / "config.json")
+    config = read_json(tiny_run / "config.json")
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
     assert config["hidden_size"] == 32 and config["drop_path_rate"] == 0.1 and config["hidden_dropout_prob"] == 0.0
     # Labels come from the dataset's ClassLabel, with the Hub's "cra" published as "crab".
     assert config["id2label"]["26"] == "crab" and len(config["id2label"]) == 100
-    assert len(load_file(finished_run / "model.safetensors")) > 0
+    assert len(load_file(tiny_run / "model.safetensors")) > 0
 
 
-def test_the_record_counts_the_compute_the_run_spent(finished_run):
+def test_the_record_counts_the_compute_the_run_spent(tiny_run):
     """The FLOPs per image the run's trainer counted, once, for its `total_flos` and for the record."""
-    compute = read_json(finished_run / "run_info.json")["compute"]
-    flops = flops_per_image(VTLMConfig.from_pretrained(finished_run))
+    compute = read_json(tiny_run / "run_info.json")["compute"]
+    flops = flops_per_image(VTLMConfig.from_pretrained(tiny_run))
     assert (compute["forward_flops_per_image"], compute["training_flops_per_image"]) == (flops.forward, flops.training)
-    total_flos = read_json(finished_run / "trainer_state.json")["total_flos"]
+    total_flos = read_json(tiny_run / "trainer_state.json")["total_flos"]
     assert compute["training_flops"] == compute["training_images"] * flops.training == pytest.approx(total_flos)
     assert compute["training_images"] == 2 * (400 - 100)  # two epochs of the images not held out
     assert compute["total_flops"] == compute["training_flops"]  # no teacher
 
 
-def test_selection_on_validation_and_test_evaluated_once_at_the_end(finished_run):
-    results = read_json(finished_run / "all_results.json")
+def test_selection_on_validation_and_test_evaluated_once_at_the_end(tiny_run):
+    results = read_json(tiny_run / "all_results.json")
     for split, num_images in (("eval", 100), ("test", 200)):
         for metric in ("accuracy", "top5_accuracy", "superclass_accuracy"):
             assert 0 <= results[f"{split}_{metric}"] <= 1
         assert results[f"{split}_top5_accuracy"] >= results[f"{split}_accuracy"]
         assert results[f"{split}_num_images"] == num_images
-    test_results = read_json(finished_run / "test_results.json")
+    test_results = read_json(tiny_run / "test_results.json")
     assert test_results.keys() - {"epoch"} == {key for key in results if key.startswith("test_")}
     # The Trainer's estimate counts text tokens (0 for images); ours is the counted FLOPs of every image trained on.
-    config = VTLMConfig.from_pretrained(finished_run)
+    config = VTLMConfig.from_pretrained(tiny_run)
     assert results["total_flos"] == flops_per_image(config).training * 300 * 2  # 300 training images, 2 epochs
 
-    state = read_json(finished_run / "trainer_state.json")
+    state = read_json(tiny_run / "trainer_state.json")
     assert state["best_metric"] == max(e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e)
     assert not any(key.startswith("test_") for entry in state["log_history"] for key in entry)
 
 
-def test_run_info_records_config_arguments_and_commit(finished_run):
-    info = read_json(finished_run / "run_info.json")
+def test_run_info_records_config_arguments_and_commit(tiny_run):
+    info = read_json(tiny_run / "run_info.json")
     assert info["config"]["hidden_size"] == 32
     assert info["training_arguments"]["learning_rate"] == 1e-3
     assert info["augmentation_arguments"]["mixup_alpha"] == 0.8
@@ -137,12 +129,12 @@ def test_run_info_records_config_arguments_and_commit(finished_run):
     assert info["git_commit"] is None or len(info["git_commit"]) >= 40
 
 
-def test_card_has_widget_examples_from_the_test_split(finished_run):
-    examples = sorted(os.listdir(finished_run / "examples"))
+def test_card_has_widget_examples_from_the_test_split(tiny_run):
+    examples = sorted(os.listdir(tiny_run / "examples"))
     assert examples == ["00.png", "01.png", "02.png", "03.png"]
-    recorded = json.loads((finished_run / "run_info.json").read_text())["examples"]
+    recorded = json.loads((tiny_run / "run_info.json").read_text())["examples"]
     assert [example["label"] for example in recorded] == ["apple", "aquarium_fish", "baby", "bear"]
-    card = (finished_run / "README.md").read_text()
+    card = (tiny_run / "README.md").read_text()
     assert "| ![apple](examples/00.png) | apple |" in card
 
 
@@ -152,13 +144,14 @@ def test_push_without_a_repo_id_fails_before_training(cifar100_dir, tmp_path):
     assert not os.path.exists(tmp_path / "run_info.json")
 
 
-def test_token_is_never_written(finished_run):
-    for folder, _, names in os.walk(finished_run):
+def test_token_is_never_written(tiny_run):
+    for folder, _, names in os.walk(tiny_run):
         for name in names:
             with open(os.path.join(folder, name), "rb") as file:
-                assert b"hf_DoNotLeakThisTokenAnywhere123" not in file.read(), os.path.join(folder, name)
+                assert TINY_RUN_TOKEN.encode() not in file.read(), os.path.join(folder, name)
 
 
+@pytest.mark.slow  # six epochs, to see it learn
 def test_training_learns_a_learnable_task(tmp_path):
     """CIFAR-10's schema (`img`, `label`): 10 classes of coloured stripes; accuracy must rise far above chance."""
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -179,6 +172,7 @@ def test_training_learns_a_learnable_task(tmp_path):
     assert "to tell its\n10 classes apart" in card and "The model knows only the 10 classes of cifar10" in card
 
 
+@pytest.mark.slow  # a run of its own, on a dataset of its own
 def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_dataset(tmp_path):
     names = [f"shape_{index:02d}" for index in range(100)]
     data = write_hub_dataset(tmp_path / "shapes-100", {"train": 400, "test": 200}, names, coarse=False)
@@ -318,7 +312,7 @@ def test_invalid_override_value_fails_before_training(cifar100_dir, tmp_path):
 def test_arguments_from_a_yaml_file(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_preset: vtlm-5m\nnum_train_epochs: 3\nmixup_alpha: 0.2\noutput_dir: somewhere\n")
-    model_args, data_args, augmentation_args, training_args, _ = parse_arguments([str(recipe)])
+    model_args, data_args, augmentation_args, training_args, *_ = parse_arguments([str(recipe)])
     assert model_args.model_preset == "vtlm-5m" and training_args.num_train_epochs == 3
     assert augmentation_args.mixup_alpha == 0.2 and data_args.dataset_name == "uoft-cs/cifar100"
 
@@ -337,23 +331,23 @@ def test_only_all_of_cifar100_is_a_full_run():
     assert not is_all_of_cifar100(splits(45_000, 5_000, 10_000, labels=[f"c{i}" for i in range(100)]))
 
 
-def test_continuing_from_a_saved_model_validates_overrides_and_keeps_its_weights(finished_run, tmp_path):
+def test_continuing_from_a_saved_model_validates_overrides_and_keeps_its_weights(tiny_run, tmp_path):
     labels = list(CIFAR100_LABELS)
-    model_args = ModelArguments(model_name_or_path=str(finished_run), config_overrides="pooling=max")
+    model_args = ModelArguments(model_name_or_path=str(tiny_run), config_overrides="pooling=max")
     with pytest.raises(ValueError, match="pooling"):
         build_config(model_args)
     # Another hidden size cannot reuse the weights: an error, never a silent re-initialisation.
-    model_args = ModelArguments(model_name_or_path=str(finished_run), config_overrides="hidden_size=64")
+    model_args = ModelArguments(model_name_or_path=str(tiny_run), config_overrides="hidden_size=64")
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         build_model(model_args, build_config(model_args), labels)
-    model_args = ModelArguments(model_name_or_path=str(finished_run))
+    model_args = ModelArguments(model_name_or_path=str(tiny_run))
     model = build_model(model_args, build_config(model_args), labels)
-    saved = load_file(finished_run / "model.safetensors")
+    saved = load_file(tiny_run / "model.safetensors")
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
 
 
 def test_defaults_are_the_headline_recipe():
-    model_args, data_args, augmentation_args, training_args, _ = parse_arguments([])
+    model_args, data_args, augmentation_args, training_args, *_ = parse_arguments([])
     assert model_args.model_preset == "vtlm-37m" and training_args.num_train_epochs == 300
     assert training_args.output_dir == "runs/vtlm-37m-cifar100"
     assert data_args.dataset_name == "uoft-cs/cifar100" and data_args.validation_split_size == 0.1
