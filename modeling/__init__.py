@@ -8,7 +8,7 @@ the code files and writes an `auto_map` with those three entries.
 """
 
 from .configuration_vtlm import CIFAR100_LABELS, PRESETS, VTLMConfig
-from .image_processing_vtlm import CIFAR100_MEAN, CIFAR100_STD, build_image_processor
+from .image_processor import CIFAR100_MEAN, CIFAR100_STD, build_image_processor
 
 MODEL_CLASSES = ("VTLMForImageClassification", "VTLMModel", "VTLMPreTrainedModel")
 

@@ -1,4 +1,5 @@
-"""The image processor that training, evaluation and publishing share."""
+"""The image processor that training, evaluation and publishing share: transformers' built-in `ViTImageProcessor`
+with CIFAR-100's normalisation, built here (VTLM has no processor class of its own)."""
 
 # Per-channel mean and std of the CIFAR-100 training images, the values used across the CIFAR literature.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
