@@ -92,7 +92,7 @@ PRESETS = {
     },
 }
 PATCH_EMBEDDING_TYPES = ("patchify", "conv", "sope")
-SOPE_PATCH_SIZES = (2, 4)  # one stride-2 conv for 2x2 patches, two for 4x4
+SOPE_NUM_CONVS = {2: 1, 4: 2}  # by patch_size: each of SOPE's stride-2 convs halves the side
 FEED_FORWARD_TYPES = ("mlp", "daff")
 POOLINGS = ("cls", "mean", "sequence")
 LAYER_NORM_LAYOUTS = ("pre_norm", "cct")
@@ -314,11 +314,12 @@ class VTLMConfig(PreTrainedConfig):
             )
         if self.patch_embedding_type in ("patchify", "sope") and self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
-        if self.patch_embedding_type == "sope" and self.patch_size not in SOPE_PATCH_SIZES:
-            raise ValueError(f"patch_size must be one of {SOPE_PATCH_SIZES} for SOPE, got {self.patch_size!r}")
-        if self.patch_embedding_type == "sope" and self.patch_size == 4 and self.hidden_size % 2:
+        if self.patch_embedding_type == "sope" and self.patch_size not in SOPE_NUM_CONVS:
+            raise ValueError(f"patch_size must be one of {tuple(SOPE_NUM_CONVS)} for SOPE, got {self.patch_size!r}")
+        if self.patch_embedding_type == "sope" and self.hidden_size % 2 ** (self.num_sope_convs - 1):
             raise ValueError(
-                f"hidden_size must be even for SOPE at patch_size 4 (halved between its convs), got {self.hidden_size}"
+                f"hidden_size must be divisible by {2 ** (self.num_sope_convs - 1)} for SOPE at patch_size "
+                f"{self.patch_size} (halved between its convs), got {self.hidden_size}"
             )
         if self.feed_forward_type == "daff" and self.hidden_size < 4:
             raise ValueError(
@@ -369,6 +370,11 @@ class VTLMConfig(PreTrainedConfig):
         for _ in range(self.num_conv_layers):
             side = (side - 1) // 2 + 1  # a 3x3 max-pool with stride 2 and padding 1: ceil(side / 2)
         return side**2
+
+    @property
+    def num_sope_convs(self):
+        """The stride-2 convs of the `"sope"` embedding: one for `patch_size` 2, two for 4."""
+        return SOPE_NUM_CONVS[self.patch_size]
 
     @property
     def sequence_length(self):

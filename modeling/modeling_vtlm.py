@@ -120,7 +120,7 @@ class VTLMSequentialOverlappingPatchEmbedding(nn.Module):
 
     def __init__(self, config: VTLMConfig):
         super().__init__()
-        num_convs = {2: 1, 4: 2}[config.patch_size]
+        num_convs = config.num_sope_convs
         widths = [config.num_channels] + [config.hidden_size // 2 ** (num_convs - 1 - i) for i in range(num_convs)]
         self.pixel_affine = VTLMChannelAffine(config.num_channels)
         self.convs = nn.ModuleList(
@@ -424,12 +424,10 @@ class VTLMSequencePooling(nn.Module):
         super().__init__()
         self.score = nn.Linear(config.hidden_size, 1)
 
-    def weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Each token's weight in the pooled output, (B, T) summing to 1 over the T tokens."""
-        return self.score(hidden_states).softmax(dim=1).squeeze(-1)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return (self.weights(hidden_states).unsqueeze(1) @ hidden_states).squeeze(1)  # (B, hidden)
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weighted sum of the T tokens, (B, hidden), and each token's weight in it, (B, T) summing to 1."""
+        weights = self.score(hidden_states).softmax(dim=1).squeeze(-1)  # (B, T)
+        return (weights.unsqueeze(1) @ hidden_states).squeeze(1), weights
 
 
 def _mimetic_factors(size, alpha, beta, device):
@@ -517,38 +515,40 @@ class VTLMPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # By exact type, so no branch depends on another's place: three kinds of conv here are Conv2d subclasses.
         std = self.config.initializer_range
-        if isinstance(module, VTLMConvBatchNorm):
+        kind = type(module)
+        if kind in (nn.Linear, VTLMPatchify):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif kind is VTLMTokenizerConv:
+            # Each feeds a ReLU: He (Kaiming) normal init, which keeps the activations' scale, as CCT's.
+            init.kaiming_normal_(module.weight)
+        elif kind is VTLMConvBatchNorm:
             # SOPE's and DAFF's convs: DHVT's reference leaves them at PyTorch's default, Kaiming-uniform with
             # a = sqrt(5) and a bias uniform in +-1/sqrt(fan_in).
             init.kaiming_uniform_(module.weight, a=5**0.5)
             if module.bias is not None:
                 bound = module.weight[0].numel() ** -0.5
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, VTLMTokenizerConv):
-            # Each feeds a ReLU: He (Kaiming) normal init, which keeps the activations' scale, as CCT's.
-            init.kaiming_normal_(module.weight)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, VTLMChannelAffine)):
+        elif kind in (nn.LayerNorm, VTLMChannelAffine):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
+        elif kind is nn.BatchNorm2d:
             init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, VTLMEmbeddings):
+        elif kind is VTLMEmbeddings:
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if module.position_embeddings is not None:
                 position_std = self.config.position_initializer_range
                 position_std = std if position_std is None else position_std
                 init.trunc_normal_(module.position_embeddings, mean=0.0, std=position_std)
-        elif isinstance(module, VTLMHeadTokens):
+        elif kind is VTLMHeadTokens:
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
 
     @torch.no_grad()
@@ -629,7 +629,7 @@ class VTLMModel(VTLMPreTrainedModel):
         self.embeddings = VTLMEmbeddings(config)
         self.encoder = VTLMEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        # The one pooling with weights is a module of its own, the others a line of `forward`; not a table of pooling
+        # The one pooling with weights is a module of its own, the others a line of `pool`; not a table of pooling
         # modules: published checkpoints key its weights `sequence_pooling.*`, which a shared attribute would rename.
         self.sequence_pooling = VTLMSequencePooling(config) if config.pooling == "sequence" else None
         self.post_init()
@@ -647,16 +647,20 @@ class VTLMModel(VTLMPreTrainedModel):
         """Tokens the attention maps (`attentions`) hold after the sequence: DHVT's head tokens, one per head."""
         return self.config.num_attention_heads if self.config.use_head_tokens else 0
 
-    def pooling_weights(self, sequence_output: torch.Tensor) -> torch.Tensor | None:
-        """Each patch token's weight in the pooled output of `sequence_output` (the model's `last_hidden_state`),
-        (B, num_patches) summing to 1: sequence pooling's learned softmax, or uniform for mean pooling; None for CLS
-        pooling, which reads one token."""
+    def pool(self, sequence_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pooled output of `sequence_output` (the model's `last_hidden_state`), (B, hidden), and each patch
+        token's weight in it, (B, num_patches) summing to 1: sequence pooling's learned softmax, or uniform for mean
+        pooling; None for CLS pooling, which reads one token."""
         patch_tokens = sequence_output[:, self.num_prefix_tokens :]
         if self.config.pooling == "sequence":
-            return self.sequence_pooling.weights(patch_tokens)
+            return self.sequence_pooling(patch_tokens)
         if self.config.pooling == "mean":
-            return patch_tokens.new_full(patch_tokens.shape[:2], 1 / patch_tokens.shape[1])
-        return None
+            return patch_tokens.mean(dim=1), patch_tokens.new_full(patch_tokens.shape[:2], 1 / patch_tokens.shape[1])
+        return sequence_output[:, 0], None
+
+    def pooling_weights(self, sequence_output: torch.Tensor) -> torch.Tensor | None:
+        """Each patch token's weight in the pooled output of `sequence_output` (`pool`'s), or None for CLS pooling."""
+        return self.pool(sequence_output)[1]
 
     @can_return_tuple
     def forward(
@@ -672,13 +676,7 @@ class VTLMModel(VTLMPreTrainedModel):
 
         encoder_outputs = self.encoder(self.embeddings(pixel_values), output_attentions, output_hidden_states)
         sequence_output = self.layernorm(encoder_outputs.last_hidden_state)  # (B, sequence_length, hidden)
-        patch_tokens = sequence_output[:, self.num_prefix_tokens :]
-        if self.config.pooling == "cls":
-            pooled_output = sequence_output[:, 0]
-        elif self.config.pooling == "mean":
-            pooled_output = patch_tokens.mean(dim=1)
-        else:
-            pooled_output = self.sequence_pooling(patch_tokens)
+        pooled_output, _ = self.pool(sequence_output)
 
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,

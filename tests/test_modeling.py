@@ -350,11 +350,27 @@ def test_stochastic_depth_rates_rise_linearly_and_only_act_in_training():
 def test_init_follows_seed_and_vit():
     model = tiny_model()
     embeddings = model.vtlm.embeddings
-    for tensor in (embeddings.cls_token, embeddings.position_embeddings, model.classifier.weight):
+    tensors = (embeddings.cls_token, embeddings.position_embeddings, embeddings.patch_embeddings.weight)
+    for tensor in (*tensors, model.classifier.weight):
         assert 0.01 < tensor.std().item() < 0.03 and abs(tensor.mean().item()) < 0.01
     assert torch.all(model.classifier.bias == 0)
     norm = model.vtlm.encoder.layer[0].norm1
     assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+
+
+@variants
+def test_init_starts_every_module_that_holds_weights(overrides, sequence_length):
+    """`_init_weights` knows every kind of module with parameters or buffers of its own, in every layout."""
+    model = tiny_model(**overrides)
+    for name, module in model.named_modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        with torch.no_grad():
+            for tensor in tensors:
+                tensor.fill_(-7)
+        model._init_weights(module)
+        assert not any(torch.any(tensor == -7) for tensor in tensors), (
+            f"{name} ({type(module).__name__}) was not initialised"
+        )
 
 
 def test_conv_tokenizer_and_positions_follow_cct_init():
