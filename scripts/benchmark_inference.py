@@ -25,9 +25,9 @@ import torch
 from modeling import VTLMConfig, VTLMForImageClassification
 from training.build import apply_config_overrides
 from training.cli import parse_flags, run_cli
-from training.export import ExportError, to_vit
 from training.onnx_graphs import export_onnx, onnx_logits, onnx_session
-from training.run_info import machine_info
+from training.provenance import machine_info
+from training.vit_conversion import ExportError, to_vit
 
 RUNTIMES = ("pytorch", "vit", "onnxruntime")
 HEADERS = {"pytorch": "PyTorch eager (VTLM code)", "vit": "built-in ViT export", "onnxruntime": "ONNX Runtime"}

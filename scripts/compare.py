@@ -70,7 +70,7 @@ def main(argv=None):
         render_report,
     )
     from training.fashion_mnist import prepare_dataset
-    from training.run_info import machine_info
+    from training.provenance import machine_info
 
     arms = parse_arms(args.arm, args.pretrain, args.match_compute)
     common = shlex.split(args.common)

@@ -16,7 +16,9 @@ import socket
 import sys
 from pathlib import Path
 
-from training.cli import check_model_source, parse_flags, run_cli, setup_logging
+from training.cli import parse_flags, run_cli, setup_logging
+from training.run_record import EXAMPLES_DIR
+from training.sources import check_model_source, is_local
 
 logger = logging.getLogger("demo")
 
@@ -46,8 +48,8 @@ def check_port_free(host, port):
 
 def example_images(model) -> list[Path]:
     """The example images of a run folder or Hub repository (`examples/*.png`); none where they cannot be had."""
-    if Path(model).is_dir():
-        return sorted(Path(model, "examples").glob("*.png"))
+    if is_local(model):
+        return sorted(Path(model, EXAMPLES_DIR).glob("*.png"))
     from huggingface_hub import snapshot_download
 
     try:

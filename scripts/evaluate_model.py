@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from training.arguments import DataArguments
-from training.cli import check_model_source, parse_flags, run_cli
-from training.rerun import check_same_hold_out
-from training.run_info import dataset_display_name, read_run_arguments
+from training.cli import parse_flags, run_cli
+from training.run_record import check_same_hold_out, dataset_display_name, read_run_arguments
+from training.sources import check_model_source
 
 SPLITS = ("train", "validation", "test")
 
@@ -55,7 +55,7 @@ def main(argv=None):
         argv = ["--model_name_or_path", argv[0], *argv[1:]]
     model = parse_flags(parser, argv).model_name_or_path
     check_model_source(model)
-    recorded = read_run_arguments(model) if os.path.isdir(model) else {}
+    recorded = read_run_arguments(model)  # {} for a Hub id
     if recorded:  # the run's data flags become the defaults
         parser.set_defaults(**recorded["data_arguments"])
     evaluation_args, data_args = parser.parse_args_into_dataclasses(argv)
@@ -69,7 +69,7 @@ def main(argv=None):
 
     from training.build import build_evaluation_trainer
     from training.data import load_image_datasets
-    from training.metrics import describe_accuracy
+    from training.metrics import accuracy_sentence
 
     model_name = os.path.basename(os.path.normpath(model))
     split = evaluation_args.split
@@ -93,7 +93,7 @@ def main(argv=None):
     path = os.path.join(output_dir, f"{split}_results.json")
     with open(path, "w") as file:
         json.dump({**report, "seed": seed, **metrics}, file, indent=2)
-    print(f"{model_name}, {report['dataset']} {split} split: {describe_accuracy(metrics, split)}; wrote {path}")
+    print(f"{model_name}, {report['dataset']} {split} split: {accuracy_sentence(metrics, split)}; wrote {path}")
     return metrics
 
 

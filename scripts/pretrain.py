@@ -15,90 +15,96 @@ import shlex
 import sys
 
 from training.arguments import PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS, parse_arguments
-from training.cli import run_cli, setup_logging
+from training.cli import run_cli
+from training.run import TrainingRun
 
 logger = logging.getLogger(__name__)
+
+
+class PretrainingRun(TrainingRun):
+    """An encoder pre-trained by masked image modelling on the training split; its folder keeps the encoder alone."""
+
+    def build_config(self):
+        from training.build import build_config
+        from training.pretraining import check_maskable
+        from training.run_record import same_data_flags
+
+        model_args, data_args, training_args = (
+            self.arguments.model_args, self.arguments.data_args, self.arguments.training_args
+        )  # fmt: skip
+        if training_args.push_to_hub:
+            raise ValueError("--push_to_hub: publish the fine-tuned model (scripts/train.py), not its pre-training")
+        if model_args.model_name_or_path:
+            raise ValueError("--model_name_or_path: pre-training starts from a preset (--model_preset)")
+        config = build_config(model_args)
+        check_maskable(config)
+        if model_args.locality_bias or config.attention_initializer == "impulse":  # hidden patches leave holes in it
+            raise ValueError(
+                "--locality_bias and --attention_initializer impulse shape attention on the full grid of patch "
+                "tokens, which masked image modelling hides most of: use them when fine-tuning (scripts/train.py)"
+            )
+        # On the data it was pre-trained on, with the same images held out for validation.
+        folder = shlex.quote(training_args.output_dir)
+        flags = same_data_flags(data_args, training_args)
+        self.fine_tune = " ".join(["python scripts/train.py --model_name_or_path", folder, *flags])
+        return config
+
+    def finished(self):
+        logger.info(
+            f"{self.arguments.training_args.output_dir} already holds this pre-training, finished: fine-tune it with "
+            f"`{self.fine_tune}`, or pass --overwrite_output_dir to pre-train again."
+        )
+
+    def build_trainer(self, config, data, callbacks):
+        from modeling import build_image_processor
+        from training.build import build_augmentation
+        from training.pretraining import VTLMForMaskedImageModeling, build_pretraining_trainer
+
+        arguments, self.config = self.arguments, config
+        config.id2label = data.id2label
+        config.label2id = data.label2id
+        self.model = model = VTLMForMaskedImageModeling(config, arguments.pretraining_args)
+        logger.info(
+            f"masked image modelling of {model.vtlm.num_parameters():,} encoder parameters "
+            f"(decoder {model.num_parameters() - model.vtlm.num_parameters():,}, pre-training only)"
+        )
+        self.image_processor = build_image_processor(config.image_size)
+        return build_pretraining_trainer(
+            model,
+            arguments.training_args,
+            data,
+            build_augmentation(arguments.augmentation_args, config, arguments.training_args),
+            self.image_processor,
+            callbacks=callbacks,
+        )
+
+    def save(self, trainer, train_result, data):
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+
+    def record(self, trainer, data):
+        from training.flops import describe_compute
+
+        output_dir = self.arguments.training_args.output_dir
+        self.model.vtlm.save_pretrained(output_dir)  # the encoder alone: the decoder stays in checkpoints
+        self.image_processor.save_pretrained(output_dir)
+        compute = describe_compute(trainer.image_flops(), self.model.vtlm.num_parameters(), trainer.state.total_flos)
+        return {"config": self.config, "compute": compute}
+
+    def write_card(self):
+        from training.model_card import write_pretraining_card
+
+        write_pretraining_card(self.arguments.training_args.output_dir)
+
+    def last_line(self):
+        return f"pre-trained {self.arguments.training_args.output_dir}: fine-tune it with `{self.fine_tune}`"
 
 
 def main(argv=None):
     arguments = parse_arguments(
         sys.argv[1:] if argv is None else argv, PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS
     )
-    import transformers
-    from transformers import set_seed
-
-    from modeling import build_image_processor
-    from training.build import build_augmentation, build_config, build_pretraining_trainer
-    from training.data import load_image_datasets
-    from training.flops import describe_compute
-    from training.model_card import write_pretraining_card
-    from training.pretraining import VTLMForMaskedImageModeling, check_maskable
-    from training.rerun import SaveRunArguments, prepare_output_dir, same_data_flags, train_resumably
-    from training.run_info import run_arguments, write_run_info
-
-    model_args, data_args, augmentation_args, training_args, pretraining_args = arguments
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    setup_logging(training_args.get_process_log_level())
-    if training_args.push_to_hub:
-        raise ValueError("--push_to_hub: publish the fine-tuned model (scripts/train.py), not its pre-training")
-    if model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path: pre-training starts from a preset (--model_preset)")
-    config = build_config(model_args)
-    check_maskable(config)
-    if model_args.locality_bias or config.attention_initializer == "impulse":  # hidden patches leave holes in it
-        raise ValueError(
-            "--locality_bias and --attention_initializer impulse shape attention on the full grid of patch tokens, "
-            "which masked image modelling hides most of: use them when fine-tuning (scripts/train.py)"
-        )
-
-    recorded_arguments = run_arguments(arguments)
-    previous = prepare_output_dir(training_args, recorded_arguments)
-    # On the data it was pre-trained on, with the same images held out for validation.
-    fine_tune = " ".join(["python scripts/train.py --model_name_or_path", shlex.quote(training_args.output_dir),
-                          *same_data_flags(data_args, training_args)])  # fmt: skip
-    if previous.finished:
-        logger.info(
-            f"{training_args.output_dir} already holds this pre-training, finished: fine-tune it with `{fine_tune}`, "
-            "or pass --overwrite_output_dir to pre-train again."
-        )
-        return
-    if previous.checkpoint:
-        logger.info(f"resuming from {previous.checkpoint}")
-
-    with training_args.main_process_first(desc="loading and decoding the dataset"):
-        data = load_image_datasets(data_args, image_size=config.image_size, seed=training_args.seed)
-    config.id2label = data.id2label
-    config.label2id = data.label2id
-    set_seed(training_args.seed)  # before the weights are drawn
-    model = VTLMForMaskedImageModeling(config, pretraining_args)
-    logger.info(
-        f"masked image modelling of {model.vtlm.num_parameters():,} encoder parameters "
-        f"(decoder {model.num_parameters() - model.vtlm.num_parameters():,}, pre-training only)"
-    )
-    image_processor = build_image_processor(config.image_size)
-    trainer = build_pretraining_trainer(
-        model,
-        training_args,
-        data,
-        build_augmentation(augmentation_args, config, training_args),
-        image_processor,
-        callbacks=[SaveRunArguments(recorded_arguments)],
-    )
-    train_result = train_resumably(trainer, previous)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        model.vtlm.save_pretrained(training_args.output_dir)  # the encoder alone: the decoder stays in checkpoints
-        image_processor.save_pretrained(training_args.output_dir)
-        compute = describe_compute(
-            trainer.image_flops(),
-            model.vtlm.num_parameters(),
-            trainer.state.total_flos,
-        )
-        write_run_info(training_args.output_dir, arguments, config, data, compute, resumed_from=previous.checkpoint)
-        write_pretraining_card(training_args.output_dir)
-    logger.info(f"pre-trained {training_args.output_dir}: fine-tune it with `{fine_tune}`")
+    PretrainingRun(arguments).run()
 
 
 if __name__ == "__main__":

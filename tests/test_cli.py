@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO_ROOT, TINY_RUN, save_tiny_model
 from test_resume import stopped_step
 
-from training.metrics import describe_accuracy
+from training.metrics import accuracy_sentence
 
 pytestmark = pytest.mark.slow  # each test starts the scripts in a fresh interpreter
 
@@ -78,7 +78,7 @@ def test_every_script_answers_a_mistake_like_train_py(script, args, message, tmp
         (["--per_device_train_batch_size=0"], "error: --per_device_train_batch_size must be at least 1, got 0"),
         (["--learning_rate=abc"], "error: argument --learning_rate/--learning-rate: invalid float value: 'abc'"),
         (["--config_overrides=hidden_size=30"], "hidden_size (30) must be divisible by num_attention_heads"),
-        (["--dataset_name=./no-such-folder"], "--dataset_name './no-such-folder' looks like a local path"),
+        (["--dataset_name=./no-such-folder"], "error: ./no-such-folder is neither a folder nor a Hub id (user/name)"),
         (["--validation_split_size=1.5"], "validation_split_size must be a fraction in (0, 1) or a positive integer"),
     ],
 )
@@ -114,7 +114,7 @@ def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path)
     log = process.stderr
     results = json.loads((tmp_path / "run" / "test_results.json").read_text())
     last_line = [line for line in log.splitlines() if line.strip()][-1]
-    assert last_line.endswith(f"test {describe_accuracy(results, 'test')}"), log[-4000:]
+    assert last_line.endswith(f"test {accuracy_sentence(results, 'test')}"), log[-4000:]
     # The card loads the run back (after the test evaluation, before the last line) without a progress bar.
     assert not any("Loading weights" in line for line in log.splitlines()[-5:]), log[-2000:]
     assert '"id2label"' not in log  # the 100-label config

@@ -14,7 +14,7 @@ from transformers import TrainerState
 from training import compare, fashion_mnist
 from training.arguments import parse_arguments
 from training.metrics import wilson_interval
-from training.run_info import machine_info
+from training.provenance import machine_info
 from training.trainer import TRAINING_SECONDS
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -34,7 +34,7 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
     common = ["--num_train_epochs", "2", "--learning_rate", "0.002"]
     comparison = compare.Comparison([arm], str(tmp_path), (str(tmp_path / "data"), "label"), {}, common)
     arguments = comparison.train_arguments(arm, seed=7)
-    model_args, data_args, augmentation_args, training_args, _ = parse_arguments(arguments)
+    model_args, data_args, augmentation_args, training_args, *_ = parse_arguments(arguments)
     assert training_args.learning_rate == 0.002  # --common replaces the recipe's value
     assert training_args.num_train_epochs == 3 and augmentation_args.mixup_alpha == 0.5  # the arm's replace both
     assert not augmentation_args.horizontal_flip and training_args.report_to == []  # the recipe's "none", kept

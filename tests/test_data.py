@@ -537,7 +537,7 @@ def test_hub_check_connects_to_the_proxy_when_one_is_set(online_without_proxy, m
 
 @pytest.mark.parametrize("name", ["/no/such/folder/cifar100", "./no-such-folder"])
 def test_missing_local_path_is_a_clear_error(name):
-    with pytest.raises(FileNotFoundError, match=f"--dataset_name '{name}' looks like a local path"):
+    with pytest.raises(FileNotFoundError, match=f"^{name} is neither a folder nor a Hub id"):
         load(name)
 
 

@@ -35,8 +35,8 @@ from training.distillation import (
     patch_token_map,
 )
 from training.export import to_vit
-from training.rerun import NOT_DEFINING, RunMismatchError, differing_arguments, source_validation_split
-from training.run_info import run_arguments
+from training.rerun import RunMismatchError
+from training.run_record import NOT_DEFINING, differing_arguments, run_arguments, source_validation_split
 
 train = load_script("train")
 STEPS = ["--max_steps=4", "--eval_strategy=steps", "--save_strategy=steps", "--eval_steps=2", "--save_steps=2"]

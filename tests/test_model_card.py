@@ -28,7 +28,7 @@ from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
 from training import LICENSE
 from training.flops import flops_per_image
 from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, write_model_card
-from training.run_info import save_example_images
+from training.run_record import save_example_images
 
 
 @pytest.fixture(scope="session")
@@ -247,18 +247,14 @@ def test_a_complete_run_on_another_dataset_is_a_real_run_on_that_dataset(run_dir
     assert_tables_end_with_a_blank_line(body)  # no row for the original model, so the table ends at this run's rows
 
 
-def test_a_run_without_run_info_or_its_smoke_flag_is_not_presented_as_a_full_run(run_dir):
-    run_info = json.loads((run_dir / "run_info.json").read_text())
-    del run_info["smoke_run"]
-    (run_dir / "run_info.json").write_text(json.dumps(run_info))
-    readme = write_model_card(run_dir)
-    assert "model-index" not in metadata_load(readme)
-    assert "does not say whether this is a complete run" in card_body(readme).split("## Model")[0]
-
+def test_a_folder_without_run_info_is_not_presented_as_a_full_run(run_dir):
     (run_dir / "run_info.json").unlink()
     readme = write_model_card(run_dir)
     assert "model-index" not in metadata_load(readme)
-    assert "no `run_info.json`" in card_body(readme).split("## Model")[0]
+    body = card_body(readme)
+    assert "no `run_info.json`" in body.split("## Model")[0]
+    assert table_row(body, "parameters")[1] == "not measured"  # counted by the run, in its record: not here
+    assert "does not record whether the validation split was held out" in " ".join(section(body, "Results").split())
 
 
 def test_rendering_twice_changes_no_byte_and_no_file(run_dir):
@@ -390,21 +386,6 @@ def test_a_dataset_with_its_own_validation_split_is_said_to_have_been_validated_
     assert table_row(recipe, "`validation_split_size`")[1] == "not used: the dataset has its own validation split"
 
 
-def test_a_record_from_before_the_hold_out_was_recorded_claims_neither_way(run_dir):
-    """`run_info.json` written before `validation_held_out`: the card does not say the validation images came from
-    train; and a top-5 such a record holds for 5 classes or fewer (always 100%) is not shown."""
-    run_info = json.loads((run_dir / "run_info.json").read_text())
-    del run_info["dataset"]["validation_held_out"]
-    run_info["dataset"]["num_classes"] = 5
-    (run_dir / "run_info.json").write_text(json.dumps(run_info))
-    readme = write_model_card(run_dir)
-    validation = ModelCard.load(readme).data.eval_results[0]
-    assert (validation.dataset_split, validation.metric_name) == ("validation", "Validation top-1 accuracy")
-    results = section(card_body(readme), "Results")
-    assert "does not record whether the validation split was held out" in " ".join(results.split())
-    assert "top-5" not in results and f"{100 * RESULTS['test_top5_accuracy']:.2f}%" not in results
-
-
 def test_superclass_accuracy_is_shown_only_where_the_dataset_has_superclasses(run_dir, tmp_path):
     assert "| superclass |" in section(card_body(write_model_card(run_dir)), "Results")
     run_dir = make_run_folder(tmp_path / "run", superclasses=False)
@@ -510,3 +491,15 @@ def test_feature_guidance_is_worded_for_a_teacher_with_another_token_grid(tmp_pa
     guidance = table_row(section(card_body(write_model_card(run_dir)), "Teacher"), "feature guidance")[1]
     assert "at the same positions" not in guidance  # untrue of a DHVT teacher's 256 tokens, pooled to 64
     assert "token grid average-pooled, or resized, to the model's where the two differ" in guidance
+
+
+def test_the_card_shows_the_parameters_and_flops_its_record_holds(run_dir):
+    """The card renders what the run counted (`run_info.json`'s `compute`), never a count of its own."""
+    compute = json.loads((run_dir / "run_info.json").read_text())["compute"]
+    edit_json(
+        run_dir / "run_info.json",
+        compute={**compute, "num_parameters": 1234567, "forward_flops_per_image": 7_000_000_000},
+    )
+    body = card_body(write_model_card(run_dir))
+    assert table_row(body, "parameters")[1] == "1,234,567"
+    assert table_row(body, "inference FLOPs per image (forward)")[1] == "7.000 GFLOPs (7,000,000,000)"

@@ -25,7 +25,8 @@ from training.build import build_augmentation, build_pretraining_trainer
 from training.data import load_image_datasets
 from training.export import export_model
 from training.pretraining import MaskedImageModelingTrainer, VTLMForMaskedImageModeling, check_maskable
-from training.rerun import hold_out_arguments, last_complete_checkpoint, same_data_flags, source_validation_split
+from training.rerun import last_complete_checkpoint
+from training.run_record import hold_out_arguments, same_data_flags, source_validation_split
 
 TINY_DECODER = PretrainingArguments(
     decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=24
@@ -111,7 +112,7 @@ def test_pretraining_reads_no_validation_or_test_image(cifar100_dir, tmp_path, m
     monkeypatch.setattr(MaskedImageModelingTrainer, "training_inputs", spy)
     monkeypatch.setattr(MaskedImageModelingTrainer, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated"))
     # The script's own flags and defaults: the recipe it runs.
-    model_args, data_args, augmentation_args, training_args, _ = parse_arguments(
+    model_args, data_args, augmentation_args, training_args, *_ = parse_arguments(
         [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", f"--output_dir={tmp_path / 'run'}",
          "--num_train_epochs=1", "--per_device_train_batch_size=64", "--report_to=none", "--disable_tqdm=true"],
         PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS,
@@ -277,14 +278,14 @@ def test_the_fine_tuning_hint_names_the_data_and_its_hold_out(tmp_path):
     """The flags a pre-training prints for fine-tuning it: its images, read the same way, with the same validation
     hold-out, where they differ from train.py's defaults; a flag that only cuts the run short is left out."""
     data = tmp_path / "my images"
-    _, data_args, _, training_args, _ = parse_arguments(
+    _, data_args, _, training_args, *_ = parse_arguments(
         [f"--dataset_name={data}", "--label_column_name=label", "--validation_split_size=100", "--seed=7",
          "--max_train_samples=50", f"--output_dir={tmp_path / 'mae'}"],
         PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS,
     )  # fmt: skip
     flags = same_data_flags(data_args, training_args)
     assert flags == [f"--dataset_name '{data}'", "--label_column_name label", "--validation_split_size 100", "--seed 7"]
-    _, fine_tuning_data, _, fine_tuning, _ = parse_arguments(shlex.split(" ".join(flags)))
+    _, fine_tuning_data, _, fine_tuning, *_ = parse_arguments(shlex.split(" ".join(flags)))
     assert hold_out_arguments(vars(fine_tuning_data), fine_tuning.seed) == hold_out_arguments(vars(data_args), 7)
 
 
@@ -297,5 +298,5 @@ def test_a_finished_pretraining_says_how_to_fine_tune_it_on_its_own_data(cifar10
     assert command == ["python", "scripts/train.py", "--model_name_or_path", str(pretrained),
                        "--dataset_name", cifar100_dir, "--validation_split_size", "100"]  # fmt: skip
     # As printed, train.py would fine-tune on the images the pre-training held out for it.
-    _, data_args, _, training_args, _ = parse_arguments(command[2:])
+    _, data_args, _, training_args, *_ = parse_arguments(command[2:])
     assert source_validation_split(str(pretrained), data_args, training_args.seed) == ("same", [])

@@ -27,7 +27,7 @@ import training.hub
 from modeling import VTLMForImageClassification
 from training.arguments import parse_arguments
 from training.hub import TENSORBOARD_FILE, publish_run
-from training.run_info import save_example_images
+from training.run_record import save_example_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -14,7 +14,7 @@ RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 
 
 def as_dicts(arguments):
-    model_args, data_args, augmentation_args, training_args, distillation_args = arguments
+    model_args, data_args, augmentation_args, training_args, distillation_args, _ = arguments
     return [dataclasses.asdict(model_args), dataclasses.asdict(data_args), dataclasses.asdict(augmentation_args)] + [
         {key: value for key, value in training_args.to_dict().items() if key != "logging_dir"},  # it holds a time
         dataclasses.asdict(distillation_args),
@@ -23,7 +23,7 @@ def as_dicts(arguments):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[path.name for path in RECIPES])
 def test_every_recipe_loads_and_names_a_preset(recipe):
-    model_args, _, _, training_args, _ = parse_arguments([str(recipe)])
+    model_args, _, _, training_args, *_ = parse_arguments([str(recipe)])
     assert model_args.model_preset in PRESETS
     assert Path(training_args.output_dir).name.startswith(model_args.model_preset)
 
@@ -46,7 +46,7 @@ def test_the_original_recipe_is_the_original_models():
     """train_vit.py of MadrasLe/vision-transformer-37M-: AutoAugment (CIFAR-10 policy), RandomResizedCrop(0.8, 1),
     flip, dropout 0.1, AdamW 3e-4 with weight decay 0.05, batch 256, 5 of 100 warm-up epochs, cosine to 1e-6,
     clipping 1.0, fp16; no Mixup/CutMix, label smoothing, erasing or stochastic depth."""
-    model_args, data_args, augmentation, training, _ = parse_arguments(
+    model_args, data_args, augmentation, training, *_ = parse_arguments(
         [str(REPO_ROOT / "recipes" / "madras1-vtlm37m.yaml")]
     )
     assert (model_args.model_preset, model_args.hidden_dropout_prob, model_args.drop_path_rate) == ("vtlm-37m", 0.1, 0)
@@ -62,7 +62,7 @@ def test_the_original_recipe_is_the_original_models():
 
 def test_the_cct_recipe_is_the_references_cifar100_recipe():
     """SHI-Labs/Compact-Transformers configs/pretrained/cct_7-3x1_cifar100_300epochs.yml."""
-    model_args, _, augmentation, training, _ = parse_arguments([str(REPO_ROOT / "recipes" / "cct-7-3x1.yaml")])
+    model_args, _, augmentation, training, *_ = parse_arguments([str(REPO_ROOT / "recipes" / "cct-7-3x1.yaml")])
     assert model_args.model_preset == "vtlm-cct-7-3x1" and model_args.drop_path_rate == 0.1
     assert (training.num_train_epochs, training.per_device_train_batch_size) == (300, 128)
     assert (training.learning_rate, training.weight_decay, training.label_smoothing_factor) == (6e-4, 0.06, 0.1)
@@ -77,7 +77,7 @@ def test_the_dhvt_recipe_is_the_references_cifar100_recipe():
     """ArieSeirack/DHVT run_code_cifar.sh on DeiT's main.py defaults: batch 256 a process, lr 1e-3, 5 of 300 warm-up
     epochs, cosine to 1e-5, weight decay 0.05, no clipping, smoothing 0.1, rand-m9-mstd0.5-inc1, Mixup 0.8 / CutMix
     1.0, erasing 0.25, stochastic depth 0.1."""
-    model_args, _, augmentation, training, _ = parse_arguments([str(REPO_ROOT / "recipes" / "dhvt-t2.yaml")])
+    model_args, _, augmentation, training, *_ = parse_arguments([str(REPO_ROOT / "recipes" / "dhvt-t2.yaml")])
     assert (model_args.model_preset, model_args.drop_path_rate, model_args.hidden_dropout_prob) == (
         "vtlm-dhvt-t2", 0.1, 0.0
     )  # fmt: skip
@@ -104,7 +104,7 @@ def test_the_student_recipe_is_the_headline_recipe_taught_by_the_conv_recipes_mo
 
 def test_flags_after_a_recipe_replace_its_values_and_an_unknown_key_is_named(tmp_path):
     recipe = REPO_ROOT / "recipes" / "madras1-vtlm37m.yaml"
-    model_args, data_args, _, training, _ = parse_arguments(
+    model_args, data_args, _, training, *_ = parse_arguments(
         [str(recipe), "--dataset_name", "DIR", "--learning_rate=1e-4"]
     )
     assert (data_args.dataset_name, training.learning_rate) == ("DIR", 1e-4)

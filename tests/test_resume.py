@@ -194,7 +194,7 @@ def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
     """`prepare_output_dir` compares the arguments that define the run, and only those, with the checkpoint's."""
     from training.arguments import parse_arguments
     from training.rerun import RunMismatchError, prepare_output_dir
-    from training.run_info import ARGUMENTS_FILE, run_arguments
+    from training.run_record import ARGUMENTS_FILE, run_arguments
 
     def recorded(*flags, num_processes=1):
         """The record train.py writes for these flags, as `num_processes` processes would write it."""

@@ -1,7 +1,8 @@
 """The arguments of `scripts/train.py`, with VTLM's recipe as the defaults, and their parser.
 
-This module imports only transformers' `TrainingArguments`, the config and the image ops' policy names, so `--help`
-and a bad flag answer before the model code, `datasets` or the Trainer load.
+This module imports only torch, PyYAML, transformers' `TrainingArguments` and parser, VTLM's config (its presets),
+the image ops' policy names and `training.cli`'s flag parsing, so `--help` and a bad flag answer before the model
+classes, `datasets` or the Trainer load.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import os
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import yaml
@@ -363,8 +365,9 @@ class VTLMTrainingArguments(TrainingArguments):
     """`TrainingArguments` with VTLM's recipe as the defaults; every Trainer flag still works.
 
     AdamW at lr 1e-3 for batch 512 (the DeiT rule, 5e-4 x batch/512, doubled as CIFAR ViT recipes do for small
-    data), weight decay 0.05, 5 warm-up epochs out of 100, cosine decay, gradient clipping at 1.0, label smoothing
-    0.1. Evaluated and saved every epoch; the best epoch on the validation split is kept.
+    data), weight decay 0.05, a linear warm-up over the first 5% of steps (15 of the 300 epochs), cosine decay,
+    gradient clipping at 1.0, label smoothing 0.1. Evaluated and saved every epoch; the best epoch on the validation
+    split is kept.
     """
 
     # --help shows the fields declared here (VTLM's defaults and flags) in this group; the Trainer's other flags are
@@ -586,6 +589,18 @@ PRETRAINING_DEFAULTS = {
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, AugmentationArguments, VTLMTrainingArguments, DistillationArguments)
 
 
+class RunArguments(NamedTuple):
+    """A run's argument groups, as `parse_arguments` returns them: `scripts/train.py`'s have `distillation_args`,
+    `scripts/pretrain.py`'s `pretraining_args`; the other is None."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    augmentation_args: AugmentationArguments
+    training_args: VTLMTrainingArguments
+    distillation_args: DistillationArguments | None = None
+    pretraining_args: PretrainingArguments | None = None
+
+
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 USAGE = "%(prog)s [RECIPE.yaml] [--flag value ...]"
 RECIPE_HELP = (
@@ -689,9 +704,10 @@ def _fill(text):
 
 
 def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None, prog=None, description=None):
-    """`argument_classes` from command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values
-    the flags replace: `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`. `defaults` replace the classes'
-    own (`PRETRAINING_DEFAULTS`), and the recipe file replaces those. `--help` shows `description` and `prog`, by
+    """The `RunArguments` of `argument_classes` (`ARGUMENT_CLASSES` or `PRETRAINING_ARGUMENT_CLASSES`) from
+    command-line flags, optionally after a recipe file (`.json` or `.yaml`) whose values the flags replace:
+    `train.py recipes/madras1-vtlm37m.yaml --dataset_name DIR`. `defaults` replace the classes' own
+    (`PRETRAINING_DEFAULTS`), and the recipe file replaces those. `--help` shows `description` and `prog`, by
     default the calling script's docstring and file name.
 
     A precision asked for (`--fp16`, `--bf16`, or a recipe's value other than the default) that this host cannot
@@ -720,13 +736,13 @@ def parse_arguments(argv, argument_classes=ARGUMENT_CLASSES, defaults=None, prog
             raise ValueError(f"{misplaced[0]}: a recipe file comes first, before any flag "
                              f"(`train.py {misplaced[0]} --flag value`)") from None  # fmt: skip
         raise
-    arguments = parser.parse_args_into_dataclasses(argv)
+    groups = {type(group): group for group in parser.parse_args_into_dataclasses(argv)}
+    arguments = RunArguments(*(groups.get(cls) for cls in (*ARGUMENT_CLASSES, PretrainingArguments)))
     given |= given_flags(parser, argv)
-    for training_args in arguments:
-        if not isinstance(training_args, VTLMTrainingArguments) or training_args.precision_asked not in given:
-            continue
-        if (fallback := training_args.precision_fallback()) and training_args.process_index == 0:
-            logger.warning(fallback)
+    training_args = arguments.training_args
+    fallback = training_args.precision_asked in given and training_args.precision_fallback()
+    if fallback and training_args.process_index == 0:
+        logger.warning(fallback)
     return arguments
 
 

@@ -24,10 +24,10 @@ from .arguments import (
     VTLMTrainingArguments,
 )
 from .build import build_augmentation, build_config, build_distillation, build_model, build_trainer
-from .cli import check_model_source
 from .data import load_image_datasets
 from .flops import flops_per_image
-from .run_info import machine_info
+from .provenance import machine_info
+from .sources import check_model_source
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets. Matched in order, as whole

@@ -13,8 +13,6 @@ from contextlib import contextmanager
 
 import transformers
 
-from .hub_access import hub_unreachable_reason
-
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -156,34 +154,6 @@ def underscored_flag(argument, flags):
     if name.startswith("--") and name not in flags and underscored in flags:
         return underscored + equals + value
     return argument
-
-
-def check_model_source(model_name_or_path):
-    """Raise one line unless `model_name_or_path` is a saved model's folder (with its config.json), a Hub id already
-    cached, or a Hub id and the Hub can be reached: a missing folder is named as missing, not as a Hub id that failed
-    to download."""
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    path = str(model_name_or_path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{path} has no config.json: it is not a saved model folder")
-        return
-    if os.path.exists(path):
-        raise ValueError(f"{path} is a file: expected a model folder or a Hub id (user/name)")
-    try:
-        validate_repo_id(path)
-        hub_id = not path.startswith((".", "~")) and path.count("/") == 1
-    except HFValidationError:
-        hub_id = False
-    if not hub_id:
-        raise FileNotFoundError(f"{path} is neither a folder nor a Hub id (user/name)")
-    if isinstance(try_to_load_from_cache(path, "config.json"), str):
-        return
-    if reason := "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable_reason():
-        raise FileNotFoundError(f"there is no folder {path} here, and the Hub id {path} cannot be looked up: {reason}")
 
 
 # The names other training scripts use for the flags this project names as transformers does.

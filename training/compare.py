@@ -32,6 +32,7 @@ from itertools import pairwise
 
 from .arguments import RECIPE_SUFFIXES
 from .rerun import last_complete_checkpoint
+from .run_record import ARGUMENTS_FILE, TRAINER_STATE_FILE, read_record, read_run_arguments
 from .trainer import TRAINING_SECONDS, training_seconds
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class Comparison:
         command made them; the command, train.py's output and the run's ViT export check go into `logs/`."""
         run_dir, record_path = self.run_dir(arm, seed, stage), self.record_path(arm, seed, stage)
         record = {"arguments": arguments, "dataset": self.manifest}
-        finished = os.path.join(run_dir, "run_arguments.json")
+        finished = os.path.join(run_dir, ARGUMENTS_FILE)
         if os.path.exists(record_path):
             with open(record_path) as file:
                 saved = json.load(file)
@@ -281,7 +282,7 @@ def report_progress(process, run_dir, label, every_s=5.0):
         checkpoint = last_complete_checkpoint(run_dir)
         if checkpoint is not None and checkpoint != reported:
             reported = checkpoint
-            state = read_json(os.path.join(checkpoint, "trainer_state.json"))
+            state = read_record(checkpoint, TRAINER_STATE_FILE)
             evaluations = [entry for entry in state["log_history"] if "eval_accuracy" in entry]
             accuracy = f", validation top-1 {100 * evaluations[-1]['eval_accuracy']:.2f}%" if evaluations else ""
             logger.info(f"{label}: epoch {state['epoch']:g} of {state['num_train_epochs']:g}{accuracy}")
@@ -302,15 +303,14 @@ def read_total_compute(run_dir):
     """What the run in `run_dir` cost in all, in FLOPs, from the records of the runs: `{"own": its training and its
     teacher's forward passes, "teacher_training": the teacher's own (total) training when it is a run folder with a
     record (another arm's), "pretraining": the pre-training it started from, "total": their sum}`."""
-    run_info = read_json(os.path.join(run_dir, "run_info.json"))
-    compute = {"own": run_info["compute"]["total_flops"], "teacher_training": 0, "pretraining": 0}
-    arguments = read_json(os.path.join(run_dir, "run_arguments.json"))
+    compute = {"own": read_record(run_dir)["compute"]["total_flops"], "teacher_training": 0, "pretraining": 0}
+    arguments = read_run_arguments(run_dir)
     teacher = (arguments.get("distillation_arguments") or {}).get("teacher_model_name_or_path")
-    if teacher and os.path.isfile(os.path.join(teacher, "run_info.json")):
+    if teacher and read_record(teacher):
         compute["teacher_training"] = read_total_compute(teacher)["total"]
     source = arguments["model_arguments"].get("model_name_or_path")
-    if source and os.path.isfile(os.path.join(source, "run_info.json")):
-        compute["pretraining"] = read_json(os.path.join(source, "run_info.json"))["compute"]["total_flops"]
+    if source and (pretraining := read_record(source)):
+        compute["pretraining"] = pretraining["compute"]["total_flops"]
     compute["total"] = sum(compute.values())
     return compute
 
@@ -353,8 +353,8 @@ def seconds_per_epoch(log_history):
 def read_run(run_dir, record_path, arm, seed):
     """A `RunResult` from the files that train.py left in `run_dir` and the comparison's record of the run."""
     test = read_json(os.path.join(run_dir, "test_results.json"))
-    state = read_json(os.path.join(run_dir, "trainer_state.json"))
-    run_info = read_json(os.path.join(run_dir, "run_info.json"))
+    state = read_record(run_dir, TRAINER_STATE_FILE)
+    run_info = read_record(run_dir)
     seconds, epochs_timed = seconds_per_epoch(state["log_history"])
     return RunResult(
         arm=arm.name,
@@ -490,7 +490,7 @@ def describe_data(manifest):
 
 def render_report(command, manifest, machine, common, runs, generated_at, plot_file=None):
     """The Markdown report of `runs` (`RunResult`s) on the dataset `manifest` describes, measured on `machine`
-    (`training.run_info.machine_info`); `plot_file` names the accuracy-against-compute PNG beside it."""
+    (`training.provenance.machine_info`); `plot_file` names the accuracy-against-compute PNG beside it."""
     devices = sorted({run.device for run in runs if run.device})
     commits = sorted({run.git_commit for run in runs if run.git_commit})
     name = manifest.get("name") or manifest["dataset_name"]

@@ -24,6 +24,7 @@ from endpoint.handler import to_rgb
 
 from .arguments import DataArguments
 from .hub_access import hub_unreachable_reason
+from .sources import check_source, is_hub_id, is_local
 
 logger = logging.getLogger(__name__)
 
@@ -156,14 +157,9 @@ collate_batch = default_convert
 def _load_raw_splits(data_args):
     """`load_dataset` for a Hub id and a local folder alike, failing within seconds when neither can be read."""
     name = data_args.dataset_name
-    if not os.path.exists(name):
-        if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-            raise FileNotFoundError(
-                f"--dataset_name {name!r} looks like a local path, but nothing is there. Point it at a folder that "
-                "`load_dataset` reads, e.g. one holding data/train-*.parquet and data/test-*.parquet, or at a Hub id."
-            )
-        if not datasets.config.HF_HUB_OFFLINE:
-            _check_hub_reachable(name)
+    check_source(name)
+    if not is_local(name) and not datasets.config.HF_HUB_OFFLINE:
+        _check_hub_reachable(name)
     try:
         return load_dataset(name, name=data_args.dataset_config_name, cache_dir=data_args.cache_dir)
     except ConnectionError as error:
@@ -184,10 +180,10 @@ def _check_hub_reachable(name):
 
 def _unavailable_message(name, reason):
     message = f"could not load dataset {name!r}: {reason}."
-    if not os.path.exists(name):  # it was taken for a Hub id: say so, for a mistyped local folder
+    if not is_local(name):  # it was taken for a Hub id: say so, for a mistyped local folder
         message += f" There is no folder {os.path.abspath(name)!r} either."
     message += " To train on a local copy in the same schema, pass `--dataset_name /path/to/copy`, a folder that "
-    if name.count("/") == 1:  # a Hub id, `namespace/name`: it can be downloaded where the Hub is reachable
+    if is_hub_id(name) and "/" in name:  # `namespace/name`: it can be downloaded where the Hub is reachable
         return message + (
             "`load_dataset` reads; make one where the Hub is reachable with "
             f"`hf download {name} --repo-type dataset --local-dir /path/to/copy`."
@@ -390,7 +386,7 @@ def _decode_split(dataset, split, data_args, label_names, image_size, image_colu
         "skip_corrupt": data_args.corrupt_images == "skip",
         "label_ids": label_ids,
     }
-    root = os.path.abspath(data_args.dataset_name) if os.path.isdir(data_args.dataset_name) else None
+    root = os.path.abspath(data_args.dataset_name) if is_local(data_args.dataset_name) else None
     # `datasets` fingerprints a module-level function by its name, not its code: hash the decoder's source as well,
     # so that editing it decodes again instead of reusing stale cached arrays. `root` only names files in errors.
     decoder_source = "".join(inspect.getsource(function) for function in (_decode_batch, _decode_image, to_rgb))

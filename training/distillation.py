@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from .cli import check_model_source
 from .flops import forward_flops
+from .sources import check_model_source
 
 GUIDANCE_MODULE = "feature_guidance"  # the projections' name on the model while it trains
 GUIDANCE_FILE = "feature_guidance.safetensors"  # the projections' weights in every checkpoint, beside the model's

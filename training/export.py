@@ -33,7 +33,6 @@ from transformers import (
 from transformers.utils import cached_file
 
 from . import LICENSE
-from .cli import check_model_source
 from .config_fields import original_defaults, unused_fields
 from .onnx_graphs import (
     GRAPH_FILES,
@@ -47,6 +46,7 @@ from .onnx_graphs import (
     onnx_session,
     write_smaller_graphs,
 )
+from .sources import check_model_source, is_local
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = GRAPH_FILES["fp32"]  # where optimum and transformers.js look
@@ -224,10 +224,9 @@ def source_reference(model_name_or_path) -> str:
     """How an export's card names its source: a link to the Hub id, or the folder's name (after its run's, for a
     checkpoint). Never a local absolute path: the card is published, where the training machine's paths mean nothing.
     """
-    path = Path(model_name_or_path)
-    if not path.is_dir():
+    if not is_local(model_name_or_path):
         return f"[`{model_name_or_path}`](https://huggingface.co/{model_name_or_path})"
-    path = path.resolve()
+    path = Path(model_name_or_path).resolve()
     name = f"{path.parent.name}/{path.name}" if path.name.startswith("checkpoint-") else path.name
     return f"`{name}` (a local folder)"
 

@@ -1,7 +1,7 @@
 """Publish a finished run folder to the Hugging Face Hub: model, code, card, metrics, logs and endpoint handler.
 
-What is uploaded is chosen by allow-list (`UPLOAD_PATTERNS`), and pickles and checkpoints are refused by
-`NEVER_UPLOAD` whatever the allow-list says: `training_args.bin` holds the Hub token in clear text, and
+What is uploaded is chosen by allow-list (`training.run_record.UPLOAD_PATTERNS`), and pickles and checkpoints are
+refused by `NEVER_UPLOAD` whatever the allow-list says: `training_args.bin` holds the Hub token in clear text, and
 `checkpoint-*/` holds optimizer and RNG state that no user of the model needs. No path, user or host name of the
 training machine is published: the Trainer's own TensorBoard files are replaced by ones written from the run's record
 (`write_tensorboard_log`), and the ONNX graph of the export carries none of the exporter's stack traces.
@@ -25,31 +25,23 @@ from space.folder import write_space, write_static_space
 from training import LICENSE
 from training.export import export_model, published_export_formats
 from training.hub_access import hub_unreachable_reason
-from training.metrics import describe_accuracy
+from training.metrics import accuracy_sentence
 from training.model_card import is_generated_card, write_model_card
 from training.onnx_graphs import GRAPH_FILES, recorded_data
-from training.run_info import RUN_INFO_FILE, read_saved_record
+from training.run_record import (
+    ALL_RESULTS_FILE,
+    CARD_FILE,
+    ENDPOINT_FILES,
+    MODEL_FILES,
+    TRAINER_STATE_FILE,
+    UPLOAD_PATTERNS,
+    read_record,
+)
 from training.trainer import TRAINING_SECONDS
 
 logger = logging.getLogger(__name__)
 
 ENDPOINT_DIR = Path(__file__).resolve().parents[1] / "endpoint"
-ENDPOINT_FILES = ("handler.py", "requirements.txt")
-REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
-# fnmatch patterns on paths relative to the run folder; `*` also matches "/".
-UPLOAD_PATTERNS = [
-    "config.json",
-    "model.safetensors",
-    "*.py",  # the model's code (configuration_vtlm.py, modeling_vtlm.py) and the endpoint's handler.py
-    "preprocessor_config.json",
-    "README.md",
-    "training_curves.png",
-    "examples/*.png",
-    "*_results.json",  # all_results.json, test_results.json, and the Trainer's train_ and eval_results.json
-    "run_info.json",
-    "trainer_state.json",
-    "requirements.txt",
-]
 # The Trainer's own TensorBoard files are never uploaded: their folder and file names carry the host name
 # (`runs/Dec07_06-12-28_<host>/events.out.tfevents.<time>.<host>.<pid>.0`) and their `args` text the run folder's
 # absolute path. Rewriting them would mean editing what TensorBoard recorded; instead, publishing writes the scalars of
@@ -97,7 +89,7 @@ def publish_run(
     """
     # Before the folder is touched, so a failed publish changes nothing; what this machine holds first.
     output_dir = Path(output_dir)
-    missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
+    missing = [name for name in MODEL_FILES if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{output_dir} is not a saved model folder: {', '.join(missing)} missing")
     formats = ()
@@ -109,7 +101,7 @@ def publish_run(
     api = check_can_publish(hub_model_id, hub_vit_model_id, space_id, revision, token=token,
                             static_space_id=static_space_id)  # fmt: skip
 
-    readme = output_dir / "README.md"
+    readme = output_dir / CARD_FILE
     if readme.is_file() and not is_generated_card(readme):
         logger.info("Keeping the hand-written %s", readme)
     else:
@@ -212,12 +204,12 @@ def publish_static_space(api, output_dir, static_space_id, hub_model_id, model_i
     """Create or update the static Space `static_space_id` (`space.folder.write_static_space`): its page runs the
     `dtype` ONNX graph of the repository `model_id` in the visitor's browser, with the run folder `output_dir`'s
     example images and its card's test accuracy."""
-    run_info, results = (read_saved_record(output_dir, name) for name in (RUN_INFO_FILE, "all_results.json"))
+    run_info, results = read_record(output_dir), read_record(output_dir, ALL_RESULTS_FILE)
     dataset = (run_info.get("dataset") or {}).get("name", "its dataset")
     if run_info.get("smoke_run"):
         accuracy = f"A smoke run on {dataset}: its card claims no accuracy."
     elif "test_accuracy" in results:
-        accuracy = f"On {dataset}'s test split, {describe_accuracy(results, 'test')}, as its model card reports."
+        accuracy = f"On {dataset}'s test split, {accuracy_sentence(results, 'test')}, as its model card reports."
     else:
         accuracy = f"Its accuracy on {dataset} is not recorded."
     model = {
@@ -353,9 +345,7 @@ def stage_upload(output_dir, folder) -> Path:
             os.link(output_dir / name, folder / name)
         except OSError:  # another file system, or one without hard links
             shutil.copyfile(output_dir / name, folder / name)
-    trainer_state = output_dir / "trainer_state.json"
-    if trainer_state.is_file():
-        write_tensorboard_log(json.loads(trainer_state.read_text()).get("log_history", []), folder / TENSORBOARD_FILE)
+    write_tensorboard_log(read_record(output_dir, TRAINER_STATE_FILE).get("log_history", []), folder / TENSORBOARD_FILE)
     return folder
 
 

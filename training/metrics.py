@@ -53,7 +53,7 @@ def build_compute_metrics(fine_to_coarse=None):
     return compute_metrics
 
 
-def describe_accuracy(metrics: dict, prefix: str) -> str:
+def accuracy_sentence(metrics: dict, prefix: str) -> str:
     """`top-1 P% (95% interval L%-H%) on N images`, from the `compute_metrics` results of the split `prefix`."""
     low, high = metrics[f"{prefix}_accuracy_ci_low"], metrics[f"{prefix}_accuracy_ci_high"]
     accuracy, num_images = metrics[f"{prefix}_accuracy"], metrics[f"{prefix}_num_images"]

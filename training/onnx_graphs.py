@@ -24,7 +24,8 @@ from .arguments import DataArguments
 from .data import load_image_datasets
 from .image_ops import Normalize
 from .metrics import wilson_interval
-from .run_info import dataset_display_name, machine_info, read_run_arguments
+from .provenance import machine_info
+from .run_record import dataset_display_name, read_run_arguments
 
 # transformers.js loads `onnx/model{suffix}.onnx` for its `dtype` option (or `transformers.js_config.dtype` in
 # config.json): no suffix for fp32, `_fp16` for fp16, `_quantized` for q8. Its int8 and uint8 dtypes would look for

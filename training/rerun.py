@@ -1,21 +1,19 @@
 """What a rerun finds in its output folder, and what it may do there: start afresh, resume this run from its newest
 complete checkpoint, or stop because the run is finished, another run is there, or the folder is not a run's.
 
-`scripts/train.py` calls `prepare_output_dir` once, before any data is loaded, and `check_source_hold_out` (for its
-teacher and the saved model it starts from) before training; `scripts/evaluate_model.py` asks `check_same_hold_out`
-whether a validation split is the run's own. `train_resumably` trains, resuming where a checkpoint was left, and
-turns Ctrl-C or SIGTERM into a checkpoint of the step under way (`StopOnSignal`) that the same command resumes.
-The run's record itself (`run_arguments.json`, `run_info.json`) is written and read by `training.run_info`.
+A run (`training.run.run_training`) calls `prepare_output_dir` once, before any data is loaded. `train_resumably`
+trains, resuming where a checkpoint was left, and turns Ctrl-C or SIGTERM into a checkpoint of the step under way
+(`StopOnSignal`) that the same command resumes. The run's record itself (`run_arguments.json`, `run_info.json`), and
+the comparison of two records, are `training.run_record`'s.
 """
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from fnmatch import fnmatch
 
 import torch
@@ -24,30 +22,18 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, 
 from transformers.utils import logging
 
 from .cli import Stopped
-from .run_info import ARGUMENTS_FILE, RUN_INFO_FILE, dataset_source_name, read_run_arguments, read_saved_record
+from .run_record import (
+    ARGUMENTS_FILE,
+    EXAMPLES_DIR,
+    RECORD_FILES,
+    RUN_FILES,
+    TENSORBOARD_DIR,
+    TRAINER_STATE_FILE,
+    differing_arguments,
+    read_run_arguments,
+)
 
 logger = logging.get_logger(__name__)
-
-# Arguments that do not change what a run computes: where it writes, what it logs and reports, how fast it loads
-# data. A rerun may change these freely; any other difference means another run.
-NOT_DEFINING = (
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_", "log_", "disable_tqdm", "report_to",
-    "run_name", "project", "trackio_", "push_to_hub", "hub_", "space_id", "static_space_id", "save_total_limit",
-    "save_on_each_node", "save_only_model", "enable_jit_checkpoint", "dataloader_num_workers", "dataloader_pin_memory",
-    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
-    "per_device_eval_batch_size", "eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches",
-    "eval_use_gather_object", "include_", "skip_memory_metrics", "ddp_timeout", "ddp_backend", "debug", "local_rank",
-    "preprocessing_num_workers", "cache_dir",
-)  # fmt: skip
-# The data arguments that decide which images the validation split holds (with the seed).
-HOLD_OUT_ARGUMENTS = ("dataset_name", "dataset_config_name", "label_column_name", "validation_split_size")
-# What a run writes at the top of its output folder (fnmatch patterns): anything else there is not a run's, and a
-# run never trains into it (it would be overwritten, or published with the model).
-RUN_FILES = (
-    f"{PREFIX_CHECKPOINT_DIR}-*", "runs", "examples", "config.json", "model.safetensors", "configuration_*.py",
-    "modeling_*.py", "preprocessor_config.json", "training_args.bin", "*_results.json", "run_info.json",
-    ARGUMENTS_FILE, "trainer_state.json", "README.md", "training_curves.png", "handler.py", "requirements.txt",
-)  # fmt: skip
 
 
 class RunMismatchError(ValueError):
@@ -63,7 +49,7 @@ class PreviousRun:
 
 
 def prepare_output_dir(training_args, arguments) -> PreviousRun:
-    """Judge `training_args.output_dir` for a run of `arguments` (`training.run_info.run_arguments`), before any work.
+    """Judge `training_args.output_dir` for a run of `arguments` (`training.run_record.run_arguments`), before any work.
 
     With `--overwrite_output_dir`, the main process first deletes what an earlier run left there. Raises a
     `ValueError` when the path is a file or the folder holds files no run writes, and a `RunMismatchError` when it
@@ -95,91 +81,6 @@ def prepare_output_dir(training_args, arguments) -> PreviousRun:
     return PreviousRun(finished=bool(finished), checkpoint=checkpoint)
 
 
-def differing_arguments(saved, current):
-    """`--name saved -> current` for every argument that defines the run and differs between the two records."""
-    differences = []
-    # Every group of either record: one that only one of them has (distillation_arguments, recorded for a run with
-    # a teacher) differs in each of its values.
-    for group in [*current, *(group for group in saved if group not in current)]:
-        values, old_values = current.get(group), saved.get(group)
-        if not isinstance(values if group in current else old_values, dict):  # a value of its own: num_processes
-            values, old_values = {group: values}, {group: old_values}
-        values, old_values = values or {}, old_values or {}
-        for name in sorted(values.keys() | old_values.keys()):
-            old, new = old_values.get(name), values.get(name)
-            if old != new and not name.startswith(NOT_DEFINING):
-                differences.append(f"--{name} {old} -> {new}")
-    return differences
-
-
-def hold_out_arguments(data_arguments, seed):
-    """What decides which images a run's validation split holds, from its data arguments (a dict) and seed."""
-    return {"data_arguments": {name: data_arguments.get(name) for name in HOLD_OUT_ARGUMENTS}, "seed": seed}
-
-
-# Data arguments that only cut a run short or make it faster: another run on the same data need not repeat them.
-NOT_WHICH_DATA = ("max_train_samples", "max_eval_samples", "preprocessing_num_workers")
-
-
-def same_data_flags(data_args, training_args):
-    """The flags that give `scripts/train.py` the data of a run of `data_args` and `training_args`: the same images,
-    read the same way, with the same validation hold-out (a fine-tuning that holds out other images is refused:
-    `check_source_hold_out`), each where it differs from the default, quoted for a shell."""
-    values = [(field.name, getattr(data_args, field.name), field.default) for field in fields(data_args)]
-    seed = next(field.default for field in fields(training_args) if field.name == "seed")
-    values.append(("seed", training_args.seed, seed))
-    flags = []
-    for name, value, default in values:
-        if name not in NOT_WHICH_DATA and value != default:
-            value = int(value) if isinstance(value, float) and value.is_integer() else value
-            flags.append(f"--{name} {shlex.quote(str(value))}")
-    return flags
-
-
-def check_same_hold_out(run, recorded, data_args, seed):
-    """Raise unless `data_args` and `seed` hold out the same validation split as the run `recorded` (its
-    `run_arguments.json`): another one would hold images the run trained on."""
-    trained = hold_out_arguments(recorded["data_arguments"], recorded["training_arguments"]["seed"])
-    if differences := differing_arguments(trained, hold_out_arguments(vars(data_args), seed)):
-        raise ValueError(
-            f"{run} was trained with other data or seed ({'; '.join(differences)}): that validation split would hold "
-            "images the run trained on. Drop those flags to score the run's own validation split."
-        )
-
-
-def source_validation_split(source, data_args, seed, held_out=True):
-    """Whether the model `source` (a teacher, or the saved model a run starts from, pre-trained or not: a folder or Hub
-    id) held out the validation split that `data_args` and `seed` hold out (`held_out`: False for a dataset's own
-    validation split, which no seed moves), from its `run_info.json`: "same"; "other", with the arguments that differ
-    (it trained on images of this run's split); or, where its record cannot tell, "not recorded" (no VTLM record) or
-    "another dataset" (whose images may still be this one's)."""
-    recorded = read_saved_record(source, RUN_INFO_FILE)
-    if not recorded.get("data_arguments") or not recorded.get("training_arguments"):
-        return "not recorded", []
-    # run_info.json names a local dataset by its folder's name: this run's is compared the same way.
-    current = {**vars(data_args), "dataset_name": dataset_source_name(data_args)}
-    if recorded["data_arguments"].get("dataset_name") != current["dataset_name"]:
-        return "another dataset", []
-    if not held_out:
-        return "same", []
-    teachers = hold_out_arguments(recorded["data_arguments"], recorded["training_arguments"].get("seed"))
-    differences = differing_arguments(teachers, hold_out_arguments(current, seed))
-    return ("other" if differences else "same"), differences
-
-
-def check_source_hold_out(flag, source, data_args, seed, held_out=True):
-    """Raise, before any training, when the model `source` given by `--flag` (a teacher, or the saved model to start
-    from) trained on images of this run's validation split (the same dataset, another hold-out): the best epoch would
-    be chosen on images that shaped it."""
-    verdict, differences = source_validation_split(source, data_args, seed, held_out)
-    if verdict == "other":
-        raise ValueError(
-            f"--{flag} {source} held out another validation split of this dataset ({'; '.join(differences)}): it "
-            "trained on images this run would validate on. Train with its hold-out, or from a model trained without "
-            "these images."
-        )
-
-
 def foreign_files(output_dir):
     """The names at the top of `output_dir` that no run writes (`RUN_FILES`), sorted; [] for a missing folder."""
     if not os.path.isdir(output_dir):
@@ -193,11 +94,9 @@ def clear_previous_run(output_dir):
         return
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") or name in ("runs", "examples"):
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") or name in (TENSORBOARD_DIR, EXAMPLES_DIR):
             shutil.rmtree(path)
-        elif name.endswith("_results.json") or name in (
-            ARGUMENTS_FILE, "run_info.json", "trainer_state.json", "README.md"
-        ):  # fmt: skip
+        elif any(fnmatch(name, glob) for glob in RECORD_FILES):
             os.remove(path)
 
 
@@ -211,7 +110,7 @@ def last_complete_checkpoint(output_dir):
         return None
     for folder in reversed(sort_checkpoints(output_dir)):
         try:
-            with open(os.path.join(folder, "trainer_state.json")) as state:
+            with open(os.path.join(folder, TRAINER_STATE_FILE)) as state:
                 json.load(state)
         except (OSError, ValueError):
             logger.warning(f"skipping {folder}: it was not completely written")

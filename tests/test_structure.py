@@ -1,0 +1,103 @@
+"""The project's structure: imports run one way (no module imports one that imports it, not even inside a function),
+and each file of a run folder is named in one place (`training.run_record`)."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("training", "modeling", "endpoint", "space")
+
+
+def module_name(path):
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules():
+    return {module_name(path): path for package in PACKAGES for path in sorted((REPO_ROOT / package).glob("*.py"))}
+
+
+def imported_modules(name, path, modules):
+    """The project's modules that the module `name` (at `path`) imports anywhere in it, functions included."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            # `from package import module` imports the module; `from module import name`, the module.
+            targets = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules] or [base]
+        else:
+            continue
+        imported |= {target for target in targets if target in modules and target != name}
+    return imported
+
+
+def import_cycle(graph):
+    """One cycle of `graph` ({module: modules it imports}) as a list of modules, or None."""
+    visiting, done = [], set()
+
+    def visit(module):
+        if module in visiting:
+            return visiting[visiting.index(module) :] + [module]
+        if module in done:
+            return None
+        visiting.append(module)
+        for other in sorted(graph[module]):
+            if cycle := visit(other):
+                return cycle
+        visiting.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        if cycle := visit(module):
+            return cycle
+    return None
+
+
+def test_no_module_imports_one_that_imports_it():
+    modules = project_modules()
+    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    assert graph["training.rerun"], "the import graph found no imports: the test reads nothing"
+    cycle = import_cycle(graph)
+    assert cycle is None, f"an import circle: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_finder_finds_one_inside_a_function(tmp_path):
+    (tmp_path / "a.py").write_text("from .b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    from .a import y\n")
+    modules = {"pkg.a": tmp_path / "a.py", "pkg.b": tmp_path / "b.py"}
+    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    assert import_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+# The files of a run folder that `training.run_record` names: no other module may type them.
+RUN_FOLDER_NAMES = (
+    "run_info.json",
+    "run_arguments.json",
+    "all_results.json",
+    "trainer_state.json",
+    "training_curves.png",
+    "*_results.json",
+)
+
+
+@pytest.mark.parametrize("name", RUN_FOLDER_NAMES)
+def test_each_run_folder_file_is_named_once_in_the_code(name):
+    sources = [path for package in (*PACKAGES, "scripts") for path in sorted((REPO_ROOT / package).glob("*.py"))]
+    literal = re.compile(rf"""["']{re.escape(name)}["']""")
+    typed = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for path in sources
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert len(typed) == 1 and typed[0].startswith("training/run_record.py:"), typed
