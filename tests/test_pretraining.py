@@ -1,6 +1,7 @@
 """Masked image modelling (`training.pretraining`, `scripts/pretrain.py`): what the encoder sees, what it reads, what
 it leaves behind, and that its folder fine-tunes into a classifier that exports exactly to the built-in ViT."""
 
+import importlib
 import json
 import os
 import re
@@ -21,10 +22,15 @@ from training.arguments import (
     PretrainingArguments,
     parse_arguments,
 )
-from training.build import build_augmentation, build_pretraining_trainer
+from training.build import build_augmentation
 from training.data import load_image_datasets
 from training.export import export_model
-from training.pretraining import MaskedImageModelingTrainer, VTLMForMaskedImageModeling, check_maskable
+from training.pretraining import (
+    MaskedImageModelingTrainer,
+    VTLMForMaskedImageModeling,
+    build_pretraining_trainer,
+    check_maskable,
+)
 from training.rerun import last_complete_checkpoint
 from training.run_record import hold_out_arguments, same_data_flags, source_validation_split
 
@@ -42,6 +48,17 @@ TINY_DECODER_FLAGS = [
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     return VTLMForMaskedImageModeling(VTLMConfig(**TINY_CONFIG), TINY_DECODER).eval()
+
+
+def test_building_a_classification_run_loads_no_pretraining(monkeypatch):
+    """`training.build` builds the classifier's run alone: the masked autoencoder loads only where pre-training asks."""
+    import training
+
+    monkeypatch.setattr(training, "build", training.build)
+    for name in ("training.build", "training.pretraining"):
+        monkeypatch.delitem(sys.modules, name)
+    importlib.import_module("training.build")
+    assert "training.pretraining" not in sys.modules
 
 
 def test_the_encoder_sees_only_the_kept_patches():

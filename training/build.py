@@ -1,8 +1,9 @@
 """Everything a script needs to build a run from its arguments (`training.arguments`): config, model, augmentation
-and Trainer.
+and the classifier's Trainer.
 
-`scripts/train.py`, `scripts/evaluate_model.py`, `scripts/benchmark.py` and the tests all build through these
-functions, so a run is put together one way only.
+`scripts/train.py`, `scripts/pretrain.py` (its config and augmentation: its model and Trainer are
+`training.pretraining`'s), `scripts/evaluate_model.py`, the benchmarks, the comparisons and the tests all build through
+these functions, so a run is put together one way only.
 """
 
 import difflib
@@ -18,7 +19,6 @@ from .data import collate_batch
 from .distillation import Distillation, load_teacher
 from .locality import LocalityBias
 from .metrics import build_compute_metrics, preprocess_logits_for_metrics
-from .pretraining import MaskedImageModelingTrainer
 from .trainer import StopOnNonFiniteLoss, VTLMTrainer
 
 # Fields of the config that the recipe sets with flags of their own (`ModelArguments`), not --config_overrides.
@@ -164,18 +164,4 @@ def build_evaluation_trainer(model, image_processor, data, output_dir, batch_siz
         compute_metrics=build_compute_metrics(data.fine_to_coarse),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         processing_class=image_processor,
-    )
-
-
-def build_pretraining_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
-    """The `MaskedImageModelingTrainer` of a pre-training run (`training.pretraining`): it reads the train split
-    only, augmented as `augmentation` says and normalised as `image_processor` normalises, and never evaluates."""
-    return MaskedImageModelingTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.tensors("train"),
-        data_collator=collate_batch,
-        processing_class=image_processor,
-        augmentation=augmentation,
-        callbacks=[StopOnNonFiniteLoss(), *callbacks],
     )

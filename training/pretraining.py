@@ -25,8 +25,9 @@ from modeling import VTLMConfig, VTLMModel, VTLMPreTrainedModel
 from modeling.modeling_vtlm import VTLMEncoder
 
 from .augmentation import augmentation_seed
+from .data import collate_batch
 from .flops import ImageFlops, count_training_flops
-from .trainer import VTLMTrainer
+from .trainer import StopOnNonFiniteLoss, VTLMTrainer
 
 # What masking needs of the encoder: patch tokens it can drop one by one. The conv tokenizer and SOPE mix
 # neighbouring pixels before tokens exist, DAFF convolves the token grid and head tokens average all patch tokens:
@@ -170,3 +171,17 @@ class MaskedImageModelingTrainer(VTLMTrainer):
 
     def count_image_flops(self, model) -> ImageFlops:
         return pretraining_flops_per_image(model.config, model.pretraining_args)
+
+
+def build_pretraining_trainer(model, training_args, data, augmentation, image_processor, callbacks=()):
+    """The `MaskedImageModelingTrainer` of a pre-training run: it reads the train split only, augmented as
+    `augmentation` says and normalised as `image_processor` normalises, and never evaluates."""
+    return MaskedImageModelingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.tensors("train"),
+        data_collator=collate_batch,
+        processing_class=image_processor,
+        augmentation=augmentation,
+        callbacks=[StopOnNonFiniteLoss(), *callbacks],
+    )
