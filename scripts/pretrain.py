@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 class PretrainingRun(TrainingRun):
     """An encoder pre-trained by masked image modelling on the training split; its folder keeps the encoder alone."""
 
+    logger = logger
+
     def build_config(self):
         from training.build import build_config
         from training.pretraining import check_maskable

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 class ClassifierRun(TrainingRun):
     """An image classifier trained from scratch, from a saved model or taught, tested once and published if asked."""
 
+    logger = logger
+
     def build_config(self):
         from training.build import build_config
         from training.export import published_export_formats

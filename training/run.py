@@ -19,6 +19,8 @@ class TrainingRun:
     (resumably), and writes the run's record and card; a subclass builds the config and the trainer, saves what the
     run made, writes its card, and says what the run left."""
 
+    logger = logger  # a script's own, so that the run's lines name it
+
     def __init__(self, arguments):
         self.arguments = arguments
 
@@ -73,7 +75,7 @@ class TrainingRun:
             self.finished()
             return
         if previous.checkpoint:
-            logger.info(f"resuming from {previous.checkpoint}")
+            self.logger.info(f"resuming from {previous.checkpoint}")
         teacher = arguments.distillation_args and arguments.distillation_args.teacher_model_name_or_path
         if teacher:  # now, not after the dataset is decoded
             check_model_source(teacher)
@@ -99,4 +101,4 @@ class TrainingRun:
                 **record,
             )
             self.write_card()
-        logger.info(self.last_line())
+        self.logger.info(self.last_line())
