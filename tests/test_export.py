@@ -18,18 +18,12 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTForImageClassification, pipeline
 
 import training.export
+import training.vit_conversion
 from modeling import PRESETS, VTLMConfig, VTLMForImageClassification, build_image_processor
 from training.cli import run_cli
-from training.export import (
-    ONNX_FILE,
-    PREPROCESSOR_FILE,
-    ExportError,
-    export_model,
-    source_reference,
-    to_vit,
-    vit_refusals,
-)
+from training.export import ONNX_FILE, PREPROCESSOR_FILE, export_model, source_reference
 from training.onnx_graphs import GRAPH_FILES, onnx_logits, onnx_session
+from training.vit_conversion import ExportError, Refusal, to_vit, vit_refusals
 
 requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
@@ -285,14 +279,23 @@ def test_the_export_card_of_a_published_export_loads_its_hub_id():
     assert "Replace `MODEL` with this folder or its Hub id." in local and 'model = "MODEL"' in local
 
 
+@requires_onnx
+def test_the_card_of_a_graph_that_is_no_vit_names_the_settings_the_vit_cannot_express():
+    refusals = vit_refusals(VTLMConfig(**TINY_CONFIG, pooling="mean"))
+    checks = {"onnx": {"max_logit_difference": 2e-6, "same_top1": 16}}
+    card = str(training.export.render_export_card("`run`", checks, 16, refusals=refusals))
+    assert "It computes VTLM's own layout (pooling='mean'), which no transformers class" in card.replace("\n", " ")
+    assert "is not a built-in ViT" not in str(training.export.render_export_card("`run`", checks, 16))
+
+
 def test_a_field_the_layout_does_not_read_blocks_no_export():
     # conv_hidden_size belongs to the conv tokenizer: a patch-4 model ignores it, and CCT's one conv block outputs
     # hidden_size channels whatever it says.
     plain = VTLMConfig(**TINY_CONFIG, conv_hidden_size=32)
-    assert vit_refusals(plain) == []
+    assert vit_refusals(plain) == ()
     cct = VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG, conv_hidden_size=32)
-    assert not any(refusal.startswith("conv_hidden_size") for refusal in vit_refusals(cct))
-    assert any(refusal.startswith("patch_embedding_type") for refusal in vit_refusals(cct))
+    fields = [refusal.field for refusal in vit_refusals(cct)]
+    assert "conv_hidden_size" not in fields and "patch_embedding_type" in fields
 
 
 @pytest.mark.parametrize(
@@ -368,9 +371,9 @@ def test_an_export_that_computes_something_else_is_refused(tmp_path, monkeypatch
     swap = {"layernorm_before": "layernorm_after", "layernorm_after": "layernorm_before"}
     renames = [
         (pattern, re.sub("layernorm_(before|after)", lambda m: swap[m[0]], target))
-        for pattern, target in training.export.VIT_RENAMES
+        for pattern, target in training.vit_conversion.VIT_RENAMES
     ]
-    monkeypatch.setattr(training.export, "VIT_RENAMES", tuple(renames))  # the two norms of each block swapped
+    monkeypatch.setattr(training.vit_conversion, "VIT_RENAMES", tuple(renames))  # the two norms of each block swapped
     with pytest.raises(ExportError, match="differs from its source by"):
         export_model(tmp_path / "run", tmp_path / "vit", ("vit",))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
@@ -485,10 +488,16 @@ def test_optimum_runs_the_onnx_folder_as_predict_does(preset, formats, legacy_tr
 
 
 def test_a_dhvt_preset_is_refused_naming_each_dhvt_field():
-    refused = " ".join(training.export.vit_refusals(VTLMConfig.from_preset("vtlm-dhvt-t2", **TINY_CONFIG)))
-    for field in ("patch_embedding_type='sope'", "use_position_embeddings=False", "feed_forward_type='daff'"):
-        assert field in refused
-    assert "use_head_tokens=True" in refused
+    config = VTLMConfig.from_preset("vtlm-dhvt-t2", **TINY_CONFIG)
+    refused = {refusal.field: refusal.value for refusal in vit_refusals(config)}
+    dhvt = {"patch_embedding_type": "sope", "use_position_embeddings": False, "feed_forward_type": "daff"}
+    assert dhvt.items() <= refused.items() and refused["use_head_tokens"] is True
+
+
+def test_a_refusal_is_data_that_reads_as_the_errors_name_it():
+    (refusal,) = vit_refusals(VTLMConfig(**TINY_CONFIG, pooling="mean"))
+    assert refusal == Refusal("pooling", "mean", "cls")
+    assert str(refusal) == "pooling='mean' (exportable only at the original model's 'cls')"
 
 
 def test_the_export_cards_onnx_snippet_runs_on_the_folder_and_the_card_has_a_license(tmp_path, monkeypatch):

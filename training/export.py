@@ -1,9 +1,9 @@
-"""Export a trained VTLM to transformers' built-in ViT (no custom code) and to ONNX, checking each against the source.
+"""Export a trained VTLM to transformers' built-in ViT (no custom code) and to ONNX, checking each against the source:
+the exported folder, its config and its card.
 
-The original architecture is exactly `ViTForImageClassification`: the same patch convolution, CLS token, learned
-positions, pre-norm blocks, GELU MLP, final LayerNorm and head on the CLS token. Only the names differ, and the
-fused qkv projection, which the ViT keeps as three. A config the ViT cannot express is refused before anything is
-written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is asked for.
+The ViT is the exact conversion of `training/vit_conversion.py`; a config the ViT cannot express is refused before
+anything is written. ONNX needs `onnx`, `onnxscript` and `onnxruntime`, which are imported only when an ONNX export is
+asked for.
 
 An ONNX export ships three graphs (`training/onnx_graphs.py`): the exact fp32 one and, beside it, an fp16 and an 8-bit
 one, which transformers.js loads by their dtype names. Which of them transformers.js loads by default
@@ -15,7 +15,6 @@ default stays fp32 and the card says that the smaller graphs' accuracy was not m
 
 import importlib.util
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,17 +22,10 @@ from pathlib import Path
 import torch
 import transformers
 from huggingface_hub import ModelCard, ModelCardData
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTConfig
 from transformers.utils import cached_file
 
 from . import LICENSE
-from .config_fields import original_defaults, unused_fields
 from .onnx_graphs import (
     GRAPH_FILES,
     GRAPH_NAMES,
@@ -47,45 +39,12 @@ from .onnx_graphs import (
     write_smaller_graphs,
 )
 from .sources import check_model_source, is_local
+from .vit_conversion import ExportError, check_vit_exportable, describe_refusals, to_vit, vit_config, vit_refusals
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = GRAPH_FILES["fp32"]  # where optimum and transformers.js look
 PREPROCESSOR_FILE = "preprocessor_config.json"
 MEASUREMENT_FILE = "onnx_accuracy.json"  # each graph's accuracy and latency on a test split (`measure_graphs`)
-# VTLM config fields that ViTConfig has under the same name and meaning, whatever their value.
-VIT_FIELDS = (
-    "image_size",
-    "patch_size",
-    "num_channels",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "layer_norm_eps",
-    "qkv_bias",
-    "initializer_range",
-)
-# Fields that change training or initialisation only: an exported model, which serves inference, needs none.
-TRAINING_ONLY_FIELDS = (
-    "drop_path_rate", "position_initializer_range", "attention_initializer", "mimetic_alpha1", "mimetic_beta1",
-    "mimetic_alpha2", "mimetic_beta2",
-)  # fmt: skip
-# VTLM parameter names -> the built-in ViT's module names in transformers 5.x. `save_pretrained` then writes the
-# keys each release reads (4.x's `vit.encoder.layer.N.attention.attention.query` ...). The fused qkv is split apart.
-VIT_RENAMES = (
-    (r"vtlm\.embeddings\.patch_embeddings\.(weight|bias)", r"vit.embeddings.patch_embeddings.projection.\1"),
-    (r"vtlm\.embeddings\.(cls_token|position_embeddings)", r"vit.embeddings.\1"),
-    (r"vtlm\.encoder\.layer\.(\d+)\.norm1\.(weight|bias)", r"vit.layers.\1.layernorm_before.\2"),
-    (r"vtlm\.encoder\.layer\.(\d+)\.attention\.proj\.(weight|bias)", r"vit.layers.\1.attention.o_proj.\2"),
-    (r"vtlm\.encoder\.layer\.(\d+)\.norm2\.(weight|bias)", r"vit.layers.\1.layernorm_after.\2"),
-    (r"vtlm\.encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"vit.layers.\1.mlp.\2.\3"),
-    (r"vtlm\.layernorm\.(weight|bias)", r"vit.layernorm.\1"),
-    (r"classifier\.(weight|bias)", r"classifier.\1"),
-)
-FUSED_QKV = re.compile(r"vtlm\.encoder\.layer\.(\d+)\.attention\.qkv\.(weight|bias)")
 # The largest logit difference from the source that an exact export may have (fp32). The ViT runs the same kernels.
 # ONNX Runtime fuses and reorders the arithmetic, which grows with depth and activation size (up to 3e-5 was seen on a
 # 12-layer model); a wrong weight mapping is off by far more. The fp16 and 8-bit graphs have no bound: they are not
@@ -131,84 +90,20 @@ CARD_ROWS = {
 }
 
 
-class ExportError(ValueError):
-    """The source cannot be exported as asked. Nothing is written: the check comes first, or the folder is dropped."""
-
-
-def vit_refusals(config) -> list[str]:
-    """Each field whose value the built-in ViT cannot express, with the value it can; empty when an exact export exists.
-
-    The fields come from the config's own class, so a field added to VTLM later is refused unless it holds the
-    original model's value, until it is mapped here. A field this layout does not read (`unused_fields`: another
-    tokenizer's, say) changes nothing, whatever its value.
-    """
-    expressible = (*VIT_FIELDS, *TRAINING_ONLY_FIELDS, *unused_fields(config))  # unused: no effect on the model
-    return [
-        f"{name}={getattr(config, name)!r} (exportable only at the original model's {default!r})"
-        for name, default in original_defaults(type(config)).items()
-        if name not in expressible and _plain(getattr(config, name)) != _plain(default)
-    ]
-
-
-def check_vit_exportable(config):
-    """Raise an `ExportError` naming every field whose value the built-in ViT cannot express (`vit_refusals`)."""
-    refused = vit_refusals(config)
-    if refused:
-        raise ExportError(
-            f"transformers' built-in ViT cannot express {', '.join(refused)}; --format onnx exports any VTLM model"
-        )
-
-
 def published_export_formats(config) -> tuple:
     """What the export that publishing ships (`--hub_vit_model_id`) holds for `config`: the built-in ViT and its ONNX
     graph, the ViT alone where onnxruntime is not installed, or the ONNX graph alone for a layout the ViT cannot
     express, which then needs the export extra (an `ExportError` here, before anything is trained or uploaded)."""
     has_onnx = importlib.util.find_spec("onnxruntime") is not None
-    if not vit_refusals(config):
+    refusals = vit_refusals(config)
+    if not refusals:
         return ("vit", "onnx") if has_onnx else ("vit",)
     if not has_onnx:
         raise ExportError(
-            f"transformers' built-in ViT cannot express {', '.join(vit_refusals(config))}: --hub_vit_model_id "
+            f"transformers' built-in ViT cannot express {describe_refusals(refusals)}: --hub_vit_model_id "
             "publishes its ONNX graph, which needs the export extra (pip install -e '.[export]')"
         )
     return ("onnx",)
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value  # config.json turns tuples into lists
-
-
-def vit_config(config) -> ViTConfig:
-    return ViTConfig(
-        **{name: getattr(config, name) for name in VIT_FIELDS}, id2label=config.id2label, label2id=config.label2id
-    )
-
-
-def vit_state_dict(state_dict) -> dict:
-    """The VTLM state dict under the built-in ViT's parameter names, with every fused qkv split into q, k and v."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        fused = FUSED_QKV.fullmatch(name)
-        if fused:  # rows are (3, heads, head_dim) flattened: query, then key, then value, each in ViT's head order
-            layer, kind = fused.groups()
-            for projection, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3), strict=True):
-                converted[f"vit.layers.{layer}.attention.{projection}.{kind}"] = part
-            continue
-        for pattern, replacement in VIT_RENAMES:
-            if re.fullmatch(pattern, name):
-                converted[re.sub(pattern, replacement, name)] = tensor
-                break
-        else:
-            raise ExportError(f"the VTLM parameter {name} has no counterpart in the built-in ViT")
-    return converted
-
-
-def to_vit(model) -> ViTForImageClassification:
-    """The built-in `ViTForImageClassification` computing what the VTLM classifier `model` computes."""
-    check_vit_exportable(model.config)
-    vit = ViTForImageClassification(vit_config(model.config))
-    vit.load_state_dict(vit_state_dict(model.state_dict()), strict=True)  # strict: no ViT weight left at its init
-    return vit.to(model.dtype).eval()
 
 
 def load_vtlm_config(model_name_or_path):
@@ -285,8 +180,9 @@ def export_model(
             raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error})") from error
 
     config = load_vtlm_config(model_name_or_path)
+    refusals = vit_refusals(config)  # what the folder's config and card say, and whether "vit" can be written
     if "vit" in formats:
-        check_vit_exportable(config)
+        check_vit_exportable(refusals)
     preprocessor = cached_file(model_name_or_path, PREPROCESSOR_FILE)
     model = AutoModelForImageClassification.from_pretrained(
         model_name_or_path, config=config, trust_remote_code=True, use_safetensors=True, dtype=torch.float32
@@ -303,7 +199,7 @@ def export_model(
     staging.chmod(0o755)  # mkdtemp's 0o700 would keep the finished folder from everyone else
     try:
         checks, measurement = {}, None
-        exported = to_vit(model) if not vit_refusals(config) else model  # the ViT's graph where there is one
+        exported = model if refusals else to_vit(model)  # the ViT's graph where there is one
         if "vit" in formats:
             with torch.no_grad():
                 checks["vit"] = _check(exported(images).logits, expected, "vit")
@@ -319,13 +215,13 @@ def export_model(
                 )
                 (staging / MEASUREMENT_FILE).write_text(json.dumps(measurement, indent=2) + "\n")
         dtype = measurement["default_dtype"] if measurement else "fp32"
-        write_export_config(staging, config, weights="vit" in formats, graph="onnx" in formats, dtype=dtype)
+        write_export_config(staging, config, refusals, weights="vit" in formats, graph="onnx" in formats, dtype=dtype)
         shutil.copyfile(preprocessor, staging / PREPROCESSOR_FILE)
         card = render_export_card(
             source_reference(source or model_name_or_path),
             checks,
             len(images),
-            graph_of=_graph_of(config),
+            refusals=refusals,
             model_id=model_id,
             measurement=measurement,
         )
@@ -338,37 +234,32 @@ def export_model(
     return {name: check["max_logit_difference"] for name, check in checks.items()}
 
 
-def write_export_config(folder, config, weights, graph, dtype="fp32"):
+def write_export_config(folder, config, refusals, weights, graph, dtype="fp32"):
     """The exported folder's `config.json`, for the clients that load it without custom code: the built-in ViT's
     config, the one that `ViTForImageClassification` reads with the weights (`weights`), or, for an ONNX graph alone,
     the one that transformers.js and optimum read to find the task, the input size and the labels before they run
-    `onnx/model.onnx`. A layout the ViT cannot express gets a ViT-typed config that records what the graph really is
-    (`vtlm_config`) and comes with no weights, so transformers' Python classes fail to load it instead of filling a
-    ViT with random weights. With the graphs, `transformers.js_config.dtype` names the one transformers.js loads by
-    default (`dtype`: fp32 unless a measurement chose a smaller graph); without it, transformers.js in a browser
-    would load the 8-bit graph, whatever its accuracy. No path of this machine (`_name_or_path`) is written."""
+    `onnx/model.onnx`. A layout the ViT cannot express (`refusals`: `vit_refusals` of `config`) gets a ViT-typed
+    config that records what the graph really is (`vtlm_config`) and comes with no weights, so transformers' Python
+    classes fail to load it instead of filling a ViT with random weights. With the graphs,
+    `transformers.js_config.dtype` names the one transformers.js loads by default (`dtype`: fp32 unless a measurement
+    chose a smaller graph); without it, transformers.js in a browser would load the 8-bit graph, whatever its
+    accuracy. No path of this machine (`_name_or_path`) is written."""
     if dtype not in GRAPH_FILES:
         raise ExportError(f"dtype must be one of {list(GRAPH_FILES)}, got {dtype!r}")
-    exported = vit_config(config) if not vit_refusals(config) else ViTConfig(
+    exported = vit_config(config) if not refusals else ViTConfig(
         image_size=config.image_size, num_channels=config.num_channels, id2label=config.id2label,
         label2id=config.label2id,
     )  # fmt: skip
     exported.architectures = ["ViTForImageClassification"]
     content = exported.to_dict()
     content.pop("_name_or_path", None)
-    if vit_refusals(config):
+    if refusals:
         vtlm = {key: value for key, value in config.to_dict().items() if key not in ("auto_map", "_name_or_path")}
         content["vtlm_config"] = vtlm  # the graph's own architecture, for a reader: nothing loads from it
     if graph:
         content["transformers.js_config"] = {"dtype": dtype}
     if weights or graph:
         (Path(folder) / "config.json").write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-
-
-def _graph_of(config):
-    """How the card names a graph that is no built-in ViT: the layout's fields that the ViT cannot express."""
-    refused = vit_refusals(config)
-    return ", ".join(field.split(" (")[0] for field in refused) if refused else None
 
 
 def _check(logits, expected, name) -> dict:
@@ -384,12 +275,12 @@ def _check(logits, expected, name) -> dict:
     return {"max_logit_difference": difference, "same_top1": same_top1}
 
 
-def render_export_card(source, checks, num_images, graph_of=None, model_id=None, measurement=None) -> ModelCard:
+def render_export_card(source, checks, num_images, refusals=(), model_id=None, measurement=None) -> ModelCard:
     """The exported folder's README.md: its source (`source_reference`), what it holds, how close each file was
     measured to be to the source (`checks`: {"vit", "onnx", "onnx_fp16", "onnx_q8": `_check`'s answer} on
     `num_images` random images), and, with ONNX graphs, each graph's accuracy on a test split (`measurement`, from
     `onnx_graphs.measure_graphs`) and which graph transformers.js loads by default, or that it was not measured.
-    `graph_of` names the layout of an ONNX graph that is no built-in ViT (`_graph_of`). The usage snippets load
+    `refusals` (`vit_refusals`) name the settings that make an ONNX graph no built-in ViT. The usage snippets load
     `model_id`, the export's own Hub id, when it is published; otherwise they say `MODEL`, for the reader to
     replace."""
     formats = [name for name in FORMATS if name in checks]
@@ -424,7 +315,7 @@ source's; see the source's model card. The preprocessing (`{PREPROCESSOR_FILE}`)
 {table}
 
 The differences were measured at export time, on a CPU, on {num_images} random images, with {versions}.
-{_graph_note(graph_of)}{_accuracy_section(measurement) if "onnx" in formats else ""}
+{_graph_note(refusals)}{_accuracy_section(measurement) if "onnx" in formats else ""}
 ## Usage
 
 {usage}"""
@@ -468,9 +359,10 @@ with each graph's latency.
 """
 
 
-def _graph_note(graph_of):
-    if graph_of is None:
+def _graph_note(refusals):
+    if not refusals:
         return ""
+    graph_of = ", ".join(refusal.setting for refusal in refusals)
     return f"""
 **The ONNX graph is not a built-in ViT.** It computes VTLM's own layout ({graph_of}), which no transformers class
 expresses, so this folder holds the graph and no PyTorch weights. Its `config.json` is typed `vit` only so that
