@@ -573,10 +573,11 @@ class VTLMPreTrainedModel(PreTrainedModel):
             return  # nothing to do, all loaded, or built without weights, to be loaded
         if initializer == "impulse" and fresh_positions:
             positions.mul_(self.config.impulse_position_scale)
-        config, hidden_size, num_heads = self.config, self.config.hidden_size, self.config.num_attention_heads
-        head_dim = hidden_size // num_heads
+        config = self.config
         device = positions.device if positions is not None else attentions[0].qkv.weight.device
         for attention in attentions:
+            # Each layer's own width: a pre-training's MAE decoder is narrower than the encoder.
+            hidden_size, num_heads = attention.config.hidden_size, attention.num_heads
             if initializer == "mimetic":
                 query_key = [
                     _mimetic_factors(hidden_size, config.mimetic_alpha1, config.mimetic_beta1, device)
@@ -584,7 +585,9 @@ class VTLMPreTrainedModel(PreTrainedModel):
                 ]
             else:  # the patch tokens' positions, behind the CLS token if any
                 patch_positions = positions[0, embeddings.cls_token is not None :].float()
-                query_key = _impulse_factors(patch_positions, num_heads, head_dim, config.impulse_query_key_norm)
+                query_key = _impulse_factors(
+                    patch_positions, num_heads, attention.head_dim, config.impulse_query_key_norm
+                )
             value_output = _mimetic_factors(hidden_size, config.mimetic_alpha2, -config.mimetic_beta2, device)
             self._set_attention_weights(attention, query_key, value_output)
 

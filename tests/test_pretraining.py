@@ -61,6 +61,17 @@ def test_building_a_classification_run_loads_no_pretraining(monkeypatch):
     assert "training.pretraining" not in sys.modules
 
 
+def test_mimetic_init_reaches_the_narrower_decoder_at_its_own_width():
+    """Every attention layer of the masked autoencoder, the decoder's (16 wide here, against the encoder's 32)
+    included, gets mimetic's W_v W_o ~ alpha2 Z - beta2 I at its own width."""
+    torch.manual_seed(0)
+    config = VTLMConfig(**TINY_CONFIG, attention_initializer="mimetic", mimetic_beta2=0.5)
+    model = VTLMForMaskedImageModeling(config, TINY_DECODER)
+    for attention in (model.vtlm.encoder.layer[0].attention, model.decoder.layer[0].attention):
+        value, output = attention.qkv.weight.detach().chunk(3)[2], attention.proj.weight.detach()
+        assert (value.T @ output.T).diagonal().mean().item() == pytest.approx(-0.5, abs=0.1)
+
+
 def test_the_encoder_sees_only_the_kept_patches():
     model = tiny_model()
     pixel_values = torch.randn(2, 3, 32, 32)
