@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 r"""Train arms side by side with `scripts/train.py`, each from its own flags and seeds, and write a Markdown report of
-their test top-1 against the compute each cost (`training/compare.py` says what it runs and reads).
+their test top-1 against the compute each cost (`training/compare.py` says what it runs).
 
     python scripts/compare.py --output_md docs/compare.md --seeds 0 1 2 \
         --common="--config_overrides hidden_size=64,num_hidden_layers=4,num_attention_heads=4,intermediate_size=128" \
@@ -60,15 +60,9 @@ def main(argv=None):
     setup_logging()
     import torch
 
-    from training.compare import (
-        Comparison,
-        arm_summaries,
-        check_unmanaged,
-        parse_arms,
-        plot_accuracy_against_compute,
-        read_run,
-        render_report,
-    )
+    from training.compare import Comparison
+    from training.compare_arms import check_unmanaged, parse_arms
+    from training.compare_report import arm_summaries, plot_accuracy_against_compute, render_report
     from training.fashion_mnist import prepare_dataset
     from training.provenance import machine_info
 
@@ -89,14 +83,7 @@ def main(argv=None):
         }
         manifest = prepare_dataset(dataset_dir, images_per_class, seed=args.sample_seed, source_dir=args.source_dir)
         dataset = (os.path.abspath(dataset_dir), "label")
-    comparison = Comparison(arms, args.output_dir, dataset, manifest, common)
-    folders = comparison.run(args.seeds)
-
-    runs = [
-        read_run(folders[arm.name, seed], comparison.record_path(arm, seed), arm, seed)
-        for arm in arms
-        for seed in args.seeds
-    ]
+    runs = Comparison(arms, args.output_dir, dataset, manifest, common).run(args.seeds)
     os.makedirs(os.path.dirname(os.path.abspath(output_md)), exist_ok=True)
     plot_path = output_md.removesuffix(".md") + ".png"
     title = f"{manifest.get('name') or manifest['dataset_name']}, {len(args.seeds)} seed(s)"

@@ -1,5 +1,6 @@
-"""training/compare.py and scripts/compare.py: the commands it builds, the compute it adds up, the report it renders,
-and one real comparison with a pre-training stage and an arm at another's compute."""
+"""scripts/compare.py and its modules (training/compare.py, compare_arms.py, compare_results.py, compare_report.py):
+the commands it builds, the compute it adds up, the report it renders, and one real comparison with a pre-training
+stage and an arm at another's compute."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import torch
 from conftest import REPO_ROOT, TINY_OVERRIDES, make_run_folder
 from transformers import TrainerState
 
-from training import compare, fashion_mnist
+from training import compare, compare_arms, compare_report, compare_results, fashion_mnist
 from training.arguments import parse_arguments
 from training.metrics import wilson_interval
 from training.provenance import machine_info
@@ -29,7 +30,7 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
         "learning_rate: 0.0005\nnum_train_epochs: 300\nhorizontal_flip: false\nreport_to: [none]\nmixup_alpha: 0.0\n"
         "output_dir: elsewhere\n"
     )
-    arm = compare.parse_arm(f"my recipe={recipe} --num_train_epochs 3 --mixup_alpha 0.5")
+    arm = compare_arms.parse_arm(f"my recipe={recipe} --num_train_epochs 3 --mixup_alpha 0.5")
     assert arm.name == "my recipe" and arm.flags == [str(recipe), "--num_train_epochs", "3", "--mixup_alpha", "0.5"]
     common = ["--num_train_epochs", "2", "--learning_rate", "0.002"]
     comparison = compare.Comparison([arm], str(tmp_path), (str(tmp_path / "data"), "label"), {}, common)
@@ -54,22 +55,22 @@ def test_arm_flags_reach_train_py_in_order(tmp_path):
 )
 def test_bad_arms_are_refused(text, match):
     with pytest.raises(ValueError, match=match):
-        compare.parse_arm(text)
+        compare_arms.parse_arm(text)
 
 
 def test_a_missing_recipe_file_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no recipe file"):
-        compare.parse_arm(f"a={tmp_path / 'missing.yaml'} --seed_x 1")
+        compare_arms.parse_arm(f"a={tmp_path / 'missing.yaml'} --seed_x 1")
 
 
 def test_schedule_reverses_the_arms_every_round():
-    arms = [compare.parse_arm(f"{name}=") for name in "abc"]
+    arms = [compare_arms.parse_arm(f"{name}=") for name in "abc"]
     order = [(arm.name, seed) for arm, seed in compare.schedule(arms, [1, 2, 3])]
     assert order == [("a", 1), ("b", 1), ("c", 1), ("c", 2), ("b", 2), ("a", 2), ("a", 3), ("b", 3), ("c", 3)]
 
 
 def test_a_folder_of_another_command_is_not_reused(tmp_path):
-    arm = compare.parse_arm("a=--mixup_alpha 0")
+    arm = compare_arms.parse_arm("a=--mixup_alpha 0")
     comparison = compare.Comparison([arm], str(tmp_path), ("data", "label"), {}, [])
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "a-seed42.json").write_text(json.dumps({"arguments": ["--mixup_alpha", "1"], "dataset": {}}))
@@ -87,11 +88,11 @@ def test_a_folder_of_another_command_is_not_reused(tmp_path):
 )
 def test_stages_and_matches_name_arms_that_exist(pretrain, match, message):
     with pytest.raises(ValueError, match=message):
-        compare.parse_arms(["b=", "a="], pretrain, match)
+        compare_arms.parse_arms(["b=", "a="], pretrain, match)
 
 
 def test_an_arm_matching_another_runs_after_it_in_every_round():
-    arms = compare.parse_arms(
+    arms = compare_arms.parse_arms(
         ["cheap=", "costly=", "cheap at costly=--num_train_epochs 1"], [], ["cheap at costly=costly"]
     )
     order = [(arm.name, seed) for arm, seed in compare.schedule(arms, [1, 2])]
@@ -115,10 +116,11 @@ def log_history(epoch_ends, final_epoch=None):
 def test_seconds_per_epoch():
     # The median of the gaps between epoch ends; the first epoch (data loading, start-up) has no gap of its own.
     ends = [(1.0, 50.0), (2.0, 150.0), (3.0, 260.0), (4.0, 330.0)]
-    assert compare.seconds_per_epoch(log_history(ends, final_epoch=4.0)) == (100.0, 3)
-    assert compare.seconds_per_epoch(log_history([(1.0, 10.0), (3.0, 30.0)])) == (10.0, 1)  # an epoch end not seen
-    assert compare.seconds_per_epoch(log_history([(1.0, 120.0)])) == (120.0, 0)
-    assert compare.seconds_per_epoch(log_history([(2.0, 300.0)])) == (150.0, 0)
+    assert compare_results.seconds_per_epoch(log_history(ends, final_epoch=4.0)) == (100.0, 3)
+    # An epoch end not seen:
+    assert compare_results.seconds_per_epoch(log_history([(1.0, 10.0), (3.0, 30.0)])) == (10.0, 1)
+    assert compare_results.seconds_per_epoch(log_history([(1.0, 120.0)])) == (120.0, 0)
+    assert compare_results.seconds_per_epoch(log_history([(2.0, 300.0)])) == (150.0, 0)
 
 
 def run_folder(path, accuracy, epoch_ends, flags=(), teacher_forward_flops_per_image=None):
@@ -143,23 +145,23 @@ def test_a_taught_run_costs_its_teacher_forward_and_training(tmp_path):
     teacher_compute = json.loads((teacher / "run_info.json").read_text())["compute"]
     student_compute = json.loads((student / "run_info.json").read_text())["compute"]
     assert student_compute["teacher_forward_flops"] == 1_000 * student_compute["training_images"] > 0
-    total = compare.read_total_compute(str(student))
+    total = compare_results.read_total_compute(str(student))
     assert total == {
         "own": student_compute["training_flops"] + student_compute["teacher_forward_flops"],
         "teacher_training": teacher_compute["total_flops"],
         "pretraining": 0,
         "total": student_compute["total_flops"] + teacher_compute["total_flops"],
     }
-    assert compare.read_total_compute(str(teacher))["total"] == teacher_compute["total_flops"]
+    assert compare_results.read_total_compute(str(teacher))["total"] == teacher_compute["total_flops"]
 
 
 def test_report_renders_what_the_runs_recorded(tmp_path):
     folder_a, record_a = run_folder(tmp_path / "a", 0.8123, [(1.0, 50.0), (2.0, 150.0), (3.0, 260.0)])
     folder_b, record_b = run_folder(tmp_path / "b", 0.5, [(1.0, 120.0)])
-    arm_a = compare.parse_arm("old | new @ 3=--randaugment_magnitude 5")
-    arm_b = compare.parse_arm("plain=")
-    runs = [compare.read_run(str(folder_a), record_a, arm_a, 42), compare.read_run(str(folder_b), record_b, arm_b, 43)]
-    runs.append(compare.read_run(str(folder_b), record_b, arm_b, 44))
+    arm_a = compare_arms.parse_arm("old | new @ 3=--randaugment_magnitude 5")
+    arm_b = compare_arms.parse_arm("plain=")
+    runs = [compare_results.read_run(str(folder_a), record_a, arm_a, 42)]
+    runs += [compare_results.read_run(str(folder_b), record_b, arm_b, seed) for seed in (43, 44)]
     recorded = json.loads((folder_a / "run_info.json").read_text())["compute"]
     assert (runs[0].seconds_per_epoch, runs[0].epochs_timed) == (105.0, 2)
     assert (runs[1].seconds_per_epoch, runs[1].epochs_timed) == (120.0, 0)
@@ -181,14 +183,14 @@ def test_report_renders_what_the_runs_recorded(tmp_path):
     }
     machine = {**machine_info(torch.device("cpu")), "cpu_model": "Some CPU", "cpus_available": 2}
     common = ["--num_train_epochs", "3", "--config_overrides", TINY_OVERRIDES]
-    report = compare.render_report(
+    report = compare_report.render_report(
         "python scripts/compare.py --arm x=", manifest, machine, common, runs, "today", "report.png"
     )
 
     # The interval is the one train.py recorded, not computed again.
     results = json.loads((folder_a / "test_results.json").read_text())
     lower, upper = results["test_accuracy_ci_low"], results["test_accuracy_ci_high"]
-    pflops = compare.petaflops(recorded["total_flops"])
+    pflops = compare_report.petaflops(recorded["total_flops"])
     assert (
         f"| old \\| new @ 3 | `--randaugment_magnitude 5` | 42 | 3 | 81.23% [{100 * lower:.2f}, {100 * upper:.2f}] | "
         f"105.0 | {recorded['training_flops_per_image'] / 1e6:,.1f} | {recorded['num_parameters']:,} | "
@@ -202,11 +204,11 @@ def test_report_renders_what_the_runs_recorded(tmp_path):
     # Per arm, the mean and sample std over its seeds, and its mean total compute; one seed has no spread.
     assert f"| old \\| new @ 3 | 1 | 81.23% (one seed) | {pflops} | 105.0 |" in report.splitlines()
     assert f"| plain | 2 | 50.00% ± 0.00 | {pflops} | 120.0 |" in report.splitlines()
-    png = compare.plot_accuracy_against_compute(compare.arm_summaries(runs), "title")
+    png = compare_report.plot_accuracy_against_compute(compare_report.arm_summaries(runs), "title")
     assert png.startswith(b"\x89PNG")
 
     # Another dataset than the proxy: named as given, and no proxy disclaimer.
-    other = compare.render_report("cmd", {"dataset_name": "uoft-cs/cifar100", "label_column_name": "fine_label"},
+    other = compare_report.render_report("cmd", {"dataset_name": "uoft-cs/cifar100", "label_column_name": "fine_label"},
                                   machine, common, runs, "today")  # fmt: skip
     assert "# Arms compared on uoft-cs/cifar100" in other and "not CIFAR-100" not in other
 
@@ -246,7 +248,7 @@ def test_a_real_comparison_with_a_pretraining_stage_and_a_matched_arm(tmp_path):
     mae_info = json.loads((runs / "mae-2-seed42" / "run_info.json").read_text())
     assert mae_info["initialized_from"]["source"] == "mae-2-seed42-pretrain"
     pretraining = json.loads((runs / "mae-2-seed42-pretrain" / "run_info.json").read_text())["compute"]
-    mae_total = compare.read_total_compute(str(runs / "mae-2-seed42"))
+    mae_total = compare_results.read_total_compute(str(runs / "mae-2-seed42"))
     assert mae_total["pretraining"] == pretraining["total_flops"] > 0
     # The matched arm trained the whole epochs that come closest to that total.
     per_epoch = plain_info["compute"]["training_flops_per_image"] * 50
@@ -267,7 +269,7 @@ def test_a_real_comparison_with_a_pretraining_stage_and_a_matched_arm(tmp_path):
     assert cells[9] == "0.0e+00"  # the plain layout's built-in ViT export gives identical logits
     assert "train: 5 images per class (50)" in report and "test: 30 images, 3 per class" in report
     mae_row = next(line for line in runs_table.splitlines() if line.startswith("| MAE @ 2 |"))
-    assert f"= {compare.petaflops(mae_total['total'])} |" in mae_row
+    assert f"= {compare_report.petaflops(mae_total['total'])} |" in mae_row
 
     # The same command again reuses the runs instead of training them again.
     log = tmp_path / "logs" / "plain-2-seed42.log"
