@@ -28,7 +28,7 @@ from modeling import VTLMConfig
 from .arguments import RECIPE_SUFFIXES, parse_arguments
 from .build import build_config
 from .compare_arms import slug
-from .compare_results import read_run, read_total_compute
+from .compare_results import read_json, read_run, read_total_compute
 from .export import export_model
 from .flops import flops_per_image
 from .rerun import last_complete_checkpoint
@@ -142,8 +142,7 @@ class Comparison:
         record = {"arguments": arguments, "dataset": self.manifest}
         finished = os.path.join(run_dir, ARGUMENTS_FILE)
         if os.path.exists(record_path):
-            with open(record_path) as file:
-                saved = json.load(file)
+            saved = read_json(record_path)
             if {key: saved.get(key) for key in record} != record:
                 raise ValueError(f"{run_dir} holds a run of another command ({record_path}); pass another --output_dir")
             if os.path.exists(finished) and "vit_export_difference" in saved:
