@@ -64,11 +64,11 @@ def test_the_bare_loop_times_the_trainers_own_step(monkeypatch):
         ("--batch_size=0", "--batch_size must be at least 1, got 0"),  # was a message naming max_train_samples
     ],
 )
-def test_a_count_below_one_is_a_one_line_error_before_any_work(flag, message, tmp_path):
+def test_a_count_below_one_is_a_one_line_error_before_any_work(flag, message, tmp_path, capsys):
     output = tmp_path / "benchmark.json"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), flag, f"--output_json={output}"]
-    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert (process.returncode, process.stderr) == (2, f"error: {message}\n")
+    benchmark = load_script("benchmark")
+    assert benchmark.run_cli(benchmark.main, [flag, f"--output_json={output}"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
     assert not output.exists()
 
 

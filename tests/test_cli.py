@@ -1,5 +1,7 @@
 """What a new user sees: a mistake ends with a short message and a non-zero exit, before any work, with no traceback;
-`--help` answers at once; a run's log is readable and ends with its results."""
+`--help` answers at once; a run's log is readable and ends with its results. Mistakes are answered by `run_cli`
+in-process, as each script's `__main__` calls it; what needs a fresh interpreter (imports, logging, signals, the
+environment at start-up) is in the slow tier."""
 
 import json
 import os
@@ -11,28 +13,36 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import REPO_ROOT, TINY_RUN, save_tiny_model
+from conftest import REPO_ROOT, TINY_RUN, load_script, make_run_folder, save_tiny_model
 from test_resume import stopped_step
 
+from training.cli import run_cli
 from training.metrics import accuracy_sentence
-
-pytestmark = pytest.mark.slow  # each test starts the scripts in a fresh interpreter
 
 
 def run_script(name, *args, env=None, cwd=None):
+    """The script in a fresh interpreter, as a user starts it."""
     command = [sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
-def assert_short_error(process, message):
-    assert process.returncode == 2, process.stderr[-2000:]
-    assert "Traceback" not in process.stderr, process.stderr[-2000:]
-    assert message in process.stderr, process.stderr[-2000:]
+def run_in_process(capsys, name, *args):
+    """The script's `main` through `run_cli`, as its `__main__` runs it, in this interpreter: (exit status, stderr)."""
+    status = run_cli(load_script(name).main, list(map(str, args)))
+    return status, capsys.readouterr().err
 
 
+def assert_short_error(status, stderr, message):
+    assert status == 2, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert message in stderr, stderr[-2000:]
+
+
+@pytest.mark.slow  # the script in a fresh interpreter: what a user sees, exit status included
 def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
     process = run_script("train", "--mixup_alhpa", "0.2", f"--output_dir={tmp_path / 'run'}")
-    assert_short_error(process, "error: unknown argument(s): --mixup_alhpa (did you mean --mixup_alpha?) 0.2")
+    message = "error: unknown argument(s): --mixup_alhpa (did you mean --mixup_alpha?) 0.2"
+    assert_short_error(process.returncode, process.stderr, message)
 
 
 @pytest.mark.parametrize(
@@ -65,11 +75,12 @@ def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
         ("predict", ["runs/x", "x.png", "--top-k", "0"], "--top_k must be at least 1, got 0"),
     ],
 )
-def test_every_script_answers_a_mistake_like_train_py(script, args, message, tmp_path):
+def test_every_script_answers_a_mistake_like_train_py(script, args, message, tmp_path, monkeypatch, capsys):
     """One `error:` line, the closest flag suggested, exit status 2: the README's promise, for every script."""
-    process = run_script(script, *args, cwd=tmp_path)
-    assert_short_error(process, message)
-    assert len(process.stderr.strip().splitlines()) == 1, process.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    status, stderr = run_in_process(capsys, script, *args)
+    assert_short_error(status, stderr, message)
+    assert len(stderr.strip().splitlines()) == 1, stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -82,31 +93,32 @@ def test_every_script_answers_a_mistake_like_train_py(script, args, message, tmp
         (["--validation_split_size=1.5"], "validation_split_size must be a fraction in (0, 1) or a positive integer"),
     ],
 )
-def test_bad_values_fail_before_any_work(cifar100_dir, tmp_path, flags, message):
+def test_bad_values_fail_before_any_work(cifar100_dir, tmp_path, flags, message, capsys):
     output_dir = tmp_path / "run"
-    process = run_script("train", f"--dataset_name={cifar100_dir}", *TINY_RUN, f"--output_dir={output_dir}", *flags)
-    assert_short_error(process, message)
+    flags = [f"--dataset_name={cifar100_dir}", *TINY_RUN, f"--output_dir={output_dir}", *flags]
+    assert_short_error(*run_in_process(capsys, "train", *flags), message)
     assert not output_dir.exists()  # nothing was started, nothing is left behind
 
 
+@pytest.mark.slow  # the Hub's endpoint and offline mode are read when huggingface_hub is imported
 def test_an_unreachable_hub_is_said_in_one_message(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens there
     process = run_script("train", *TINY_RUN, f"--output_dir={tmp_path / 'run'}", env=env)
-    assert_short_error(process, "could not load dataset 'uoft-cs/cifar100': the Hub at http://127.0.0.1:9 cannot")
+    message = "could not load dataset 'uoft-cs/cifar100': the Hub at http://127.0.0.1:9 cannot"
+    assert_short_error(process.returncode, process.stderr, message)
 
 
-def test_publishing_without_a_token_fails_before_touching_the_folder(tmp_path):
-    from conftest import make_run_folder
-
+def test_publishing_without_a_token_fails_before_touching_the_folder(tmp_path, monkeypatch, capsys):
     run_dir = make_run_folder(tmp_path / "run")
     before = sorted(path.name for path in run_dir.iterdir())
-    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
-    process = run_script("push_to_hub", "--output_dir", run_dir, "--hub_model_id", "someone/vtlm", env=env)
-    assert_short_error(process, "error: no Hub token: set HF_TOKEN")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    status, stderr = run_in_process(capsys, "push_to_hub", "--output_dir", run_dir, "--hub_model_id", "someone/vtlm")
+    assert_short_error(status, stderr, "error: no Hub token: set HF_TOKEN")
     assert sorted(path.name for path in run_dir.iterdir()) == before  # no handler.py copied, no card rewritten
 
 
+@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
 def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path):
     flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=1", *TINY_RUN]
     process = run_script("train", *flags, f"--output_dir={tmp_path / 'run'}")
@@ -125,6 +137,7 @@ def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path)
     assert [message for message, count in messages.items() if count > 1] == []
 
 
+@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
 def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_path):
     """What a user runs first, with the stderr the user sees: a tiny run, a prediction, an export to both formats,
     and a user's own script that builds the image processor (the README's `build_image_processor()`) and loads the
@@ -150,6 +163,7 @@ def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_pa
         assert warnings == [], f"{name}: {warnings}"
 
 
+@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
 def test_the_log_names_an_image_processor_without_printing_it(tmp_path):
     """transformers logs a loaded image processor's whole JSON at info level: a teacher's in a taught run's log, the
     model's in the demo's. The scripts' logging drops that line and keeps every other."""
@@ -170,18 +184,26 @@ def test_the_log_names_an_image_processor_without_printing_it(tmp_path):
     assert '"image_mean"' not in process.stderr, process.stderr
 
 
-def test_help_lists_the_recipe_flags():
-    process = run_script("train", "--help")
-    assert process.returncode == 0
+def train_help(capsys):
+    """What `train.py --help` prints, and its exit status 0."""
+    with pytest.raises(SystemExit) as exit:
+        run_cli(load_script("train").main, ["--help"])
+    assert exit.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_the_recipe_flags(capsys):
+    help_text = train_help(capsys)
     for flag in ("--model_preset", "--randaugment_prob", "--validation_split_size", "--overwrite_output_dir"):
-        assert flag in process.stdout
-    assert "vtlm-37m" in process.stdout and "vtlm-cct-7-3x1" in process.stdout  # the presets, from the config
+        assert flag in help_text
+    assert "vtlm-37m" in help_text and "vtlm-cct-7-3x1" in help_text  # the presets, from the config
 
 
 # What takes seconds to import (measured in docs/reliability.md); `--help` and a mistyped flag must not wait for it.
 HEAVY_MODULES = ["modeling.modeling_vtlm", "transformers.modeling_utils", "transformers.trainer", "datasets"]
 
 
+@pytest.mark.slow  # what a fresh interpreter imports
 @pytest.mark.parametrize("flags", [["--help"], ["--mixup_alhpa", "0.2"], ["--learning_rate", "abc"]])
 def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load(flags):
     probe = (
@@ -196,6 +218,7 @@ def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load(flags
     assert process.stdout.splitlines()[-1] == f"loaded: [] exit: {0 if flags == ['--help'] else 2}", process.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(cifar100_dir, tmp_path):
     output_dir = tmp_path / "run"
     flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=50", *TINY_RUN]
@@ -222,24 +245,22 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(cifar100_dir, tmp_path)
     assert not (output_dir / "all_results.json").exists()
 
 
-def test_help_of_a_no_flag_says_what_it_turns_off():
-    process = run_script("train", "--help")
-    assert process.returncode == 0
-    help_text = " ".join(process.stdout.split())
+def test_help_of_a_no_flag_says_what_it_turns_off(capsys):
+    help_text = " ".join(train_help(capsys).split())
     assert "--no_horizontal_flip Turn --horizontal_flip off." in help_text
 
 
-def test_a_mistyped_config_override_lists_the_fields(tmp_path):
-    process = run_script("train", "--config_overrides=hiden_size=30", f"--output_dir={tmp_path / 'run'}")
-    assert_short_error(process, "hiden_size is not a field of the config (did you mean hidden_size?); the fields are")
-    assert "num_attention_heads" in process.stderr and "use_head_tokens" in process.stderr
+def test_a_mistyped_config_override_lists_the_fields(tmp_path, capsys):
+    status, stderr = run_in_process(capsys, "train", "--config_overrides=hiden_size=30", f"--output_dir={tmp_path}/run")
+    assert_short_error(status, stderr, "hiden_size is not a field of the config (did you mean hidden_size?); the")
+    assert "num_attention_heads" in stderr and "use_head_tokens" in stderr
 
 
-def test_a_recipe_that_is_not_valid_yaml_is_one_line(tmp_path):
+def test_a_recipe_that_is_not_valid_yaml_is_one_line(tmp_path, capsys):
     recipe = tmp_path / "broken.yaml"
     recipe.write_text("learning_rate: 1e-3\nnum_train_epochs: [1\n")
-    process = run_script("train", recipe, f"--output_dir={tmp_path / 'run'}")
-    assert_short_error(process, f"error: {recipe} is not valid YAML: line 3, column 1: expected ',' or ']'")
+    status, stderr = run_in_process(capsys, "train", recipe, f"--output_dir={tmp_path / 'run'}")
+    assert_short_error(status, stderr, f"error: {recipe} is not valid YAML: line 3, column 1: expected ',' or ']'")
 
 
 @pytest.mark.parametrize(
@@ -252,15 +273,17 @@ def test_a_recipe_that_is_not_valid_yaml_is_one_line(tmp_path):
         ("demo", ["{folder}"]),
     ],
 )
-def test_a_folder_without_config_json_is_named_as_such(tmp_path, script, args):
+def test_a_folder_without_config_json_is_named_as_such(tmp_path, script, args, monkeypatch, capsys):
     folder = tmp_path / "no-model-here"
     folder.mkdir()
-    process = run_script(script, *(arg.format(folder=folder) for arg in args), cwd=tmp_path)
-    assert_short_error(process, f"error: {folder} has no config.json: it is not a saved model folder")
+    monkeypatch.chdir(tmp_path)
+    status, stderr = run_in_process(capsys, script, *(arg.format(folder=folder) for arg in args))
+    assert_short_error(status, stderr, f"error: {folder} has no config.json: it is not a saved model folder")
 
 
-def test_a_bad_evaluation_batch_size_leaves_nothing_behind(tmp_path):
+def test_a_bad_evaluation_batch_size_leaves_nothing_behind(tmp_path, capsys):
     save_tiny_model(tmp_path / "model")
-    process = run_script("evaluate_model", tmp_path / "model", "--batch_size=0", f"--output_dir={tmp_path / 'out'}")
-    assert_short_error(process, "error: --batch_size must be at least 1, got 0")
+    flags = [tmp_path / "model", "--batch_size=0", f"--output_dir={tmp_path / 'out'}"]
+    status, stderr = run_in_process(capsys, "evaluate_model", *flags)
+    assert_short_error(status, stderr, "error: --batch_size must be at least 1, got 0")
     assert not (tmp_path / "out").exists()

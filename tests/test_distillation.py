@@ -60,6 +60,8 @@ def student_argv(dataset, output_dir, teacher, *flags):
     )
 
 
+# The teacher's and the student's runs, and the tests that read them or train again: the slow tier. The fast tier
+# checks distillation's parts in-process (losses, token grids, the teacher's batch, refusals).
 @pytest.fixture(scope="module")
 def teacher_run(cifar100_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("teacher") / "tiny-cct-teacher"
@@ -78,6 +80,7 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # the teacher's and student's runs
 def test_a_taught_student_is_exactly_its_preset_and_exports_to_the_built_in_vit(student_run):
     model = VTLMForImageClassification.from_pretrained(student_run).eval()
     assert model.config.attention_initializer == "mimetic"  # the default with a teacher
@@ -89,6 +92,7 @@ def test_a_taught_student_is_exactly_its_preset_and_exports_to_the_built_in_vit(
         torch.testing.assert_close(to_vit(model)(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # the teacher's and student's runs
 def test_the_log_has_each_part_of_the_loss(student_run):
     logs = [entry for entry in read_json(student_run / "trainer_state.json")["log_history"] if "loss" in entry]
     assert logs and all(
@@ -105,6 +109,7 @@ def test_a_run_without_a_teacher_is_recorded_as_before_and_a_teacher_makes_anoth
     assert "--teacher_model_name_or_path teacher -> None" in differing_arguments(taught, plain)
 
 
+@pytest.mark.slow  # the teacher's and student's runs
 def test_the_projections_are_trained_and_kept_in_every_checkpoint_only(student_run):
     early, late = (load_file(student_run / f"checkpoint-{step}" / GUIDANCE_FILE) for step in (2, 4))
     assert early.keys() == late.keys() and len(early) == 2 * TINY_CONFIG["num_hidden_layers"]  # weight, bias a block
@@ -112,6 +117,7 @@ def test_the_projections_are_trained_and_kept_in_every_checkpoint_only(student_r
     assert not (student_run / GUIDANCE_FILE).exists()
 
 
+@pytest.mark.slow  # the teacher's and student's runs
 def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(cifar100_dir, teacher_run, student_run, tmp_path):
     """The run is cut after its first checkpoint and rerun: it resumes the model, the optimizer and the projections
     (without them its last steps would compute other losses), and ends where the unbroken run ended."""
@@ -132,6 +138,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(cifar100_dir, te
         ("--teacher_model_name_or_path=another-teacher", "--teacher_model_name_or_path"),
     ],
 )
+@pytest.mark.slow  # the teacher's and student's runs
 def test_another_teacher_or_weight_is_another_run(cifar100_dir, teacher_run, student_run, flag, difference):
     with pytest.raises(RunMismatchError, match="made with other arguments") as error:
         train.main(student_argv(cifar100_dir, student_run, teacher_run, "--load_best_model_at_end=false", flag))
@@ -139,6 +146,7 @@ def test_another_teacher_or_weight_is_another_run(cifar100_dir, teacher_run, stu
     assert not any(name.startswith(NOT_DEFINING) for name in DistillationArguments.__dataclass_fields__)
 
 
+@pytest.mark.slow  # the teacher's and student's runs
 def test_run_info_and_card_name_the_teacher_and_never_a_local_path(student_run, teacher_run):
     run_info = read_json(student_run / "run_info.json")
     teacher = run_info["teacher"]
@@ -193,6 +201,7 @@ def test_a_missing_teacher_is_refused_before_the_dataset_is_loaded(cifar100_dir,
     "flag, difference",
     [("--seed=1", "--seed 42 -> 1"), ("--validation_split_size=101", "--validation_split_size 100.0 -> 101.0")],
 )
+@pytest.mark.slow  # the teacher's run
 def test_a_teacher_that_trained_on_the_validation_images_is_refused(
     cifar100_dir, teacher_run, tmp_path, capsys, monkeypatch, flag, difference
 ):
@@ -210,6 +219,7 @@ def test_a_teacher_that_trained_on_the_validation_images_is_refused(
     assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.slow  # the teacher's run
 def test_a_datasets_own_validation_split_is_the_same_for_any_seed(cifar100_dir, teacher_run):
     data_args = DataArguments(dataset_name=cifar100_dir, validation_split_size=100)
     assert source_validation_split(teacher_run, data_args, seed=42) == ("same", [])
@@ -220,6 +230,7 @@ def test_a_datasets_own_validation_split_is_the_same_for_any_seed(cifar100_dir, 
     assert source_validation_split("someone/no-record", data_args, seed=42) == ("not recorded", [])
 
 
+@pytest.mark.slow  # a training run of its own
 def test_a_built_in_cnn_teaches_through_its_feature_maps(cifar100_dir, tmp_path):
     """transformers' own ResNet, loaded by the Auto classes: its stages' 4-D feature maps guide the model's blocks
     (the last, coarser map resized up to the model's grid), and with no VTLM run record the card does not call the
@@ -359,6 +370,7 @@ def test_output_distillation_losses():
     torch.testing.assert_close(output_distillation_loss(student, teacher, "soft", temperature), expected)
 
 
+@pytest.mark.slow  # the teacher's run
 def test_the_benchmark_reports_the_teachers_cost_per_step(teacher_run, tmp_path, capsys):
     output = tmp_path / "benchmark.json"
     flags = [f"--config_overrides={TINY_OVERRIDES}", "--batch_size=8", "--eval_batch_size=16", "--eval_batches=1"]

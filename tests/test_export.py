@@ -141,6 +141,7 @@ def test_the_endpoint_handler_serves_the_vit_export_as_the_custom_model(vit_expo
     assert [row["score"] for row in answers[0]] == pytest.approx([row["score"] for row in answers[1]], abs=1e-6)
 
 
+@pytest.mark.slow  # a fresh interpreter under transformers 4.57
 def test_vit_export_gives_the_same_logits_under_transformers_4_57(vit_exports, legacy_transformers, tmp_path):
     folders, expected = [], []
     for name, (model, _, folder, _) in vit_exports.items():
@@ -197,6 +198,7 @@ def assert_smaller_graphs_match(folder, model, pixel_values):
     assert max(sizes["fp16"], sizes["q8"]) < 0.75 * sizes["fp32"], sizes
 
 
+@pytest.mark.slow  # ONNX exports beyond one per tokenizer family
 @requires_onnx
 def test_vit_and_onnx_export_replaces_the_folder_and_puts_the_onnx_file_inside(tmp_path):
     model = save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))
@@ -220,35 +222,50 @@ def test_vit_and_onnx_export_replaces_the_folder_and_puts_the_onnx_file_inside(t
     assert_smaller_graphs_match(tmp_path / "vit", model, processed_images(tmp_path / "vit"))
 
 
+# One preset of each tokenizer family in the fast tier (patches, a conv tokenizer with CCT's norms, SOPE with DHVT's
+# blocks); the other presets in the slow one.
+ONNX_FAMILIES = ("vtlm-37m", "vtlm-cct-7-3x1", "vtlm-dhvt-t2")
+ONNX_PRESETS = [name if name in ONNX_FAMILIES else pytest.param(name, marks=pytest.mark.slow) for name in PRESETS]
+
+
+@pytest.fixture(scope="module")
+def onnx_export(request, tmp_path_factory):
+    """(source model, ONNX folder, measured differences) of a random run of the preset `request.param`, exported
+    once per module."""
+    root = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    model = save_random_run(root / "run", VTLMConfig.from_preset(request.param, **TINY_CONFIG))
+    return model, root / "onnx", export_model(root / "run", root / "onnx", ("onnx",))
+
+
 @requires_onnx
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_exports_to_onnx(preset, tmp_path):
-    model = save_random_run(tmp_path / "run", VTLMConfig.from_preset(preset, **TINY_CONFIG))
-    differences = export_model(tmp_path / "run", tmp_path / "onnx", ("onnx",))
+@pytest.mark.parametrize("onnx_export", ONNX_PRESETS, indirect=True)
+def test_every_preset_exports_to_onnx(onnx_export):
+    model, folder, differences = onnx_export
     assert differences["onnx"] <= 1e-4
     assert set(differences) == {"onnx", "onnx_fp16", "onnx_q8"}  # the smaller graphs' differences: recorded only
     # Typed as the built-in ViT for the clients that run the graph alone (transformers.js, optimum), which refuse a
     # "vtlm" model type; the labels are the model's, and transformers.js is told to take the full-precision graph:
     # nothing measured the smaller graphs' accuracy.
-    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "vit" and config["id2label"]["0"] == model.config.id2label[0]
     assert config["transformers.js_config"] == {"dtype": "fp32"} and "_name_or_path" not in config
-    assert_onnx_matches(tmp_path / "onnx" / ONNX_FILE, model, processed_images(tmp_path / "onnx"))
-    assert_smaller_graphs_match(tmp_path / "onnx", model, processed_images(tmp_path / "onnx"))
-    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert_onnx_matches(folder / ONNX_FILE, model, processed_images(folder))
+    assert_smaller_graphs_match(folder, model, processed_images(folder))
+    card = (folder / "README.md").read_text()
     assert "The fp16 and 8-bit graphs' accuracy was **not measured**" in card
     for name, dtype in training.export.GRAPH_CHECKS.items():
         assert f"| `{GRAPH_FILES[dtype]}` | {differences[name]:.3g} | " in card
-    assert not (tmp_path / "onnx" / training.export.MEASUREMENT_FILE).exists()
+    assert not (folder / training.export.MEASUREMENT_FILE).exists()
     # No weights: transformers' own classes refuse the folder rather than fill a ViT with random weights.
-    assert not (tmp_path / "onnx" / "model.safetensors").exists()
+    assert not (folder / "model.safetensors").exists()
     with pytest.raises(OSError):
-        AutoModelForImageClassification.from_pretrained(tmp_path / "onnx")
+        AutoModelForImageClassification.from_pretrained(folder)
     exportable = not vit_refusals(model.config)
     assert ("vtlm_config" in config) != exportable  # a graph that is no ViT says what it is
-    assert ("is not a built-in ViT" in (tmp_path / "onnx" / "README.md").read_text()) != exportable
+    assert ("is not a built-in ViT" in (folder / "README.md").read_text()) != exportable
 
 
+@pytest.mark.slow  # ONNX exports beyond one per tokenizer family
 @requires_onnx
 def test_no_path_of_this_machine_is_in_an_export(tmp_path):
     save_random_run(tmp_path / "run", VTLMConfig.from_preset("vtlm-cct-7-3x1", **TINY_CONFIG))
@@ -318,6 +335,7 @@ def test_configs_the_vit_cannot_express_are_refused_before_anything_is_written(o
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no output folder, no staging folder
 
 
+@pytest.mark.slow  # the script in a fresh interpreter; in-process: test_configs_the_vit_cannot_express_are_refused...
 def test_the_cli_refuses_with_a_message_and_no_traceback(tmp_path):
     save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG, pooling="mean"))
     completed = subprocess.run(
@@ -401,6 +419,7 @@ def test_source_reference_is_a_hub_link_or_a_folder_name_never_a_local_path(tmp_
     assert source_reference(tmp_path / "my-run" / "checkpoint-880") == "`my-run/checkpoint-880` (a local folder)"
 
 
+@pytest.mark.slow  # ONNX exports beyond one per tokenizer family
 @requires_onnx
 def test_inference_benchmark_table_and_json(tmp_path, capsys):
     benchmark = load_script("benchmark_inference")
@@ -500,6 +519,7 @@ def test_a_refusal_is_data_that_reads_as_the_errors_name_it():
     assert str(refusal) == "pooling='mean' (exportable only at the original model's 'cls')"
 
 
+@pytest.mark.slow  # ONNX exports beyond one per tokenizer family
 def test_the_export_cards_onnx_snippet_runs_on_the_folder_and_the_card_has_a_license(tmp_path, monkeypatch):
     """What a visitor copies from the card works: the ONNX snippet, with `MODEL` set to the exported folder."""
     model = save_random_run(tmp_path / "run", VTLMConfig(**TINY_CONFIG))

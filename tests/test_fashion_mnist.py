@@ -51,6 +51,7 @@ def test_stratified_samples_are_disjoint_balanced_and_seeded():
 
 
 @needs_fashion_mnist
+@pytest.mark.slow  # reads all of Fashion-MNIST
 def test_dataset_is_fashion_mnist_in_the_hub_schema(tmp_path):
     images_per_class = {"train": 7, "validation": 3, "test": 2}
     manifest = fashion_mnist.prepare_dataset(str(tmp_path), images_per_class, seed=1)

@@ -112,6 +112,7 @@ def test_bad_values_are_refused(flags, message):
         ModelArguments(**flags)
 
 
+@pytest.mark.slow  # a training run of its own
 def test_train_py_applies_the_bias_to_its_training_steps_and_records_it(cifar100_dir, tmp_path):
     """Wired through scripts/train.py: every training step enters the bias with its own step, the run's record and
     card show it, and the saved config and code are those of a run without it."""

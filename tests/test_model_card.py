@@ -346,6 +346,7 @@ def test_a_display_name_names_a_local_dataset_and_never_makes_it_cifar100(tmp_pa
     assert "54.84%" not in body and "(3 images per class)" in body
 
 
+@pytest.mark.slow  # a training run of its own
 def test_a_dataset_with_its_own_validation_split_is_said_to_have_been_validated_on_it(tmp_path):
     """A folder with train/, validation/ and test/ (as `scripts/compare.py` writes Fashion-MNIST's proxy): nothing is
     held out, and the record, the model-index and the card say so. Its 3 classes get no top-5 (always 100%), and the

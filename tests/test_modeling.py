@@ -502,6 +502,7 @@ REMOTE_CODE_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_trust_remote_code_load_where_modeling_is_not_importable(saved_model, tmp_path):
     folder, model = saved_model
     pixels_file = tmp_path / "pixels.pt"

@@ -215,6 +215,7 @@ def test_urls_are_fetched_within_a_time_and_size_limit(model_dir, image_files, w
     assert errors[4].startswith(f"error: {refused}: could not be fetched (") and len(errors) == 5
 
 
+@pytest.mark.slow  # decodes an 8000 x 8000 PNG
 def test_a_huge_png_is_classified_by_predict_and_refused_by_the_endpoint(model_dir, tmp_path, monkeypatch, capsys):
     """8,000 x 8,000 pixels: above the endpoint's full-size decoding limit, which a local command line need not
     keep; decoded, it is shrunk as a JPEG of that size is."""

@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from endpoint.handler import EndpointHandler
 
+pytestmark = pytest.mark.slow  # a run of each preset; the fast tier builds and exports each tokenizer family
+
 NEW_PRESETS = ["vtlm-37m-conv", "vtlm-cct-7-3x1", "vtlm-dhvt-t2"]  # vtlm-37m runs through every other test
 # What makes each preset itself, beyond the tiny sizes the runs override.
 PRESET_FIELDS = {

@@ -271,15 +271,13 @@ def test_sigterm_saves_a_complete_checkpoint_and_the_pretraining_resumes_to_iden
     assert_same_pretraining(clean_pretraining, stopped)
 
 
-def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "pretrain.py"), "--model_preset=vtlm-cct-7-3x1",
-         f"--dataset_name={tmp_path / 'no-such-dataset'}", f"--output_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "patch_embedding_type" in result.stderr and not (tmp_path / "run").exists()
+def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path, capsys):
+    pretrain = load_script("pretrain")
+    argv = ["--model_preset=vtlm-cct-7-3x1", f"--dataset_name={tmp_path / 'no-such-dataset'}"]
+    assert pretrain.run_cli(pretrain.main, [*argv, f"--output_dir={tmp_path / 'run'}"]) == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "patch_embedding_type" in stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow  # scripts in fresh interpreters

@@ -27,6 +27,7 @@ def test_non_finite_loss_stops_naming_the_step(key, value, tmp_path):
     StopOnNonFiniteLoss().on_log(args, state, TrainerControl(), logs={key: 2.5})  # finite: nothing happens
 
 
+@pytest.mark.slow  # a training run of its own
 def test_diverging_run_stops_and_keeps_only_finite_checkpoints(cifar100_dir, tmp_path):
     """A learning rate warming up to 1e6 diverges within a few steps. Every step is evaluated and saved, so the
     checkpoints before the divergence exist, and none after it may."""

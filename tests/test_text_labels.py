@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import pytest
 from conftest import TINY_RUN, load_script
 from PIL import Image
 from test_data import write_imagefolder_with_metadata
@@ -13,6 +14,7 @@ from transformers import pipeline
 CLASSES = ["cat", "dog", "fish"]
 
 
+@pytest.mark.slow  # a training run of its own
 def test_a_run_on_text_labels_is_evaluated_on_the_same_classes(tmp_path, monkeypatch):
     # "fish" is not in the test split, which holds more dogs than cats: a swapped numbering would change top-1.
     test = ["dog", "dog", "cat", "dog", "dog", "cat", "dog", "dog", "cat", "dog"]

@@ -66,6 +66,7 @@ def test_a_rerun_with_other_arguments_is_refused_before_any_work(tiny_run, cifar
     assert snapshot(tiny_run) == before
 
 
+@pytest.mark.slow  # two training runs of its own
 def test_overwrite_output_dir_starts_afresh(cifar100_dir, tmp_path):
     argv = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--max_steps=2", "--eval_strategy=steps"]
     argv += ["--eval_steps=1", "--save_strategy=steps", "--save_steps=1", *TINY_RUN, f"--output_dir={tmp_path}"]
