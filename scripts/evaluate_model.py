@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 
 from training.arguments import DataArguments
 from training.cli import parse_flags, run_cli
-from training.run_record import check_same_hold_out, dataset_display_name, read_run_arguments
+from training.run_record import check_same_hold_out, dataset_display_name, read_run_arguments, results_file
 from training.sources import check_model_source
 
 SPLITS = ("train", "validation", "test")
@@ -90,7 +90,7 @@ def main(argv=None):
     trainer.log_metrics(split, metrics)
     report = {"model": model, "dataset": dataset_display_name(data_args), "split": split}
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, f"{split}_results.json")
+    path = os.path.join(output_dir, results_file(split))
     with open(path, "w") as file:
         json.dump({**report, "seed": seed, **metrics}, file, indent=2)
     print(f"{model_name}, {report['dataset']} {split} split: {accuracy_sentence(metrics, split)}; wrote {path}")

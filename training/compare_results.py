@@ -8,7 +8,7 @@ import os
 import statistics
 from itertools import pairwise
 
-from .run_record import TRAINER_STATE_FILE, read_record, read_run_arguments
+from .run_record import TRAINER_STATE_FILE, read_record, read_run_arguments, results_file
 from .trainer import TRAINING_SECONDS, training_seconds
 
 
@@ -70,7 +70,7 @@ def seconds_per_epoch(log_history):
 
 def read_run(run_dir, record_path, arm, seed):
     """A `RunResult` from the files that train.py left in `run_dir` and the comparison's record of the run."""
-    test = read_json(os.path.join(run_dir, "test_results.json"))
+    test = read_json(os.path.join(run_dir, results_file("test")))
     state = read_record(run_dir, TRAINER_STATE_FILE)
     run_info = read_record(run_dir)
     seconds, epochs_timed = seconds_per_epoch(state["log_history"])

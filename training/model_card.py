@@ -19,7 +19,6 @@ from PIL import Image
 from training import LICENSE
 from training.arguments import FEATURE_GUIDANCE, PRECISION_NEEDS
 from training.config_fields import field_names, unused_fields
-from training.export import vit_refusals
 from training.metrics import TOP_K
 from training.run_record import (
     ALL_RESULTS_FILE,
@@ -31,6 +30,7 @@ from training.run_record import (
 )
 from training.sources import is_hub_id
 from training.trainer import training_seconds
+from training.vit_conversion import vit_refusals
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,15 @@ from .sources import is_local, publishable_name
 # The files of a run folder, each named here once.
 RUN_INFO_FILE = "run_info.json"  # what the card and every report render; published with the model
 ARGUMENTS_FILE = "run_arguments.json"  # the arguments exactly as given; never published. Written last: the run is done
-ALL_RESULTS_FILE = "all_results.json"  # the Trainer's metrics of every split
-RESULTS_FILES = "*_results.json"  # all_results.json, test_results.json, and the Trainer's train_ and eval_results.json
+
+
+def results_file(split):
+    """The file of `split`'s metrics, as `Trainer.save_metrics` names it ("all": every split's)."""
+    return f"{split}_results.json"
+
+
+ALL_RESULTS_FILE = results_file("all")
+RESULTS_FILES = results_file("*")  # all, train, eval and test
 TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer's log history and selected checkpoint (its TRAINER_STATE_NAME)
 CARD_FILE = REPOCARD_NAME  # the model card, README.md
 CURVES_FILE = "training_curves.png"  # the card's plot
