@@ -77,6 +77,7 @@ def measured_export(tmp_path_factory):
 
 
 @requires_onnx
+@pytest.mark.slow  # an ONNX export, measured; the fast tier checks the rule on made-up numbers
 def test_the_measurement_scores_every_graph_on_the_whole_test_split(measured_export):
     root, run, folder, _ = measured_export
     measurement = json.loads((folder / MEASUREMENT_FILE).read_text())
@@ -101,6 +102,7 @@ def test_the_measurement_scores_every_graph_on_the_whole_test_split(measured_exp
 
 
 @requires_onnx
+@pytest.mark.slow  # an ONNX export, measured; the fast tier checks the rule on made-up numbers
 def test_the_measured_export_defaults_to_the_dtype_the_rule_chooses_and_its_card_lists_each_top1(measured_export):
     root, _, folder, printed = measured_export
     measurement = json.loads((folder / MEASUREMENT_FILE).read_text())
