@@ -241,7 +241,7 @@ def publish_everywhere(run_dir, token):
     )
 
 
-@pytest.mark.slow  # an ONNX export of its own; the fast tier publishes one (test_the_vit_export_is_published...)
+@pytest.mark.slow  # an ONNX export inside a publish (test_export's fast tier exports each tokenizer family)
 def test_nothing_published_names_this_machine(hub, run_dir, token, caplog):
     """Every file that publishing uploads (the model, its ViT and ONNX export, the Space), binary ones included, and
     every file name and commit message: no path of this machine, no user name, no host name."""
@@ -389,6 +389,7 @@ def test_publish_fails_fast_and_changes_nothing_without_token_or_network(hub, ru
     assert hub.commits == [] and hub.repos == {}
 
 
+@pytest.mark.slow  # an ONNX export inside a publish (test_export's fast tier exports each tokenizer family)
 def test_the_vit_export_is_published_beside_the_custom_code_and_the_cards_link_each_other(hub, run_dir, token):
     pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
     publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, hub_vit_model_id="someone/vtlm-tiny-vit")
@@ -435,7 +436,7 @@ def test_a_model_the_vit_cannot_express_without_onnx_is_refused_before_anything_
     assert hub.repos == {} and {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
-@pytest.mark.slow  # an ONNX export of its own; the fast tier publishes one (test_the_vit_export_is_published...)
+@pytest.mark.slow  # an ONNX export inside a publish (test_export's fast tier exports each tokenizer family)
 def test_a_model_the_vit_cannot_express_publishes_its_onnx_graph_alone(hub, tmp_path, token):
     pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
     run_dir = mean_pooled_run(tmp_path / "mean-run")
@@ -536,7 +537,7 @@ def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub
     assert not [path for files in hub.files.values() for path, data in files.items() if token.encode() in data]
 
 
-@pytest.mark.slow  # an ONNX export of its own; the fast tier publishes one (test_the_vit_export_is_published...)
+@pytest.mark.slow  # an ONNX export inside a publish (test_export's fast tier exports each tokenizer family)
 def test_the_space_loads_the_vit_export_when_one_is_published(hub, run_dir, token):
     from huggingface_hub import metadata_load
 
@@ -569,7 +570,7 @@ def test_a_space_that_cannot_be_published_fails_before_anything_changes(hub, run
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
-@pytest.mark.slow  # an ONNX export of its own; the fast tier publishes one (test_the_vit_export_is_published...)
+@pytest.mark.slow  # an ONNX export inside a publish (test_export's fast tier exports each tokenizer family)
 def test_a_measured_export_sets_the_graph_that_transformers_js_and_the_static_space_load(hub, tmp_path, token):
     """--measure_onnx_accuracy scores the export's graphs on the run's own test split: the export's config and card
     carry the chosen graph and each one's accuracy, and the static Space loads that graph."""
