@@ -327,6 +327,13 @@ def test_a_run_from_saved_weights_is_not_called_trained_from_scratch(tmp_path):
     assert "trained on [CIFAR-100](https://huggingface.co/datasets/uoft-cs/cifar100)\nfrom the weights of " in body
     assert "[someone/vtlm-base](https://huggingface.co/someone/vtlm-base)" in body
 
+    # A local folder, whatever its name, is named and never linked as though it were a Hub id.
+    saved = tmp_path / "base"
+    saved.mkdir()
+    run_dir = make_run_folder(tmp_path / "run-from-folder", flags=[f"--model_name_or_path={saved}"])
+    body = card_body(write_model_card(run_dir))
+    assert "from the weights of `base`" in body and "huggingface.co/base" not in body
+
 
 def test_a_display_name_names_a_local_dataset_and_never_makes_it_cifar100(tmp_path):
     folder = tmp_path / "my-copy"

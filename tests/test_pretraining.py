@@ -226,6 +226,7 @@ def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, 
     )
     initialized = json.loads((fine_tuned / "run_info.json").read_text())["initialized_from"]
     assert initialized["source"] == "mae" and initialized["pretraining"]["mask_ratio"] == 0.75
+    assert initialized["hub_id"] is None and "from the weights of `mae`" in (fine_tuned / "README.md").read_text()
     assert "pre-trained by masked image modelling" in (fine_tuned / "README.md").read_text()
     assert export_model(fine_tuned, tmp_path / "vit", ("vit",))["vit"] == 0.0
 

@@ -28,7 +28,6 @@ from training.run_record import (
     TRAINER_STATE_FILE,
     read_record,
 )
-from training.sources import is_hub_id
 from training.trainer import training_seconds
 from training.vit_conversion import vit_refusals
 
@@ -349,8 +348,8 @@ def _initialized_from(run_info: dict) -> str | None:
     initialized = run_info.get("initialized_from")
     if not initialized:
         return None
-    source = initialized["source"]
-    text = f"[{source}](https://huggingface.co/{source})" if is_hub_id(source) else f"`{source}`"
+    source, hub_id = initialized["source"], initialized["hub_id"]
+    text = f"[{source}](https://huggingface.co/{hub_id})" if hub_id else f"`{source}`"
     if pretraining := initialized["pretraining"]:
         text += (
             f" (an encoder pre-trained by masked image modelling on {pretraining['dataset']['name']}'s training "

@@ -275,7 +275,8 @@ def describe_teacher(distillation_args, dataset, config):
 
 
 def describe_initialization(model_args):
-    """The saved model a run started from (`--model_name_or_path`, by its folder's name or Hub id) and, where that
+    """The saved model a run started from (`--model_name_or_path`, by its folder's name or Hub id; its `hub_id`, None
+    for a local folder) and, where that
     folder's own `run_info.json` records one, the masked image modelling that pre-trained it (`scripts/pretrain.py`):
     its dataset, epochs and arguments. None for a run from scratch."""
     source = model_args.model_name_or_path
@@ -290,7 +291,8 @@ def describe_initialization(model_args):
             "seed": recorded["training_arguments"]["seed"],
             **recorded["pretraining_arguments"],
         }
-    return {"source": publishable_name(source), "pretraining": pretraining}
+    hub_id = None if is_local(source) else source
+    return {"source": publishable_name(source), "hub_id": hub_id, "pretraining": pretraining}
 
 
 def save_example_images(output_dir, images, labels) -> list[dict]:
