@@ -19,6 +19,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_MODULES_CACHE"] = os.path.join(_HF_HOME, "modules")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread, unless the caller says otherwise: tiny models gain nothing from more, and OpenMP's waiting threads spin,
+# which would count as CPU time against the fast tier's guard (and slow a shared machine down).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import huggingface_hub.hf_api  # noqa: E402
 import numpy as np  # noqa: E402
