@@ -26,9 +26,9 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
-from training.arguments import AugmentationArguments, DistillationArguments, ModelArguments
-from training.benchmark import BenchmarkArguments, markdown_table, run
-from training.cli import parse_flags, run_cli, setup_logging
+from vtlm.training.arguments import AugmentationArguments, DistillationArguments, ModelArguments
+from vtlm.training.benchmark import BenchmarkArguments, markdown_table, run
+from vtlm.training.cli import parse_flags, run_cli, setup_logging
 
 
 def main(argv=None):

@@ -22,12 +22,12 @@ import time
 import onnxruntime
 import torch
 
-from modeling import VTLMConfig, VTLMForImageClassification
-from training.build import apply_config_overrides
-from training.cli import parse_flags, run_cli
-from training.onnx_graphs import export_onnx, onnx_logits, onnx_session
-from training.provenance import machine_info
-from training.vit_conversion import ExportError, to_vit
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification
+from vtlm.training.build import apply_config_overrides
+from vtlm.training.cli import parse_flags, run_cli
+from vtlm.training.onnx_graphs import export_onnx, onnx_logits, onnx_session
+from vtlm.training.provenance import machine_info
+from vtlm.training.vit_conversion import ExportError, to_vit
 
 RUNTIMES = ("pytorch", "vit", "onnxruntime")
 HEADERS = {"pytorch": "PyTorch eager (VTLM code)", "vit": "built-in ViT export", "onnxruntime": "ONNX Runtime"}

@@ -30,8 +30,8 @@ import os
 import shlex
 import sys
 
-from training.cli import parse_flags, run_cli, setup_logging
-from training.fashion_mnist import FASHION_MNIST_DIR
+from vtlm.training.cli import parse_flags, run_cli, setup_logging
+from vtlm.training.fashion_mnist import FASHION_MNIST_DIR
 
 
 def parse_arguments(argv):
@@ -60,11 +60,11 @@ def main(argv=None):
     setup_logging()
     import torch
 
-    from training.compare import Comparison
-    from training.compare_arms import check_unmanaged, parse_arms
-    from training.compare_report import arm_summaries, plot_accuracy_against_compute, render_report
-    from training.fashion_mnist import prepare_dataset
-    from training.provenance import machine_info
+    from vtlm.training.compare import Comparison
+    from vtlm.training.compare_arms import check_unmanaged, parse_arms
+    from vtlm.training.compare_report import arm_summaries, plot_accuracy_against_compute, render_report
+    from vtlm.training.fashion_mnist import prepare_dataset
+    from vtlm.training.provenance import machine_info
 
     arms = parse_arms(args.arm, args.pretrain, args.match_compute)
     common = shlex.split(args.common)

@@ -16,15 +16,15 @@ import socket
 import sys
 from pathlib import Path
 
-from training.cli import parse_flags, run_cli, setup_logging
-from training.run_record import EXAMPLES_DIR
-from training.sources import check_model_source, is_local
+from vtlm.training.cli import parse_flags, run_cli, setup_logging
+from vtlm.training.run_record import EXAMPLES_DIR
+from vtlm.training.sources import check_model_source, is_local
 
 logger = logging.getLogger("demo")
 
 
 def parse_arguments(argv):
-    from space.app import add_server_arguments
+    from vtlm.space.app import add_server_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="A Hub repository id (`user/name`) or a folder saved by scripts/train.py.")
@@ -67,7 +67,7 @@ def main(argv=None):
     check_model_source(args.model)
     check_port_free(args.host, args.port)
     setup_logging()
-    from space.app import Classifier, launch
+    from vtlm.space.app import Classifier, launch
 
     launch(Classifier(args.model), example_images(args.model), args.host, args.port)
 

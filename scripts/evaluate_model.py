@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from training.arguments import DataArguments
-from training.cli import parse_flags, run_cli
-from training.run_record import check_same_hold_out, dataset_display_name, read_run_arguments, results_file
-from training.sources import check_model_source
+from vtlm.training.arguments import DataArguments
+from vtlm.training.cli import parse_flags, run_cli
+from vtlm.training.run_record import check_same_hold_out, dataset_display_name, read_run_arguments, results_file
+from vtlm.training.sources import check_model_source
 
 SPLITS = ("train", "validation", "test")
 
@@ -67,9 +67,9 @@ def main(argv=None):
 
     from transformers import AutoImageProcessor, AutoModelForImageClassification  # after the checks: seconds
 
-    from training.build import build_evaluation_trainer
-    from training.data import load_image_datasets
-    from training.metrics import accuracy_sentence
+    from vtlm.training.build import build_evaluation_trainer
+    from vtlm.training.data import load_image_datasets
+    from vtlm.training.metrics import accuracy_sentence
 
     model_name = os.path.basename(os.path.normpath(model))
     split = evaluation_args.split

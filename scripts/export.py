@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from training.cli import parse_flags, run_cli, setup_logging
-from training.export import FORMATS, MEASUREMENT_FILE, export_model
-from training.onnx_graphs import DATA_FLAGS, markdown_table, recorded_data
+from vtlm.training.cli import parse_flags, run_cli, setup_logging
+from vtlm.training.export import FORMATS, MEASUREMENT_FILE, export_model
+from vtlm.training.onnx_graphs import DATA_FLAGS, markdown_table, recorded_data
 
 
 def parse_arguments(argv):

@@ -15,9 +15,9 @@ could be classified at all.
 import argparse
 import sys
 
-from training.cli import parse_flags, run_cli
-from training.prediction import classify_inputs, format_table
-from training.sources import check_model_source
+from vtlm.training.cli import parse_flags, run_cli
+from vtlm.training.prediction import classify_inputs, format_table
+from vtlm.training.sources import check_model_source
 
 
 def parse_arguments(argv):

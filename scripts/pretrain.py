@@ -14,9 +14,9 @@ import logging
 import shlex
 import sys
 
-from training.arguments import PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS, parse_arguments
-from training.cli import run_cli
-from training.run import TrainingRun
+from vtlm.training.arguments import PRETRAINING_ARGUMENT_CLASSES, PRETRAINING_DEFAULTS, parse_arguments
+from vtlm.training.cli import run_cli
+from vtlm.training.run import TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ class PretrainingRun(TrainingRun):
     logger = logger
 
     def build_config(self):
-        from training.build import build_config
-        from training.pretraining import check_maskable
-        from training.run_record import same_data_flags
+        from vtlm.training.build import build_config
+        from vtlm.training.pretraining import check_maskable
+        from vtlm.training.run_record import same_data_flags
 
         model_args, data_args, training_args = (
             self.arguments.model_args, self.arguments.data_args, self.arguments.training_args
@@ -58,9 +58,9 @@ class PretrainingRun(TrainingRun):
         )
 
     def build_trainer(self, config, data, callbacks):
-        from modeling import build_image_processor
-        from training.build import build_augmentation
-        from training.pretraining import VTLMForMaskedImageModeling, build_pretraining_trainer
+        from vtlm.modeling import build_image_processor
+        from vtlm.training.build import build_augmentation
+        from vtlm.training.pretraining import VTLMForMaskedImageModeling, build_pretraining_trainer
 
         arguments, self.config = self.arguments, config
         config.id2label = data.id2label
@@ -85,7 +85,7 @@ class PretrainingRun(TrainingRun):
         trainer.save_state()
 
     def record(self, trainer, data):
-        from training.flops import describe_compute
+        from vtlm.training.flops import describe_compute
 
         output_dir = self.arguments.training_args.output_dir
         self.model.vtlm.save_pretrained(output_dir)  # the encoder alone: the decoder stays in checkpoints
@@ -94,7 +94,7 @@ class PretrainingRun(TrainingRun):
         return {"config": self.config, "compute": compute}
 
     def write_card(self):
-        from training.model_card import write_pretraining_card
+        from vtlm.training.model_card import write_pretraining_card
 
         write_pretraining_card(self.arguments.training_args.output_dir)
 

@@ -17,8 +17,8 @@ token comes from --hub_token, else HF_TOKEN, else `hf auth login`.
 import argparse
 import sys
 
-from training.cli import parse_flags, run_cli, setup_logging
-from training.hub import publish_run
+from vtlm.training.cli import parse_flags, run_cli, setup_logging
+from vtlm.training.hub import publish_run
 
 
 def parse_arguments(argv):

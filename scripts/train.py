@@ -14,9 +14,9 @@ import logging
 import os
 import sys
 
-from training.arguments import parse_arguments
-from training.cli import USER_ERRORS, run_cli
-from training.run import TrainingRun
+from vtlm.training.arguments import parse_arguments
+from vtlm.training.cli import USER_ERRORS, run_cli
+from vtlm.training.run import TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,10 @@ class ClassifierRun(TrainingRun):
     logger = logger
 
     def build_config(self):
-        from training.build import build_config
-        from training.export import published_export_formats
-        from training.hub import check_can_publish, check_static_space
-        from training.sources import check_model_source
+        from vtlm.training.build import build_config
+        from vtlm.training.export import published_export_formats
+        from vtlm.training.hub import check_can_publish, check_static_space
+        from vtlm.training.sources import check_model_source
 
         model_args, training_args = self.arguments.model_args, self.arguments.training_args
         # The token is used for the final upload only: the Trainer would pickle it into training_args.bin.
@@ -62,7 +62,7 @@ class ClassifierRun(TrainingRun):
         return config
 
     def finished(self):
-        from training.hub import publish_command
+        from vtlm.training.hub import publish_command
 
         output_dir = self.arguments.training_args.output_dir
         if not self.push_to_hub:
@@ -75,8 +75,8 @@ class ClassifierRun(TrainingRun):
             publish_finished_run(output_dir, self.hub_token, self.publish)
 
     def build_trainer(self, config, data, callbacks):
-        from modeling import build_image_processor
-        from training.build import (
+        from vtlm.modeling import build_image_processor
+        from vtlm.training.build import (
             build_augmentation,
             build_distillation,
             build_locality_bias,
@@ -114,8 +114,8 @@ class ClassifierRun(TrainingRun):
         trainer.log_metrics("test", self.test_metrics)
 
     def record(self, trainer, data):
-        from training.flops import count_parameters, describe_compute
-        from training.run_record import save_example_images
+        from vtlm.training.flops import count_parameters, describe_compute
+        from vtlm.training.run_record import save_example_images
 
         examples = save_example_images(self.arguments.training_args.output_dir, *data.examples("test"))
         compute = describe_compute(
@@ -127,7 +127,7 @@ class ClassifierRun(TrainingRun):
         return {"config": self.model.config, "compute": compute, "examples": examples}
 
     def write_card(self):
-        from training.model_card import write_model_card
+        from vtlm.training.model_card import write_model_card
 
         output_dir = self.arguments.training_args.output_dir
         if not self.push_to_hub:
@@ -136,7 +136,7 @@ class ClassifierRun(TrainingRun):
             publish_finished_run(output_dir, self.hub_token, self.publish)
 
     def last_line(self):
-        from training.metrics import accuracy_sentence
+        from vtlm.training.metrics import accuracy_sentence
 
         return f"test {accuracy_sentence(self.test_metrics, 'test')}"
 
@@ -147,7 +147,7 @@ def main(argv=None):
 
 def publish_finished_run(output_dir, token, publish):
     """`training.hub.publish_run`, whose failure says how to publish the finished run later."""
-    from training.hub import publish_command, publish_run
+    from vtlm.training.hub import publish_command, publish_run
 
     try:
         publish_run(output_dir, token=token, **publish)

@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig
 
 if __package__:  # imported from the VTLM repository as `space.app`
-    from endpoint.handler import load_image
+    from vtlm.endpoint.handler import load_image
 else:  # run as `app.py` in a Space, with the handler beside it
     from handler import load_image
 

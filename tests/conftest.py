@@ -31,12 +31,12 @@ from datasets import ClassLabel, Dataset, Features, Image  # noqa: E402
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, RepoUrl  # noqa: E402
 from transformers import TrainerState  # noqa: E402
 
-import training.hub  # noqa: E402
-from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
-from training.data import LABEL_NAME_FIXES  # noqa: E402
-from training.metrics import wilson_interval  # noqa: E402
-from training.run_record import save_example_images  # noqa: E402
-from training.trainer import TRAINING_SECONDS  # noqa: E402
+import vtlm.training.hub  # noqa: E402
+from vtlm.modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor  # noqa: E402
+from vtlm.training.data import LABEL_NAME_FIXES  # noqa: E402
+from vtlm.training.metrics import wilson_interval  # noqa: E402
+from vtlm.training.run_record import save_example_images  # noqa: E402
+from vtlm.training.trainer import TRAINING_SECONDS  # noqa: E402
 
 pytest_plugins = ["pytester"]  # test_suite_tiers.py runs the fast tier's guard on tests of its own
 
@@ -113,8 +113,8 @@ def write_hub_dataset(root, splits, label_names=HUB_FINE_LABELS, label_column="f
 
 
 # Prepended to scripts that must run as a user without this repository: with the package installed (editable, as in
-# CI), `import modeling` would otherwise succeed, and transformers could use our classes instead of the shipped files.
-_BLOCK_MODELING = "import sys\nsys.modules['modeling'] = sys.modules['training'] = None  # not importable\n"
+# CI), `import vtlm.modeling` would otherwise succeed, and transformers could use our classes, not the shipped files.
+_BLOCK_MODELING = "import sys\nsys.modules['vtlm'] = None  # not importable\n"
 
 
 def run_without_modeling(script, *args, cwd, python_path=None):
@@ -188,10 +188,10 @@ def make_run_folder(
     100 classes, by default as many as CIFAR-100 has (64 training images for a smoke run)."""
     from datasets import DatasetDict
 
-    from training.arguments import parse_arguments
-    from training.data import ImageDatasets
-    from training.flops import count_parameters, describe_compute, flops_per_image
-    from training.run_record import check_sources_hold_out, write_run_info
+    from vtlm.training.arguments import parse_arguments
+    from vtlm.training.data import ImageDatasets
+    from vtlm.training.flops import count_parameters, describe_compute, flops_per_image
+    from vtlm.training.run_record import check_sources_hold_out, write_run_info
 
     model = save_tiny_model(path)
     (path / "all_results.json").write_text(json.dumps(results))
@@ -247,8 +247,8 @@ class FakeHub:
         # With hf_xet, upload_folder streams through /preupload; without it, it calls create_commit.
         monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
         # The tests run offline (conftest); this Hub answers.
-        monkeypatch.setattr(training.hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: None)
+        monkeypatch.setattr(vtlm.training.hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(vtlm.training.hub, "hub_unreachable_reason", lambda: None)
 
         def create_repo(api, repo_id, *, private=False, exist_ok=False, repo_type=None, **kwargs):
             hub.repos.setdefault(repo_id, {"private": private})
@@ -476,7 +476,7 @@ def predict_top(folder, paths, top_k=3):
 def kill_after_first_checkpoint(command, output_dir):
     """Start `command` (a training script) and kill it with SIGKILL as soon as `output_dir` holds a complete
     checkpoint."""
-    from training.rerun import last_complete_checkpoint
+    from vtlm.training.rerun import last_complete_checkpoint
 
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import load_script
 
-from training.arguments import (
+from vtlm.training.arguments import (
     ARGUMENT_CLASSES,
     PRETRAINING_ARGUMENT_CLASSES,
     VTLMTrainingArguments,
@@ -85,9 +85,9 @@ def test_push_to_hub_help_says_it_publishes_once_at_the_end(capsys, monkeypatch)
 
 def precision_warnings(caplog, argv):
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="training.arguments"):
+    with caplog.at_level(logging.WARNING, logger="vtlm.training.arguments"):
         training_args = parse_arguments([*argv, "--report_to=none"])[3]
-    return training_args, [record.getMessage() for record in caplog.records if record.name == "training.arguments"]
+    return training_args, [record.getMessage() for record in caplog.records if record.name == "vtlm.training.arguments"]
 
 
 needs_a_cpu_host = pytest.mark.skipif(torch.cuda.is_available(), reason="what a host without CUDA does")

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 from transformers import HfArgumentParser
 
-from modeling import CIFAR100_MEAN, CIFAR100_STD
-from training.arguments import AugmentationArguments
-from training.augmentation import BatchAugmentation, augmentation_seed
-from training.image_ops import (
+from vtlm.modeling import CIFAR100_MEAN, CIFAR100_STD
+from vtlm.training.arguments import AugmentationArguments
+from vtlm.training.augmentation import BatchAugmentation, augmentation_seed
+from vtlm.training.image_ops import (
     AUTO_AUGMENT_POLICIES,
     MAX_ENHANCE,
     MAX_ROTATE_DEGREES,

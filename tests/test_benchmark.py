@@ -12,11 +12,11 @@ import transformers
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, load_script
 from test_flops import hand_derived_flops
 
-import training.provenance
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
-from training.arguments import AugmentationArguments, ModelArguments
-from training.benchmark import BenchmarkArguments, known_peak_tflops, run
-from training.trainer import VTLMTrainer
+import vtlm.training.provenance
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+from vtlm.training.arguments import AugmentationArguments, ModelArguments
+from vtlm.training.benchmark import BenchmarkArguments, known_peak_tflops, run
+from vtlm.training.trainer import VTLMTrainer
 
 STEPS, UNTIMED_STEPS, REPEATS, BATCH, EVAL_BATCH, EVAL_BATCHES, PEAK = 2, 1, 2, 8, 24, 2, 0.5
 
@@ -74,12 +74,12 @@ def test_a_count_below_one_is_a_one_line_error_before_any_work(flag, message, tm
 
 def test_a_cpu_only_torch_records_no_cuda_version(monkeypatch):
     """The CUDA recorded is the one torch runs on, not a toolkit that happens to be installed on the host."""
-    host = training.provenance.collect_env.get_env_info()._replace(cuda_runtime_version="12.4.131")
-    monkeypatch.setattr(training.provenance.collect_env, "get_env_info", lambda: host)
+    host = vtlm.training.provenance.collect_env.get_env_info()._replace(cuda_runtime_version="12.4.131")
+    monkeypatch.setattr(vtlm.training.provenance.collect_env, "get_env_info", lambda: host)
     monkeypatch.setattr(torch.version, "cuda", None)
-    assert training.provenance.machine_info(torch.device("cpu"))["cuda"] is None
+    assert vtlm.training.provenance.machine_info(torch.device("cpu"))["cuda"] is None
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    assert training.provenance.machine_info(torch.device("cpu"))["cuda"] == "12.8"
+    assert vtlm.training.provenance.machine_info(torch.device("cpu"))["cuda"] == "12.8"
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO_ROOT, TINY_RUN, load_script, make_run_folder, save_tiny_model
 from test_resume import stopped_step
 
-from training.cli import run_cli
-from training.metrics import accuracy_sentence
+from vtlm.training.cli import run_cli
+from vtlm.training.metrics import accuracy_sentence
 
 
 def run_script(name, *args, env=None, cwd=None):
@@ -150,7 +150,7 @@ def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_pa
     script = (
         "import sys\n"
         "from transformers import pipeline\n"
-        "from modeling import build_image_processor\n"
+        "from vtlm.modeling import build_image_processor\n"
         "build_image_processor().save_pretrained(sys.argv[1])\n"
         "pipeline('image-classification', model=sys.argv[2], trust_remote_code=True)\n"
     )
@@ -170,8 +170,8 @@ def test_the_log_names_an_image_processor_without_printing_it(tmp_path):
     script = (
         "import logging, sys\n"
         "from transformers import AutoImageProcessor\n"
-        "from modeling import build_image_processor\n"
-        "from training.cli import setup_logging\n"
+        "from vtlm.modeling import build_image_processor\n"
+        "from vtlm.training.cli import setup_logging\n"
         "setup_logging()\n"
         "build_image_processor().save_pretrained(sys.argv[1])\n"
         "AutoImageProcessor.from_pretrained(sys.argv[1])\n"
@@ -200,7 +200,7 @@ def test_help_lists_the_recipe_flags(capsys):
 
 
 # What takes seconds to import (measured in docs/reliability.md); `--help` and a mistyped flag must not wait for it.
-HEAVY_MODULES = ["modeling.modeling_vtlm", "transformers.modeling_utils", "transformers.trainer", "datasets"]
+HEAVY_MODULES = ["vtlm.modeling.modeling_vtlm", "transformers.modeling_utils", "transformers.trainer", "datasets"]
 
 
 @pytest.mark.slow  # what a fresh interpreter imports

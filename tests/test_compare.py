@@ -12,11 +12,11 @@ import torch
 from conftest import REPO_ROOT, TINY_OVERRIDES, make_run_folder
 from transformers import TrainerState
 
-from training import compare, compare_arms, compare_report, compare_results, fashion_mnist
-from training.arguments import parse_arguments
-from training.metrics import wilson_interval
-from training.provenance import machine_info
-from training.trainer import TRAINING_SECONDS
+from vtlm.training import compare, compare_arms, compare_report, compare_results, fashion_mnist
+from vtlm.training.arguments import parse_arguments
+from vtlm.training.metrics import wilson_interval
+from vtlm.training.provenance import machine_info
+from vtlm.training.trainer import TRAINING_SECONDS
 
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.isdir(fashion_mnist.FASHION_MNIST_DIR),

@@ -12,7 +12,7 @@ import torch
 import transformers
 from conftest import TINY_CONFIG, run_without_modeling
 
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
 LOAD_AND_PREDICT = """
 import json, sys

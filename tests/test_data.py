@@ -15,10 +15,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Va
 from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
-import training.data
-import training.hub_access
-from training.arguments import DataArguments
-from training.data import ImageTensorDataset, collate_batch, load_image_datasets
+import vtlm.training.data
+import vtlm.training.hub_access
+from vtlm.training.arguments import DataArguments
+from vtlm.training.data import ImageTensorDataset, collate_batch, load_image_datasets
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -217,7 +217,7 @@ def test_corrupt_images_are_skipped_with_a_warning(tmp_path, caplog, workers):
     images[7] = images[7][:40]  # in the second of two workers' shards
     columns = {"img": [{"bytes": data, "path": None} for data in images], "label": (np.arange(12) % 3).tolist()}
     root = write_splits(tmp_path, {"train": columns, "test": three_class_columns(3)}, THREE_CLASSES)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="vtlm.training.data"):
         data = load(
             root,
             label_column_name="label",
@@ -240,7 +240,7 @@ def test_skipped_and_failing_images_are_named_by_their_files(tmp_path, caplog):
         .cast_column("image", Image(decode=False))[index]["image"]["path"]
         .endswith("train/cats/broken.png")
     )  # `imagefolder` lists the files in sorted order
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="vtlm.training.data"):
         data = load(root, validation_split_size=4, corrupt_images="skip")
     assert len(data.datasets["train"]) + len(data.datasets["validation"]) == 12
     assert (
@@ -259,7 +259,7 @@ def test_skipped_images_of_a_parquet_are_named_by_the_paths_it_records(tmp_path,
         "label": [0, 1, 2] * 3,
     }
     root = write_splits(tmp_path, {"train": columns, "test": three_class_columns(3)}, THREE_CLASSES)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="vtlm.training.data"):
         load(root, label_column_name="label", validation_split_size=3, corrupt_images="skip")
     assert "skipped 1 image of split 'train' that cannot be decoded: photos/005.jpg (index 5)" in caplog.text
 
@@ -275,14 +275,14 @@ def test_images_are_decoded_once_and_then_read_from_the_cache(tmp_path, monkeypa
     root = write_hub_dataset(tmp_path, {"train": 30, "test": 10}, CIFAR10_LABELS, label_column="label", coarse=False)
     opened = []
     original_open = PILImage.open
-    monkeypatch.setattr(training.data.PILImage, "open", lambda *args: opened.append(1) or original_open(*args))
+    monkeypatch.setattr(vtlm.training.data.PILImage, "open", lambda *args: opened.append(1) or original_open(*args))
     load(root, label_column_name="label", validation_split_size=10)
     assert len(opened) == 40
     load(root, label_column_name="label", validation_split_size=10, max_train_samples=5)
     assert len(opened) == 40
     # An edited decoder decodes again: `datasets` alone would fingerprint it by name and reuse the old arrays.
-    original_decode = training.data._decode_image
-    monkeypatch.setattr(training.data, "_decode_image", lambda image, size: 255 - original_decode(image, size))
+    original_decode = vtlm.training.data._decode_image
+    monkeypatch.setattr(vtlm.training.data, "_decode_image", lambda image, size: 255 - original_decode(image, size))
     data = load(root, label_column_name="label", validation_split_size=10)
     assert len(opened) == 80
     expected = 255 - np.asarray(load_dataset(root)["test"][0]["img"]).transpose(2, 0, 1)
@@ -307,7 +307,7 @@ def test_bad_arguments_for_the_data_are_clear_errors(cifar100_dir, overrides, me
 def test_imagefolder_columns_are_found_when_the_flags_are_left_at_their_defaults(tmp_path, caplog):
     """An `imagefolder`'s `image` and `label`, not CIFAR-100's `img` and `fine_label`: both found, said once."""
     root, files = write_imagefolder(tmp_path, {"train": ["cats", "dogs"] * 6, "test": ["cats", "dogs", "dogs"]})
-    with caplog.at_level(logging.INFO, logger="training.data"):
+    with caplog.at_level(logging.INFO, logger="vtlm.training.data"):
         data = load(root, validation_split_size=4)
     assert (data.image_column, data.label_column, data.label_names) == ("image", "label", ["cats", "dogs"])
     (line,) = [record.getMessage() for record in caplog.records if "left at" in record.getMessage()]
@@ -360,7 +360,7 @@ def test_imagefolder_metadata_string_labels_are_classes_numbered_alike_in_every_
     test = ["dog", "cat", "dog", "cat"]
     root = write_imagefolder_with_metadata(tmp_path, {"train": train, "test": test})
     assert load_dataset(root)["train"].features["category"] == Value("large_string")  # as `datasets` reads it
-    with caplog.at_level(logging.INFO, logger="training.data"):
+    with caplog.at_level(logging.INFO, logger="vtlm.training.data"):
         data = load(root, validation_split_size=3)
     assert (data.image_column, data.label_column) == ("image", "category")
     assert data.label_names == ["cat", "dog", "fish"]  # sorted, over all splits together
@@ -452,7 +452,7 @@ def test_empty_split_is_an_error(tmp_path, monkeypatch):
     splits = DatasetDict(
         {split: Dataset.from_dict(rows, features=Features(THREE_CLASSES)) for split, rows in splits.items()}
     )
-    monkeypatch.setattr(training.data, "load_dataset", lambda *args, **kwargs: splits)
+    monkeypatch.setattr(vtlm.training.data, "load_dataset", lambda *args, **kwargs: splits)
     with pytest.raises(ValueError, match=f"split 'test' of dataset '{root}' has no rows"):
         load(root, label_column_name="label", validation_split_size=3)
 
@@ -512,14 +512,14 @@ def closed_port():
 @pytest.fixture
 def online_without_proxy(monkeypatch):
     """Online mode as `datasets` sees it, with no proxy in the environment."""
-    monkeypatch.setattr(training.data.datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(vtlm.training.data.datasets.config, "HF_HUB_OFFLINE", False)
     for name in list(os.environ):
         if name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
 
 
 def test_unreachable_hub_fails_fast_with_a_hint(online_without_proxy, monkeypatch):
-    monkeypatch.setattr(training.hub_access.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(vtlm.training.hub_access.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     start = time.monotonic()
     with pytest.raises(ConnectionError, match=r"'uoft-cs/cifar100'.*cannot be reached.*--dataset_name /path/to/copy"):
         load("uoft-cs/cifar100")
@@ -528,11 +528,11 @@ def test_unreachable_hub_fails_fast_with_a_hint(online_without_proxy, monkeypatc
 
 def test_hub_check_connects_to_the_proxy_when_one_is_set(online_without_proxy, monkeypatch):
     with socket.create_server(("127.0.0.1", 0)) as proxy:
-        monkeypatch.setattr(training.hub_access.constants, "ENDPOINT", f"https://127.0.0.1:{closed_port()}")
+        monkeypatch.setattr(vtlm.training.hub_access.constants, "ENDPOINT", f"https://127.0.0.1:{closed_port()}")
         with pytest.raises(ConnectionError):
-            training.data._check_hub_reachable("uoft-cs/cifar100")
+            vtlm.training.data._check_hub_reachable("uoft-cs/cifar100")
         monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
-        training.data._check_hub_reachable("uoft-cs/cifar100")  # the proxy answers: no error
+        vtlm.training.data._check_hub_reachable("uoft-cs/cifar100")  # the proxy answers: no error
 
 
 @pytest.mark.parametrize("name", ["/no/such/folder/cifar100", "./no-such-folder"])

@@ -18,9 +18,9 @@ import torch
 from conftest import _BLOCK_MODELING, TINY_CONFIG, free_port, load_script, make_run_folder
 from PIL import Image
 
-from space.app import Classifier, overlay
-from space.folder import pinned_requirements
-from training.export import export_model
+from vtlm.space.app import Classifier, overlay
+from vtlm.space.folder import pinned_requirements
+from vtlm.training.export import export_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_PATCH = 21  # row 2, column 5 of the tiny models' 8 x 8 patches
@@ -70,7 +70,7 @@ class ForcedScore(torch.nn.Module):
 
 
 def save_model(folder, fields):
-    from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+    from vtlm.modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
 
     torch.manual_seed(0)
     VTLMForImageClassification(VTLMConfig(**fields)).save_pretrained(folder)
@@ -305,7 +305,7 @@ def test_the_demo_in_a_real_browser(browser, tmp_path):
 def test_the_published_space_runs_on_its_own(browser, hub, tmp_path):
     """The Space folder that publishing uploads, started alone in a process where the project's packages cannot be
     imported, with a local model folder standing in for the repo id: the same answer as predict.py."""
-    from training.hub import publish_run
+    from vtlm.training.hub import publish_run
 
     run_dir = make_run_folder(tmp_path / "run")
     publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token="hf_fake", space_id="someone/vtlm-demo")

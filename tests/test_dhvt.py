@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_DHVT
 from transformers import AutoModelForImageClassification
 
-from modeling import VTLMConfig, VTLMForImageClassification, VTLMModel
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, VTLMModel
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0}
 
@@ -277,7 +277,7 @@ def test_sync_batch_norm_conversion_keeps_the_logits_and_the_checkpointing_guard
 def test_training_syncs_every_batch_norm_under_multi_gpu_ddp_only(world_size, device, synced):
     from types import SimpleNamespace
 
-    from training.build import sync_batch_norm
+    from vtlm.training.build import sync_batch_norm
 
     model = sync_batch_norm(tiny_model(), SimpleNamespace(world_size=world_size, device=torch.device(device)))
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]

@@ -14,8 +14,8 @@ from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, TINY_RUN, load_scri
 from safetensors.torch import load_file
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
-from training.arguments import (
+from vtlm.modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification, build_image_processor
+from vtlm.training.arguments import (
     AugmentationArguments,
     DataArguments,
     DistillationArguments,
@@ -23,20 +23,20 @@ from training.arguments import (
     VTLMTrainingArguments,
     parse_arguments,
 )
-from training.augmentation import augmentation_seed
-from training.build import build_augmentation, build_config, build_distillation, build_trainer
-from training.cli import run_cli
-from training.data import load_image_datasets
-from training.distillation import (
+from vtlm.training.augmentation import augmentation_seed
+from vtlm.training.build import build_augmentation, build_config, build_distillation, build_trainer
+from vtlm.training.cli import run_cli
+from vtlm.training.data import load_image_datasets
+from vtlm.training.distillation import (
     GUIDANCE_FILE,
     GUIDANCE_MODULE,
     FeatureGuidance,
     output_distillation_loss,
     patch_token_map,
 )
-from training.export import to_vit
-from training.rerun import RunMismatchError
-from training.run_record import NOT_DEFINING, differing_arguments, run_arguments, source_validation_split
+from vtlm.training.export import to_vit
+from vtlm.training.rerun import RunMismatchError
+from vtlm.training.run_record import NOT_DEFINING, differing_arguments, run_arguments, source_validation_split
 
 train = load_script("train")
 STEPS = ["--max_steps=4", "--eval_strategy=steps", "--save_strategy=steps", "--eval_steps=2", "--save_steps=2"]
@@ -189,7 +189,7 @@ def test_a_missing_teacher_is_refused_before_the_dataset_is_loaded(cifar100_dir,
     def load_image_datasets(*args, **kwargs):
         raise AssertionError("the dataset was loaded before the teacher was checked")
 
-    monkeypatch.setattr("training.data.load_image_datasets", load_image_datasets)
+    monkeypatch.setattr("vtlm.training.data.load_image_datasets", load_image_datasets)
     missing = tmp_path / "no-such-teacher"
     assert run_cli(train.main, student_argv(cifar100_dir, tmp_path / "student", missing)) == 2
     stderr = capsys.readouterr().err
@@ -211,7 +211,7 @@ def test_a_teacher_that_trained_on_the_validation_images_is_refused(
     def build_model(*args, **kwargs):
         raise AssertionError("the model was built before the teacher's hold-out was checked")
 
-    monkeypatch.setattr("training.build.build_model", build_model)
+    monkeypatch.setattr("vtlm.training.build.build_model", build_model)
     assert run_cli(train.main, student_argv(cifar100_dir, tmp_path / "student", teacher_run, flag)) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: --teacher_model_name_or_path {teacher_run} held out another validation split")

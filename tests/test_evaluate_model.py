@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import load_script, save_tiny_model, write_hub_dataset
 
-from modeling import CIFAR100_MEAN, CIFAR100_STD
-from training.arguments import DataArguments
-from training.data import load_image_datasets
+from vtlm.modeling import CIFAR100_MEAN, CIFAR100_STD
+from vtlm.training.arguments import DataArguments
+from vtlm.training.data import load_image_datasets
 
 evaluate_model = load_script("evaluate_model")
 

@@ -17,13 +17,13 @@ from conftest import REPO_ROOT, TINY_CONFIG, TINY_OVERRIDES, class_images, load_
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTForImageClassification, pipeline
 
-import training.export
-import training.vit_conversion
-from modeling import PRESETS, VTLMConfig, VTLMForImageClassification, build_image_processor
-from training.cli import run_cli
-from training.export import ONNX_FILE, PREPROCESSOR_FILE, export_model, source_reference
-from training.onnx_graphs import GRAPH_FILES, onnx_logits, onnx_session
-from training.vit_conversion import ExportError, Refusal, to_vit, vit_refusals
+import vtlm.training.export
+import vtlm.training.vit_conversion
+from vtlm.modeling import PRESETS, VTLMConfig, VTLMForImageClassification, build_image_processor
+from vtlm.training.cli import run_cli
+from vtlm.training.export import ONNX_FILE, PREPROCESSOR_FILE, export_model, source_reference
+from vtlm.training.onnx_graphs import GRAPH_FILES, onnx_logits, onnx_session
+from vtlm.training.vit_conversion import ExportError, Refusal, to_vit, vit_refusals
 
 requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
@@ -131,7 +131,7 @@ def test_the_endpoint_handler_serves_the_vit_export_as_the_custom_model(vit_expo
     """The handler needs only what `from_pretrained` gives: on the ViT export it answers as on the VTLM run."""
     from PIL import Image
 
-    from endpoint.handler import EndpointHandler
+    from vtlm.endpoint.handler import EndpointHandler
 
     _, run, folder, _ = vit_exports["original"]
     image = Image.fromarray(class_images([7], image_size=48)[0])
@@ -253,9 +253,9 @@ def test_every_preset_exports_to_onnx(onnx_export):
     assert_smaller_graphs_match(folder, model, processed_images(folder))
     card = (folder / "README.md").read_text()
     assert "The fp16 and 8-bit graphs' accuracy was **not measured**" in card
-    for name, dtype in training.export.GRAPH_CHECKS.items():
+    for name, dtype in vtlm.training.export.GRAPH_CHECKS.items():
         assert f"| `{GRAPH_FILES[dtype]}` | {differences[name]:.3g} | " in card
-    assert not (folder / training.export.MEASUREMENT_FILE).exists()
+    assert not (folder / vtlm.training.export.MEASUREMENT_FILE).exists()
     # No weights: transformers' own classes refuse the folder rather than fill a ViT with random weights.
     assert not (folder / "model.safetensors").exists()
     with pytest.raises(OSError):
@@ -289,10 +289,10 @@ def test_the_export_card_of_a_published_export_loads_its_hub_id():
         name: {"max_logit_difference": difference, "same_top1": 16}
         for name, difference in {"vit": 0.0, "onnx": 2e-6, "onnx_fp16": 1e-3, "onnx_q8": 3e-2}.items()
     }
-    published = str(training.export.render_export_card("`run`", checks, 16, model_id="someone/vtlm-vit"))
+    published = str(vtlm.training.export.render_export_card("`run`", checks, 16, model_id="someone/vtlm-vit"))
     assert 'pipeline("image-classification", model="someone/vtlm-vit")' in published
     assert 'model = "someone/vtlm-vit"' in published and "MODEL" not in published
-    local = str(training.export.render_export_card("`run`", checks, 16))  # a folder: its reader fills it in
+    local = str(vtlm.training.export.render_export_card("`run`", checks, 16))  # a folder: its reader fills it in
     assert "Replace `MODEL` with this folder or its Hub id." in local and 'model = "MODEL"' in local
 
 
@@ -300,9 +300,9 @@ def test_the_export_card_of_a_published_export_loads_its_hub_id():
 def test_the_card_of_a_graph_that_is_no_vit_names_the_settings_the_vit_cannot_express():
     refusals = vit_refusals(VTLMConfig(**TINY_CONFIG, pooling="mean"))
     checks = {"onnx": {"max_logit_difference": 2e-6, "same_top1": 16}}
-    card = str(training.export.render_export_card("`run`", checks, 16, refusals=refusals))
+    card = str(vtlm.training.export.render_export_card("`run`", checks, 16, refusals=refusals))
     assert "It computes VTLM's own layout (pooling='mean'), which no transformers class" in card.replace("\n", " ")
-    assert "is not a built-in ViT" not in str(training.export.render_export_card("`run`", checks, 16))
+    assert "is not a built-in ViT" not in str(vtlm.training.export.render_export_card("`run`", checks, 16))
 
 
 def test_a_field_the_layout_does_not_read_blocks_no_export():
@@ -389,9 +389,10 @@ def test_an_export_that_computes_something_else_is_refused(tmp_path, monkeypatch
     swap = {"layernorm_before": "layernorm_after", "layernorm_after": "layernorm_before"}
     renames = [
         (pattern, re.sub("layernorm_(before|after)", lambda m: swap[m[0]], target))
-        for pattern, target in training.vit_conversion.VIT_RENAMES
+        for pattern, target in vtlm.training.vit_conversion.VIT_RENAMES
     ]
-    monkeypatch.setattr(training.vit_conversion, "VIT_RENAMES", tuple(renames))  # the two norms of each block swapped
+    # The two norms of each block swapped.
+    monkeypatch.setattr(vtlm.training.vit_conversion, "VIT_RENAMES", tuple(renames))
     with pytest.raises(ExportError, match="differs from its source by"):
         export_model(tmp_path / "run", tmp_path / "vit", ("vit",))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
@@ -406,7 +407,7 @@ def test_a_failed_export_leaves_no_folder_behind(tmp_path, monkeypatch):
         path.write_bytes(b"half a graph")
         raise RuntimeError("the exporter crashed")
 
-    monkeypatch.setattr(training.export, "export_onnx", fail)
+    monkeypatch.setattr(vtlm.training.export, "export_onnx", fail)
     with pytest.raises(RuntimeError, match="the exporter crashed"):
         export_model(tmp_path / "run", tmp_path / "out", ("vit", "onnx"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]

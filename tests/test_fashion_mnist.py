@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Features, Image, load_dataset
 
-from training import fashion_mnist
-from training.arguments import DataArguments
-from training.data import load_image_datasets
+from vtlm.training import fashion_mnist
+from vtlm.training.arguments import DataArguments
+from vtlm.training.data import load_image_datasets
 
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.isdir(fashion_mnist.FASHION_MNIST_DIR),

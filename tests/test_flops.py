@@ -3,8 +3,8 @@
 import pytest
 from conftest import TINY_CONFIG
 
-from modeling import VTLMConfig
-from training.flops import flops_per_image
+from vtlm.modeling import VTLMConfig
+from vtlm.training.flops import flops_per_image
 
 # A conv tokenizer of two blocks, 3 -> 8 -> 32 channels.
 TINY_CONV = {**TINY_CONFIG, "patch_embedding_type": "conv", "num_conv_layers": 2, "conv_hidden_size": 8}

@@ -22,8 +22,8 @@ import pytest
 from conftest import REPO_ROOT, free_port, predict_top, save_tiny_model
 from PIL import Image
 
-from training.export import export_model
-from training.hub import add_endpoint_files
+from vtlm.training.export import export_model
+from vtlm.training.hub import add_endpoint_files
 
 TOOLKIT_PYTHON = os.environ.get("VTLM_TOOLKIT_PYTHON")
 if not (TOOLKIT_PYTHON and os.path.isfile(TOOLKIT_PYTHON)):

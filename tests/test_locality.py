@@ -11,10 +11,10 @@ from conftest import TINY_CONFIG, TINY_DHVT, TINY_RUN, load_script
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
-from modeling import VTLMConfig, VTLMForImageClassification, modeling_vtlm
-from training.arguments import ModelArguments
-from training.export import to_vit
-from training.locality import LocalityBias
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, modeling_vtlm
+from vtlm.training.arguments import ModelArguments
+from vtlm.training.export import to_vit
+from vtlm.training.locality import LocalityBias
 
 TINY_CONV = {"patch_embedding_type": "conv", "num_conv_layers": 2, "conv_hidden_size": 8, "use_cls_token": False,
              "pooling": "sequence"}  # fmt: skip

@@ -24,11 +24,11 @@ from conftest import (
 from huggingface_hub import ModelCard, metadata_load
 from PIL import Image
 
-from modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
-from training import LICENSE
-from training.flops import flops_per_image
-from training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, write_model_card
-from training.run_record import save_example_images
+from vtlm.modeling import CIFAR100_LABELS, VTLMConfig, VTLMForImageClassification
+from vtlm.training import LICENSE
+from vtlm.training.flops import flops_per_image
+from vtlm.training.model_card import CURVES_FILE, NOT_MEASURED, NOT_SHOWN, write_model_card
+from vtlm.training.run_record import save_example_images
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from conftest import TINY_CONFIG, TINY_DHVT, run_without_modeling, save_tiny_mod
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
-from modeling import (
+from vtlm.modeling import (
     CIFAR100_LABELS,
     PRESETS,
     VTLMConfig,
@@ -480,7 +480,7 @@ REMOTE_CODE_CHECK = textwrap.dedent(
 
     folder, pixels_file = sys.argv[1], sys.argv[2]
     try:
-        import modeling
+        import vtlm.modeling
     except ImportError:
         pass
     else:

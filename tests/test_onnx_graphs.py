@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import TINY_CONFIG, load_script, make_run_folder, write_hub_dataset
 
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
-from training.arguments import DataArguments
-from training.cli import run_cli
-from training.export import MEASUREMENT_FILE
-from training.image_ops import Normalize
-from training.onnx_graphs import GRAPH_FILES, MAX_TOP1_DROP, choose_default_dtype, describe_top1, load_test_split
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+from vtlm.training.arguments import DataArguments
+from vtlm.training.cli import run_cli
+from vtlm.training.export import MEASUREMENT_FILE
+from vtlm.training.image_ops import Normalize
+from vtlm.training.onnx_graphs import GRAPH_FILES, MAX_TOP1_DROP, choose_default_dtype, describe_top1, load_test_split
 
 requires_onnx = pytest.mark.skipif(
     not all(find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),

@@ -185,13 +185,13 @@ def web_server(image_files):
 
 
 def test_urls_are_fetched_within_a_time_and_size_limit(model_dir, image_files, web_server, monkeypatch, capsys):
-    import training.prediction
+    import vtlm.training.prediction
 
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(training.prediction, "DOWNLOAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(vtlm.training.prediction, "DOWNLOAD_TIMEOUT", 0.5)
     limit = len(image_files[0].read_bytes()) + 1024
-    monkeypatch.setattr(training.prediction, "MAX_DOWNLOAD_BYTES", limit)
+    monkeypatch.setattr(vtlm.training.prediction, "MAX_DOWNLOAD_BYTES", limit)
     url = f"{web_server}/{image_files[0].name}"
     refused = f"http://127.0.0.1:{free_port()}/cat.png"
     inputs = [url, f"{web_server}/missing.png", f"{web_server}/big", f"{web_server}/declared-big"]
@@ -219,7 +219,7 @@ def test_urls_are_fetched_within_a_time_and_size_limit(model_dir, image_files, w
 def test_a_huge_png_is_classified_by_predict_and_refused_by_the_endpoint(model_dir, tmp_path, monkeypatch, capsys):
     """8,000 x 8,000 pixels: above the endpoint's full-size decoding limit, which a local command line need not
     keep; decoded, it is shrunk as a JPEG of that size is."""
-    from endpoint.handler import EndpointHandler, load_image
+    from vtlm.endpoint.handler import EndpointHandler, load_image
 
     colour = (120, 30, 200)
     huge, small = tmp_path / "huge.png", tmp_path / "small.png"
@@ -273,8 +273,8 @@ def test_predict_in_process_honours_top_k(model_dir, image_files, capsys):
 def test_a_16_bit_image_is_classified_as_its_8_bit_version_on_every_path(model_dir, tmp_path, capsys):
     """Training data, predict.py and the endpoint handler read a 16-bit PNG as its 8-bit version (PIL's own
     convert("RGB") would clip most of it to white)."""
-    from endpoint.handler import load_image
-    from training.data import _decode_image
+    from vtlm.endpoint.handler import load_image
+    from vtlm.training.data import _decode_image
 
     gradient = np.tile(np.arange(256, dtype=np.uint8), (32, 1))
     paths = {"8-bit": tmp_path / "gradient-8.png", "16-bit": tmp_path / "gradient-16.png"}

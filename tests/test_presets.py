@@ -9,7 +9,7 @@ from conftest import TINY_RUN, class_images, load_script
 from PIL import Image
 from safetensors.torch import load_file
 
-from endpoint.handler import EndpointHandler
+from vtlm.endpoint.handler import EndpointHandler
 
 pytestmark = pytest.mark.slow  # a run of each preset; the fast tier builds and exports each tokenizer family
 

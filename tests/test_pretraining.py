@@ -15,24 +15,24 @@ from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN, kill_after_first_checkpoi
 from safetensors.torch import load_file
 from test_resume import assert_same_weights, signal_after_first_loss, stopped_step
 
-from modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
-from training.arguments import (
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
+from vtlm.training.arguments import (
     PRETRAINING_ARGUMENT_CLASSES,
     PRETRAINING_DEFAULTS,
     PretrainingArguments,
     parse_arguments,
 )
-from training.build import build_augmentation
-from training.data import load_image_datasets
-from training.export import export_model
-from training.pretraining import (
+from vtlm.training.build import build_augmentation
+from vtlm.training.data import load_image_datasets
+from vtlm.training.export import export_model
+from vtlm.training.pretraining import (
     MaskedImageModelingTrainer,
     VTLMForMaskedImageModeling,
     build_pretraining_trainer,
     check_maskable,
 )
-from training.rerun import last_complete_checkpoint
-from training.run_record import hold_out_arguments, same_data_flags, source_validation_split
+from vtlm.training.rerun import last_complete_checkpoint
+from vtlm.training.run_record import hold_out_arguments, same_data_flags, source_validation_split
 
 TINY_DECODER = PretrainingArguments(
     decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=24
@@ -52,13 +52,13 @@ def tiny_model(seed=0):
 
 def test_building_a_classification_run_loads_no_pretraining(monkeypatch):
     """`training.build` builds the classifier's run alone: the masked autoencoder loads only where pre-training asks."""
-    import training
+    import vtlm.training
 
-    monkeypatch.setattr(training, "build", training.build)
-    for name in ("training.build", "training.pretraining"):
+    monkeypatch.setattr(vtlm.training, "build", vtlm.training.build)
+    for name in ("vtlm.training.build", "vtlm.training.pretraining"):
         monkeypatch.delitem(sys.modules, name)
-    importlib.import_module("training.build")
-    assert "training.pretraining" not in sys.modules
+    importlib.import_module("vtlm.training.build")
+    assert "vtlm.training.pretraining" not in sys.modules
 
 
 def test_mimetic_init_reaches_the_narrower_decoder_at_its_own_width():

@@ -22,12 +22,12 @@ from PIL import Image
 from transformers import TrainerControl, TrainerState
 from transformers.integrations import TensorBoardCallback
 
-import training.export
-import training.hub
-from modeling import VTLMForImageClassification
-from training.arguments import parse_arguments
-from training.hub import TENSORBOARD_FILE, publish_run
-from training.run_record import save_example_images
+import vtlm.training.export
+import vtlm.training.hub
+from vtlm.modeling import VTLMForImageClassification
+from vtlm.training.arguments import parse_arguments
+from vtlm.training.hub import TENSORBOARD_FILE, publish_run
+from vtlm.training.run_record import save_example_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -374,14 +374,14 @@ def test_publish_fails_fast_and_changes_nothing_without_token_or_network(hub, ru
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     if problem == "no token":
         monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(training.hub, "get_token", lambda: None)
+        monkeypatch.setattr(vtlm.training.hub, "get_token", lambda: None)
         expected, message, token = ValueError, "no Hub token: set HF_TOKEN", None
     elif problem == "offline":
-        monkeypatch.setattr(training.hub.constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(vtlm.training.hub.constants, "HF_HUB_OFFLINE", True)
         expected, message = ConnectionError, "HF_HUB_OFFLINE is set"
     else:
         reason = "the Hub at https://huggingface.co cannot be reached (huggingface.co:443: timed out)"
-        monkeypatch.setattr(training.hub, "hub_unreachable_reason", lambda: reason)
+        monkeypatch.setattr(vtlm.training.hub, "hub_unreachable_reason", lambda: reason)
         expected, message = ConnectionError, "cannot publish: the Hub at .* cannot be reached"
     with pytest.raises(expected, match=message):
         publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token)
@@ -428,8 +428,8 @@ def test_a_model_the_vit_cannot_express_without_onnx_is_refused_before_anything_
 ):
     run_dir = mean_pooled_run(tmp_path / "mean-run")
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
-    find_spec = training.export.importlib.util.find_spec
-    monkeypatch.setattr(training.export.importlib.util, "find_spec",
+    find_spec = vtlm.training.export.importlib.util.find_spec
+    monkeypatch.setattr(vtlm.training.export.importlib.util, "find_spec",
                         lambda name: None if name == "onnxruntime" else find_spec(name))  # fmt: skip
     with pytest.raises(ValueError, match="pooling='mean'.*export extra"):
         publish_run(run_dir, hub_model_id="someone/vtlm-mean", token=token, hub_vit_model_id="someone/vtlm-mean-vit")
@@ -464,7 +464,7 @@ def test_a_model_the_vit_cannot_express_publishes_its_onnx_graph_alone(hub, tmp_
 )
 def test_a_token_that_cannot_write_there_is_refused_before_any_work(hub, token, user, repo_ids, match, monkeypatch):
     """`train.py --push_to_hub` checks this before the first step (`check_can_publish`), not after hours of training."""
-    from training.hub import check_can_publish
+    from vtlm.training.hub import check_can_publish
 
     monkeypatch.setattr(HfApi, "whoami", lambda api, **kwargs: user)
     with pytest.raises(ValueError, match=match):
@@ -478,7 +478,7 @@ def test_train_push_to_hub_without_a_token_fails_before_loading_any_data(tmp_pat
     train = load_script("train")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-    monkeypatch.setattr(training.hub, "get_token", lambda: None)
+    monkeypatch.setattr(vtlm.training.hub, "get_token", lambda: None)
     argv = ["--dataset_name=/no/such/data", "--push_to_hub", "--hub_model_id=someone/vtlm", f"--output_dir={tmp_path}"]
     assert train.run_cli(train.main, argv) == 2
     error = capsys.readouterr().err
@@ -512,7 +512,7 @@ def test_train_push_to_hub_with_a_static_space_but_no_graph_fails_before_loading
 def test_the_demo_space_is_published_with_the_model_and_linked_from_its_card(hub, run_dir, token):
     from huggingface_hub import metadata_load
 
-    from space.folder import pinned_requirements
+    from vtlm.space.folder import pinned_requirements
 
     publish_run(run_dir, hub_model_id="someone/vtlm-tiny", token=token, space_id="someone/vtlm-demo")
 
@@ -577,7 +577,7 @@ def test_a_measured_export_sets_the_graph_that_transformers_js_and_the_static_sp
     pytest.importorskip("onnxruntime", reason="the ONNX graph needs the export extra: pip install -e '.[export]'")
     from conftest import write_hub_dataset
 
-    from training.onnx_graphs import choose_default_dtype
+    from vtlm.training.onnx_graphs import choose_default_dtype
 
     data = write_hub_dataset(tmp_path / "data", {"train": 10, "validation": 10, "test": 200})
     run_dir = make_run_folder(tmp_path / "run", dataset_name=data)

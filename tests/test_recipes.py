@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from modeling import PRESETS
-from training.arguments import parse_arguments
+from vtlm.modeling import PRESETS
+from vtlm.training.arguments import parse_arguments
 
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 

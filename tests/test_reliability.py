@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, pipeline
 
-from training.trainer import StopOnNonFiniteLoss
+from vtlm.training.trainer import StopOnNonFiniteLoss
 
 train = load_script("train")
 

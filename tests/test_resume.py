@@ -14,7 +14,7 @@ import torch
 from conftest import REPO_ROOT, TINY_RUN, kill_after_first_checkpoint
 from safetensors.torch import load_file
 
-from training.rerun import last_complete_checkpoint
+from vtlm.training.rerun import last_complete_checkpoint
 
 
 def train_command(dataset, output_dir):
@@ -192,9 +192,9 @@ def test_half_written_checkpoint_is_skipped(tmp_path):
 
 def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
     """`prepare_output_dir` compares the arguments that define the run, and only those, with the checkpoint's."""
-    from training.arguments import parse_arguments
-    from training.rerun import RunMismatchError, prepare_output_dir
-    from training.run_record import ARGUMENTS_FILE, run_arguments
+    from vtlm.training.arguments import parse_arguments
+    from vtlm.training.rerun import RunMismatchError, prepare_output_dir
+    from vtlm.training.run_record import ARGUMENTS_FILE, run_arguments
 
     def recorded(*flags, num_processes=1):
         """The record train.py writes for these flags, as `num_processes` processes would write it."""
@@ -217,8 +217,8 @@ def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
 
 
 def test_an_output_dir_that_is_a_file_or_holds_other_files_is_refused_before_anything_changes(tmp_path):
-    from training.arguments import VTLMTrainingArguments
-    from training.rerun import prepare_output_dir
+    from vtlm.training.arguments import VTLMTrainingArguments
+    from vtlm.training.rerun import prepare_output_dir
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")

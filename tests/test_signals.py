@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainerControl, TrainerState
 
-import training.cli
-from training.cli import Stopped, run_cli
-from training.rerun import StopOnSignal
+import vtlm.training.cli
+from vtlm.training.cli import Stopped, run_cli
+from vtlm.training.rerun import StopOnSignal
 
 
 def training_args(tmp_path, eval_strategy="epoch", logging_strategy="steps"):
@@ -110,7 +110,7 @@ def test_a_launchers_processes_print_a_mistake_once(monkeypatch, capsys):
     def main(argv):
         raise ValueError("--learning_rate must be positive, got 0")
 
-    monkeypatch.setattr(training.cli, "OTHER_PROCESS_WAIT_S", 0.5)
+    monkeypatch.setattr(vtlm.training.cli, "OTHER_PROCESS_WAIT_S", 0.5)
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert run_cli(main) == 2
     assert capsys.readouterr().err == "error: --learning_rate must be positive, got 0\n"

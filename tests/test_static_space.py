@@ -27,9 +27,9 @@ from conftest import (
     require_transformers_js,
 )
 
-from modeling import VTLMConfig, VTLMForImageClassification
-from space.folder import TRANSFORMERS_JS_URL
-from training.hub import publish_run
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification
+from vtlm.space.folder import TRANSFORMERS_JS_URL
+from vtlm.training.hub import publish_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, *require_transformers_js()]
 # For the docs' screenshot: VTLM_STATIC_SPACE_MODEL=RUN (a trained plain run folder, published in place of the tiny

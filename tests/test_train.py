@@ -21,11 +21,11 @@ from conftest import (
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from modeling import CIFAR100_LABELS, PRESETS, VTLMConfig
-from training.arguments import ModelArguments, parse_arguments
-from training.build import build_config, build_model
-from training.flops import flops_per_image
-from training.run_record import is_all_of_cifar100, run_arguments
+from vtlm.modeling import CIFAR100_LABELS, PRESETS, VTLMConfig
+from vtlm.training.arguments import ModelArguments, parse_arguments
+from vtlm.training.build import build_config, build_model
+from vtlm.training.flops import flops_per_image
+from vtlm.training.run_record import is_all_of_cifar100, run_arguments
 
 TRAIN = str(REPO_ROOT / "scripts" / "train.py")
 train = load_script("train")

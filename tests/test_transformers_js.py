@@ -25,8 +25,8 @@ from conftest import (
 )
 from PIL import Image
 
-from modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
-from training.export import ONNX_FILE, export_model
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification, build_image_processor
+from vtlm.training.export import ONNX_FILE, export_model
 
 pytestmark = require_transformers_js()
 

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, TINY_RUN
 # Publishing from the installed package, against a stand-in for the Hub that records what each upload holds.
 PUBLISH = """
 import json, pathlib, sys
-import modeling, training, training.hub as hub
+import vtlm.modeling as modeling, vtlm.training as training, vtlm.training.hub as hub
 installed = sys.argv[1]
 assert all(module.__file__.startswith(installed) for module in (modeling, training, hub)), (training.__file__,)
 
@@ -46,6 +46,8 @@ def test_a_wheel_install_trains_renders_its_card_and_publishes(cifar100_dir, tmp
     (wheel,) = wheels.glob("vtlm-*.whl")
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(installed), str(wheel)]
     subprocess.run(install, check=True, capture_output=True, timeout=300)
+    # One name of its own: nothing that another project's `training` or `modeling` would collide with.
+    assert {path.name for path in installed.iterdir() if not path.name.endswith(".dist-info")} == {"vtlm", "bin"}
 
     # The checkout is not importable from there: only the installed folder is first on the path.
     environment = {**os.environ, "PYTHONPATH": str(installed), "OMP_NUM_THREADS": "1"}

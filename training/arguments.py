@@ -20,8 +20,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from modeling import PRESETS
-from modeling.configuration_vtlm import ATTENTION_INITIALIZERS
+from vtlm.modeling import PRESETS
+from vtlm.modeling.configuration_vtlm import ATTENTION_INITIALIZERS
 
 from .cli import given_flags, parse_flags, suggest_flags
 from .image_ops import AUTO_AUGMENT_POLICIES

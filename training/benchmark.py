@@ -16,7 +16,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Image
 from transformers import AutoConfig, PrinterCallback, TrainerCallback, set_seed
 
-from modeling import CIFAR100_LABELS, build_image_processor
+from vtlm.modeling import CIFAR100_LABELS, build_image_processor
 
 from .arguments import (
     DataArguments,

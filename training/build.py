@@ -11,7 +11,7 @@ import difflib
 import torch
 from transformers import AutoConfig, AutoModelForImageClassification, TrainingArguments
 
-from modeling import VTLMConfig, VTLMForImageClassification
+from vtlm.modeling import VTLMConfig, VTLMForImageClassification
 
 from .augmentation import BatchAugmentation
 from .config_fields import field_names

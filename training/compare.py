@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from modeling import VTLMConfig
+from vtlm.modeling import VTLMConfig
 
 from .arguments import RECIPE_SUFFIXES, parse_arguments
 from .build import build_config

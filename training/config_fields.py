@@ -6,7 +6,7 @@ import inspect
 
 from transformers import PreTrainedConfig
 
-from modeling.configuration_vtlm import MIMETIC_FIELDS
+from vtlm.modeling.configuration_vtlm import MIMETIC_FIELDS
 
 
 def original_defaults(config_class) -> dict:

@@ -20,7 +20,7 @@ from datasets.fingerprint import Hasher
 from PIL import Image as PILImage
 from torch.utils.data import default_convert
 
-from endpoint.handler import to_rgb
+from vtlm.endpoint.handler import to_rgb
 
 from .arguments import DataArguments
 from .hub_access import hub_unreachable_reason

@@ -60,7 +60,7 @@ def load_teacher(distillation_args, label_names) -> Teacher:
     dataset's) by the same names in the same order: raises one-line errors, before any training."""
     source = distillation_args.teacher_model_name_or_path
     check_model_source(source)
-    import modeling
+    from vtlm import modeling
 
     modeling.VTLMForImageClassification  # noqa: B018 (registers VTLM with the Auto classes: its folders load here)
     trust = distillation_args.teacher_trust_remote_code

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 from transformers import AutoModelForImageClassification
 
-from modeling import VTLMForImageClassification  # noqa: F401  (loading it registers VTLM with the Auto classes)
+from vtlm.modeling import VTLMForImageClassification  # noqa: F401  (loading it registers VTLM with the Auto classes)
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
 
-from space.folder import write_space, write_static_space
-from training import LICENSE
-from training.export import export_model, published_export_formats
-from training.hub_access import hub_unreachable_reason
-from training.metrics import accuracy_sentence
-from training.model_card import is_generated_card, write_model_card
-from training.onnx_graphs import GRAPH_FILES, recorded_data
-from training.run_record import (
+from vtlm.space.folder import write_space, write_static_space
+from vtlm.training import LICENSE
+from vtlm.training.export import export_model, published_export_formats
+from vtlm.training.hub_access import hub_unreachable_reason
+from vtlm.training.metrics import accuracy_sentence
+from vtlm.training.model_card import is_generated_card, write_model_card
+from vtlm.training.onnx_graphs import GRAPH_FILES, recorded_data
+from vtlm.training.run_record import (
     ALL_RESULTS_FILE,
     CARD_FILE,
     ENDPOINT_FILES,
@@ -37,7 +37,7 @@ from training.run_record import (
     UPLOAD_PATTERNS,
     read_record,
 )
-from training.trainer import TRAINING_SECONDS
+from vtlm.training.trainer import TRAINING_SECONDS
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from modeling.modeling_vtlm import neighbour_map
+from vtlm.modeling.modeling_vtlm import neighbour_map
 
 
 class LocalityBias:

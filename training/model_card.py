@@ -16,11 +16,11 @@ from urllib.parse import quote
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants
 from PIL import Image
 
-from training import LICENSE
-from training.arguments import FEATURE_GUIDANCE, PRECISION_NEEDS
-from training.config_fields import field_names, unused_fields
-from training.metrics import TOP_K
-from training.run_record import (
+from vtlm.training import LICENSE
+from vtlm.training.arguments import FEATURE_GUIDANCE, PRECISION_NEEDS
+from vtlm.training.config_fields import field_names, unused_fields
+from vtlm.training.metrics import TOP_K
+from vtlm.training.run_record import (
     ALL_RESULTS_FILE,
     CARD_FILE,
     CURVES_FILE,
@@ -28,8 +28,8 @@ from training.run_record import (
     TRAINER_STATE_FILE,
     read_record,
 )
-from training.trainer import training_seconds
-from training.vit_conversion import vit_refusals
+from vtlm.training.trainer import training_seconds
+from vtlm.training.vit_conversion import vit_refusals
 
 logger = logging.getLogger(__name__)
 

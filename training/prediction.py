@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from endpoint.handler import load_image
+from vtlm.endpoint.handler import load_image
 
 # A URL's answer is read up to this many bytes; a larger one is refused.
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024

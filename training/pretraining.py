@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from modeling import VTLMConfig, VTLMModel, VTLMPreTrainedModel
-from modeling.modeling_vtlm import VTLMEncoder
+from vtlm.modeling import VTLMConfig, VTLMModel, VTLMPreTrainedModel
+from vtlm.modeling.modeling_vtlm import VTLMEncoder
 
 from .augmentation import augmentation_seed
 from .data import collate_batch

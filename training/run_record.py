@@ -17,7 +17,7 @@ from huggingface_hub.constants import REPOCARD_NAME
 from PIL import Image
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from modeling import CIFAR100_LABELS
+from vtlm.modeling import CIFAR100_LABELS
 
 from .provenance import device_name, git_commit
 from .sources import is_local, publishable_name
