@@ -24,10 +24,17 @@ def training_args(tmp_path, eval_strategy="epoch", logging_strategy="steps"):
 
 
 def signalled(signum=signal.SIGTERM):
-    """A callback whose process received `signum`, as its handler records it."""
-    stop = StopOnSignal()
-    with stop.catching():
-        os.kill(os.getpid(), signum)
+    """A callback whose process received `signum`, as its handler records it. The signal is at its default
+    disposition meanwhile, whatever pytest inherited: a job a shell starts in the background has SIGINT ignored, and
+    the callback rightly leaves an ignored signal alone (`test_a_signal_the_parent_ignores_stays_ignored`)."""
+    default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+    previous = signal.signal(signum, default)
+    try:
+        stop = StopOnSignal()
+        with stop.catching():
+            os.kill(os.getpid(), signum)
+    finally:
+        signal.signal(signum, previous)
     return stop
 
 
