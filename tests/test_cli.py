@@ -287,3 +287,12 @@ def test_a_bad_evaluation_batch_size_leaves_nothing_behind(tmp_path, capsys):
     status, stderr = run_in_process(capsys, "evaluate_model", *flags)
     assert_short_error(status, stderr, "error: --batch_size must be at least 1, got 0")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_record_cut_short_is_named_in_one_line(tmp_path, capsys):
+    """A run folder whose `run_arguments.json` a kill cut short: the rerun says which file, not a bare JSON error."""
+    record = tmp_path / "run" / "run_arguments.json"
+    record.parent.mkdir()
+    record.write_text('{"model_arguments": {')
+    status, stderr = run_in_process(capsys, "train", f"--output_dir={record.parent}", *TINY_RUN)
+    assert_short_error(status, stderr, f"error: {record} is not a complete JSON file (Expecting")

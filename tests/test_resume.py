@@ -179,10 +179,11 @@ def test_sigterm_to_a_launcher_stops_its_processes_at_one_step_and_the_run_resum
 
 
 def test_half_written_checkpoint_is_skipped(tmp_path):
-    for step in (4, 8, 12):
+    for step in (4, 8, 12, 16):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
-    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": 8}')
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        (tmp_path / f"checkpoint-{step}" / "run_arguments.json").write_text("{}")
+    (tmp_path / "checkpoint-16" / "run_arguments.json").unlink()  # killed after the Trainer's save, before ours
     (tmp_path / "checkpoint-12" / "trainer_state.json").write_text('{"global_st')  # killed mid-write
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
     (tmp_path / "checkpoint-8" / "trainer_state.json").unlink()  # killed before it was written

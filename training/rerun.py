@@ -104,14 +104,16 @@ def last_complete_checkpoint(output_dir):
     """The newest `checkpoint-N` in `output_dir` that was completely written, or None.
 
     transformers' `get_last_checkpoint` returns the newest folder even when a kill cut it short. The Trainer writes
-    `trainer_state.json` last, so a checkpoint whose state does not parse is skipped for the one before it.
+    `trainer_state.json` last, and `SaveRunArguments` then adds the run's arguments, so a checkpoint where either
+    does not parse is skipped for the one before it.
     """
     if not os.path.isdir(output_dir):
         return None
     for folder in reversed(sort_checkpoints(output_dir)):
         try:
-            with open(os.path.join(folder, TRAINER_STATE_FILE)) as state:
-                json.load(state)
+            for name in (TRAINER_STATE_FILE, ARGUMENTS_FILE):
+                with open(os.path.join(folder, name)) as file:
+                    json.load(file)
         except (OSError, ValueError):
             logger.warning(f"skipping {folder}: it was not completely written")
             continue
@@ -127,9 +129,11 @@ class SaveRunArguments(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            with open(os.path.join(folder, ARGUMENTS_FILE), "w") as file:
+            path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", ARGUMENTS_FILE)
+            # Whole or absent: a kill while it is written must not leave a checkpoint whose record does not parse.
+            with open(f"{path}.partial", "w") as file:
                 json.dump(self.arguments, file, indent=2)
+            os.replace(f"{path}.partial", path)
 
 
 class StopOnSignal(TrainerCallback):

@@ -72,7 +72,12 @@ def read_record(folder, name=RUN_INFO_FILE) -> dict:
     """The JSON file `name` of the run folder or checkpoint `folder` (`RUN_INFO_FILE`, `ARGUMENTS_FILE`,
     `ALL_RESULTS_FILE`, `TRAINER_STATE_FILE`), or {} where there is none."""
     path = Path(folder) / name
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:  # a ValueError: the scripts print it as one line, which must name the file
+        raise ValueError(f"{path} is not a complete JSON file ({error}): was its run killed as it wrote it?") from None
 
 
 def read_run_arguments(folder) -> dict:
