@@ -38,13 +38,6 @@ def assert_short_error(status, stderr, message):
     assert message in stderr, stderr[-2000:]
 
 
-@pytest.mark.slow  # the script in a fresh interpreter: what a user sees, exit status included
-def test_a_misspelled_flag_is_named_with_the_closest_one(tmp_path):
-    process = run_script("train", "--mixup_alhpa", "0.2", f"--output_dir={tmp_path / 'run'}")
-    message = "error: unknown argument(s): --mixup_alhpa (did you mean --mixup_alpha?) 0.2"
-    assert_short_error(process.returncode, process.stderr, message)
-
-
 @pytest.mark.parametrize(
     "script, args, message",
     [
@@ -118,35 +111,18 @@ def test_publishing_without_a_token_fails_before_touching_the_folder(tmp_path, m
     assert sorted(path.name for path in run_dir.iterdir()) == before  # no handler.py copied, no card rewritten
 
 
-@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
-def test_a_run_log_is_readable_and_ends_with_the_results(cifar100_dir, tmp_path):
+@pytest.fixture(scope="module")
+def first_run(cifar100_dir, tmp_path_factory):
+    """What a user runs first, in fresh interpreters as a user starts them, with the stderr the user sees: a tiny
+    one-epoch run, a prediction, an export to both formats, and a user's own script that builds the image processor
+    (the README's `build_image_processor()`) and loads the run through the pipeline: (run folder, processes by name)."""
+    root = tmp_path_factory.mktemp("first-run")
+    run = root / "run"
     flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=1", *TINY_RUN]
-    process = run_script("train", *flags, f"--output_dir={tmp_path / 'run'}")
-    assert process.returncode == 0, process.stderr[-4000:]
-    log = process.stderr
-    results = json.loads((tmp_path / "run" / "test_results.json").read_text())
-    last_line = [line for line in log.splitlines() if line.strip()][-1]
-    assert last_line.endswith(f"test {accuracy_sentence(results, 'test')}"), log[-4000:]
-    # The card loads the run back (after the test evaluation, before the last line) without a progress bar.
-    assert not any("Loading weights" in line for line in log.splitlines()[-5:]), log[-2000:]
-    assert '"id2label"' not in log  # the 100-label config
-    assert '"image_mean"' not in log  # the image processor's, printed when the card loads the run back
-    assert "requires torchvision" not in log
-    # Each `datasets` message once: not also through the root logger, which prefixes its time, level and logger name.
-    messages = Counter(re.sub(r"^\S+ \S+ \w+ [\w.]+: ", "", line) for line in log.splitlines() if "dataset" in line)
-    assert [message for message, count in messages.items() if count > 1] == []
-
-
-@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
-def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_path):
-    """What a user runs first, with the stderr the user sees: a tiny run, a prediction, an export to both formats,
-    and a user's own script that builds the image processor (the README's `build_image_processor()`) and loads the
-    run through the pipeline. Without torchvision, transformers warns at any import of `ViTImageProcessor`."""
-    run = tmp_path / "run"
-    flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--max_steps=1", *TINY_RUN]
     processes = {"train": run_script("train", *flags, f"--output_dir={run}")}
+    assert processes["train"].returncode == 0, processes["train"].stderr[-4000:]
     processes["predict"] = run_script("predict", run, run / "examples" / "00.png")
-    processes["export"] = run_script("export", run, "--format=vit,onnx", f"--output_dir={tmp_path / 'export'}")
+    processes["export"] = run_script("export", run, "--format=vit,onnx", f"--output_dir={root / 'export'}")
     script = (
         "import sys\n"
         "from transformers import pipeline\n"
@@ -155,8 +131,31 @@ def test_a_first_run_prediction_and_export_print_no_warning(cifar100_dir, tmp_pa
         "pipeline('image-classification', model=sys.argv[2], trust_remote_code=True)\n"
     )
     processes["user script"] = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "processor"), str(run)], capture_output=True, text=True
+        [sys.executable, "-c", script, str(root / "processor"), str(run)], capture_output=True, text=True
     )
+    return run, processes
+
+
+@pytest.mark.slow  # fresh interpreters: their logs, their warnings
+def test_a_run_log_is_readable_and_ends_with_the_results(first_run):
+    run, processes = first_run
+    log = processes["train"].stderr
+    results = json.loads((run / "test_results.json").read_text())
+    last_line = [line for line in log.splitlines() if line.strip()][-1]
+    assert last_line.endswith(f"test {accuracy_sentence(results, 'test')}"), log[-4000:]
+    # The card loads the run back (after the test evaluation, before the last line) without a progress bar.
+    assert not any("Loading weights" in line for line in log.splitlines()[-5:]), log[-2000:]
+    assert '"id2label"' not in log  # the 100-label config
+    assert '"image_mean"' not in log  # the image processor's, printed when the card loads the run back
+    # Each `datasets` message once: not also through the root logger, which prefixes its time, level and logger name.
+    messages = Counter(re.sub(r"^\S+ \S+ \w+ [\w.]+: ", "", line) for line in log.splitlines() if "dataset" in line)
+    assert [message for message, count in messages.items() if count > 1] == []
+
+
+@pytest.mark.slow  # fresh interpreters: their logs, their warnings
+def test_a_first_run_prediction_and_export_print_no_warning(first_run):
+    """Without torchvision, transformers warns at any import of `ViTImageProcessor`."""
+    _, processes = first_run
     for name, process in processes.items():
         assert process.returncode == 0, f"{name}: {process.stderr[-2000:]}"
         warnings = [line for line in process.stderr.splitlines() if re.search("warn|requires torchvision", line, re.I)]
@@ -204,18 +203,25 @@ HEAVY_MODULES = ["vtlm.modeling.modeling_vtlm", "transformers.modeling_utils", "
 
 
 @pytest.mark.slow  # what a fresh interpreter imports
-@pytest.mark.parametrize("flags", [["--help"], ["--mixup_alhpa", "0.2"], ["--learning_rate", "abc"]])
-def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load(flags):
+def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load():
+    """`--help`, a misspelled flag and a bad value, one after the other in one fresh interpreter, as `__main__` runs
+    the script: each answers (a misspelling with the closest flag) before anything heavy is imported."""
+    attempts = [["--help"], ["--mixup_alhpa", "0.2"], ["--learning_rate", "abc"]]
     probe = (
         "import runpy, sys\n"
-        f"sys.argv = ['train.py', *{flags!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({str(REPO_ROOT / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
-        "except SystemExit as exit:\n"
-        f"    print('loaded:', [name for name in {HEAVY_MODULES!r} if name in sys.modules], 'exit:', exit.code)\n"
+        f"for flags in {attempts!r}:\n"
+        "    sys.argv = ['train.py', *flags]\n"
+        "    try:\n"
+        f"        runpy.run_path({str(REPO_ROOT / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
+        "    except SystemExit as exit:\n"
+        f"        print('loaded:', [name for name in {HEAVY_MODULES!r} if name in sys.modules], 'exit:', exit.code)\n"
     )
     process = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert process.stdout.splitlines()[-1] == f"loaded: [] exit: {0 if flags == ['--help'] else 2}", process.stderr
+    answers = process.stdout.splitlines()[-3:]
+    assert answers == ["loaded: [] exit: 0", "loaded: [] exit: 2", "loaded: [] exit: 2"], process.stderr
+    misspelled, bad_value = process.stderr.splitlines()  # one line each, no traceback
+    assert misspelled.startswith("error: unknown argument(s): --mixup_alhpa (did you mean --mixup_alpha?) 0.2")
+    assert bad_value.startswith("error: argument --learning_rate/--learning-rate: invalid float value: 'abc'")
 
 
 @pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals

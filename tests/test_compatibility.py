@@ -20,23 +20,28 @@ import torch, transformers
 from PIL import Image
 from transformers import AutoModel, AutoModelForImageClassification, pipeline
 
-folder, pixels_file = sys.argv[1], sys.argv[2]
-pixels = torch.load(pixels_file)
-model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-with torch.no_grad():
-    logits, pooled = model(pixels).logits, base(pixels).pooler_output
-    (tuple_logits,) = model(pixels, return_dict=False)
-top = pipeline("image-classification", model=folder, trust_remote_code=True)(Image.new("RGB", (40, 20)), top_k=2)
-try:  # an override that cannot build a model
-    AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True, num_attention_heads=5)
-    bad_override = None
-except ValueError as error:
-    bad_override = str(error)
-print("RESULT" + json.dumps({
-    "version": transformers.__version__, "logits": logits.tolist(), "pooled": pooled.tolist(),
-    "tuple_logits": tuple_logits.tolist(), "top": top, "bad_override": bad_override,
-}))
+
+def load_and_predict(folder, pixels):
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits, pooled = model(pixels).logits, base(pixels).pooler_output
+        (tuple_logits,) = model(pixels, return_dict=False)
+    top = pipeline("image-classification", model=folder, trust_remote_code=True)(Image.new("RGB", (40, 20)), top_k=2)
+    try:  # an override that cannot build a model
+        AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True, num_attention_heads=5)
+        bad_override = None
+    except ValueError as error:
+        bad_override = str(error)
+    return {
+        "logits": logits.tolist(), "pooled": pooled.tolist(), "tuple_logits": tuple_logits.tolist(), "top": top,
+        "bad_override": bad_override,
+    }
+
+
+pixels = torch.load(sys.argv[1])
+results = {folder: load_and_predict(folder, pixels) for folder in sys.argv[2:]}
+print("RESULT" + json.dumps({"version": transformers.__version__, "folders": results}))
 """
 
 
@@ -63,31 +68,55 @@ ARCHITECTURES = {
 }
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Each architecture as a tiny saved folder, with the model that saved it, and the pixels every test feeds."""
+    root = tmp_path_factory.mktemp("saved")
+    models = {}
+    for name, overrides in ARCHITECTURES.items():
+        torch.manual_seed(0)
+        model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **overrides)).train()
+        with torch.no_grad():  # move any BatchNorm statistics away from their init, so that a lost one would show
+            model(2 + 3 * torch.randn(8, 3, 32, 32))
+        models[name] = model.eval()
+        model.save_pretrained(root / name)
+        build_image_processor().save_pretrained(root / name)
+    torch.save(torch.randn(2, 3, 32, 32), root / "pixels.pt")
+    return root, models
+
+
+@pytest.fixture(scope="module")
+def loaded(saved, request):
+    """What a fresh interpreter without this repository computes from every saved folder, under each transformers:
+    one interpreter per version (each costs an import of torch and transformers), by the folder's name."""
+    root, _ = saved
+    results = {}
+
+    def under(transformers_version):
+        if transformers_version not in results:
+            legacy = request.getfixturevalue("legacy_transformers") if transformers_version == "4.57" else None
+            folders = [root / name for name in ARCHITECTURES]
+            run = run_without_modeling(LOAD_AND_PREDICT, root / "pixels.pt", *folders, cwd=root, python_path=legacy)
+            assert run.returncode == 0, run.stderr[-3000:]
+            results[transformers_version] = json.loads(run.stdout.split("RESULT", 1)[1])
+        return results[transformers_version]
+
+    return under
+
+
 @pytest.mark.slow  # pip-installs transformers 4.57 once per machine; subprocesses
 @pytest.mark.parametrize("transformers_version", ["4.57", "installed"])
-@pytest.mark.parametrize("overrides", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
-def test_saved_folder_gives_identical_logits(tmp_path, request, overrides, transformers_version):
-    torch.manual_seed(0)
-    model = VTLMForImageClassification(VTLMConfig(**TINY_CONFIG, **overrides)).train()
-    with torch.no_grad():  # move any BatchNorm statistics away from their init, so that a lost one would show
-        model(2 + 3 * torch.randn(8, 3, 32, 32))
-    model.eval()
-    model.save_pretrained(tmp_path / "model")
-    build_image_processor().save_pretrained(tmp_path / "model")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_saved_folder_gives_identical_logits(saved, loaded, architecture, transformers_version):
+    root, models = saved
+    model, folder = models[architecture], root / architecture
     # Built on PIL, saved by the name every client knows (transformers 4.57 has no `ViTImageProcessorPil`).
-    processor_type = json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())["image_processor_type"]
+    processor_type = json.loads((folder / "preprocessor_config.json").read_text())["image_processor_type"]
     assert processor_type == "ViTImageProcessor"
-    pixels = torch.randn(2, 3, 32, 32)
-    torch.save(pixels, tmp_path / "pixels.pt")
-
-    legacy = request.getfixturevalue("legacy_transformers") if transformers_version == "4.57" else None
-    run = run_without_modeling(
-        LOAD_AND_PREDICT, tmp_path / "model", tmp_path / "pixels.pt", cwd=tmp_path, python_path=legacy
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.split("RESULT", 1)[1])
-    expected_version = "4.57." if legacy else transformers.__version__
-    assert result["version"].startswith(expected_version)
+    run = loaded(transformers_version)
+    assert run["version"].startswith("4.57." if transformers_version == "4.57" else transformers.__version__)
+    result = run["folders"][str(folder)]
+    pixels = torch.load(root / "pixels.pt")
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(result["logits"]), model(pixels).logits, atol=0, rtol=0)
         torch.testing.assert_close(torch.tensor(result["pooled"]), model.vtlm(pixels).pooler_output, atol=0, rtol=0)

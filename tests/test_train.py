@@ -199,68 +199,42 @@ def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_data
     assert "(3 images per class)" in text  # 400 training images less the hold-out of 100: 3 of each class
 
 
-@pytest.mark.slow  # a script in a fresh interpreter
-# The original layout, a conv tokenizer, and DHVT's BatchNorm (per-process statistics under gloo).
-@pytest.mark.parametrize("preset", ["vtlm-37m", "vtlm-cct-7-3x1", "vtlm-dhvt-t2"])
-def test_accelerate_launch_ddp_on_two_cpu_processes(cifar100_dir, tmp_path, preset):
-    """Real 2-process DDP (gloo): one output_dir, loss not scaled by world size, every validation image seen once."""
-    output_dir = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes=2",
-        "--num_machines=1",
-    ]
-    launch += ["--mixed_precision=no", "--dynamo_backend=no", TRAIN]
-    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
-    args += [f"--model_preset={preset}"]
-    run = subprocess.run(
-        launch + args + TINY_RUN + [f"--output_dir={output_dir}", "--logging_steps=1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    info = read_json(output_dir / "run_info.json")
-    assert info["hardware"]["num_processes"] == 2
-    results = read_json(output_dir / "all_results.json")
-    # 101 validation images over 2 ranks: padded to 102 by the sampler, deduplicated by gather_for_metrics.
-    assert results["eval_num_images"] == 101
-    assert results["test_num_images"] == 200
-    # An untrained 100-way classifier starts near ln(100) = 4.6; a loss multiplied by the world size would be ~9.2.
-    first_loss = next(e["loss"] for e in read_json(output_dir / "trainer_state.json")["log_history"] if "loss" in e)
-    assert abs(first_loss - math.log(100)) < 0.5
-
-
-@pytest.mark.slow  # two scripts in fresh interpreters
+@pytest.mark.slow  # two processes from a launcher, each a fresh interpreter
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what a launcher does on a machine without CUDA")
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher):
-    """Two processes from the README's launcher (no ACCELERATE_USE_CPU) or torchrun are one DDP run over gloo, each
-    rank with half of every epoch, not two runs writing one output_dir."""
+# The README's launcher and torchrun, on the original layout, a conv tokenizer, and DHVT's BatchNorm (per-process
+# statistics under gloo).
+@pytest.mark.parametrize(
+    "launcher, preset", [("torchrun", "vtlm-37m"), ("accelerate", "vtlm-cct-7-3x1"), ("accelerate", "vtlm-dhvt-t2")]
+)
+def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher, preset):
+    """Two processes from the README's launcher (no ACCELERATE_USE_CPU) or torchrun are one real DDP run over gloo,
+    not two runs writing one output_dir: each rank has half of every epoch, the loss is not scaled by the world size,
+    and every validation image is seen once."""
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     launch = {
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"],
         "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"],
     }[launcher]
-    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=1", *TINY_RUN]
+    output_dir = tmp_path / "ddp"
+    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
+    args += [f"--model_preset={preset}", *TINY_RUN, f"--output_dir={output_dir}", "--logging_steps=1"]
     run = subprocess.run(
-        [*launch, TRAIN, *args, f"--output_dir={tmp_path / 'ddp'}"],
-        env={**env, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [*launch, TRAIN, *args], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "parallel_mode != ParallelMode.DISTRIBUTED" not in run.stderr
-    assert read_json(tmp_path / "ddp" / "run_info.json")["hardware"]["num_processes"] == 2
-    # 300 training images in batches of 32 on each of 2 ranks: 5 steps; one process alone would take 10.
-    assert read_json(tmp_path / "ddp" / "trainer_state.json")["global_step"] == math.ceil(300 / (2 * 32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert read_json(output_dir / "run_info.json")["hardware"]["num_processes"] == 2
+    state = read_json(output_dir / "trainer_state.json")
+    # 299 training images in batches of 32 on each of 2 ranks: 5 steps; one process alone would take 10.
+    assert state["global_step"] == math.ceil(299 / (2 * 32))
+    results = read_json(output_dir / "all_results.json")
+    # 101 validation images over 2 ranks: padded to 102 by the sampler, deduplicated by gather_for_metrics.
+    assert results["eval_num_images"] == 101
+    assert results["test_num_images"] == 200
+    # An untrained 100-way classifier starts near ln(100) = 4.6; a loss multiplied by the world size would be ~9.2.
+    first_loss = next(entry["loss"] for entry in state["log_history"] if "loss" in entry)
+    assert abs(first_loss - math.log(100)) < 0.5
 
 
 def test_a_saved_model_records_no_preset_it_did_not_use():
