@@ -4,12 +4,10 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # Before transformers or datasets are imported: no network, and a private cache for remote code and datasets.
@@ -471,20 +469,3 @@ def predict_top(folder, paths, top_k=3):
     for image, _, label, score in parse_table(result.stdout):
         answers.setdefault(image, []).append((label, score))
     return [answers[str(path)] for path in paths]
-
-
-def kill_after_first_checkpoint(command, output_dir):
-    """Start `command` (a training script) and kill it with SIGKILL as soon as `output_dir` holds a complete
-    checkpoint."""
-    from vtlm.training.rerun import last_complete_checkpoint
-
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    deadline = time.monotonic() + 300
-    while last_complete_checkpoint(output_dir) is None:
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()

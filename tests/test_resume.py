@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_RUN, kill_after_first_checkpoint
+from conftest import REPO_ROOT, TINY_RUN
 from safetensors.torch import load_file
 
 from vtlm.training.rerun import last_complete_checkpoint
@@ -89,6 +90,21 @@ def assert_same_weights(clean, resumed, name="model.safetensors"):
     assert clean_weights.keys() == resumed_weights.keys()
     for key, tensor in clean_weights.items():
         torch.testing.assert_close(resumed_weights[key], tensor, atol=0, rtol=0, msg=f"{name}: {key}")
+
+
+def kill_after_first_checkpoint(command, output_dir):
+    """Start `command` (a training script) and kill it with SIGKILL as soon as `output_dir` holds a complete
+    checkpoint."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.monotonic() + 300
+    while last_complete_checkpoint(output_dir) is None:
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture(scope="module")
