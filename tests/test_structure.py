@@ -1,5 +1,6 @@
 """The project's structure: imports run one way (no module imports one that imports it, not even inside a function),
-and each file of a run folder is named in one place (`training.run_record`)."""
+each file of a run folder is named in one place (`training.run_record`), and the reliability doc names tests that
+exist."""
 
 import ast
 import re
@@ -101,3 +102,37 @@ def test_each_run_folder_file_is_named_once_in_the_code(name):
         if literal.search(line)
     ]
     assert len(typed) == 1 and typed[0].startswith("training/run_record.py:"), typed
+
+
+def named_tests(text):
+    """The tests a document names, as (file, test): `test_x.py::test_name[...]`, and a bare `test_other` after it in
+    the same line for another test of that file."""
+    named = []
+    for line in text.splitlines():
+        current = None
+        for token in re.findall(r"`([^`]+)`", line):
+            if match := re.fullmatch(r"(test_\w+\.py)(?:::(test_\w+)(?:\[[^\]]*\])?)?", token):
+                current = match.group(1)
+                named.append((current, match.group(2)))
+            elif current and (match := re.fullmatch(r"(test_\w+)(?:\[[^\]]*\])?", token)):
+                named.append((current, match.group(1)))
+    return named
+
+
+def test_every_test_the_reliability_doc_names_exists():
+    """docs/reliability.md says which test checks each promise: a renamed or merged test must not leave it naming one
+    that is gone."""
+    named = named_tests((REPO_ROOT / "docs" / "reliability.md").read_text())
+    assert len(named) > 100
+    missing = []
+    for file, test in named:
+        path = REPO_ROOT / "tests" / file
+        if not path.is_file() or (test and not re.search(rf"^def {test}\(", path.read_text(), re.MULTILINE)):
+            missing.append(f"{file}::{test}" if test else file)
+    assert missing == []
+
+
+def test_a_bare_test_name_belongs_to_the_file_named_before_it():
+    line = "| a promise | `test_a.py::test_one[x]`, `test_two`, `test_b.py` and `test_three` | pass |"
+    assert named_tests(line) == [("test_a.py", "test_one"), ("test_a.py", "test_two"), ("test_b.py", None),
+                                 ("test_b.py", "test_three")]  # fmt: skip
