@@ -57,27 +57,31 @@ def png_bytes(seed):
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     """The two folders a user publishes (`publish_run`, `publish_vit_export`): a tiny custom-code model and its exact
-    built-in ViT export, each with the endpoint's handler and requirements."""
+    built-in ViT export, each with the endpoint's handler and requirements, and the container's environment with
+    those requirements installed."""
     root = tmp_path_factory.mktemp("published")
     save_tiny_model(root / "custom")
     export_model(root / "custom", root / "vit", ("vit",))
     for folder in (root / "custom", root / "vit"):
         add_endpoint_files(folder)
-    return root
-
-
-def serve(folder, log_path):
-    """Start the toolkit on `folder` as the container's entrypoint does, and return the process and its port once it
-    answers."""
-    # A fresh container: its pins first (an earlier test's requirements may have moved them), then the folder's.
-    for requirements in (CONTAINER_PINS, ["-r", str(folder / "requirements.txt")]):
+    # Both folders ship the same requirements.txt, so one fresh container serves for both: its pins first (a
+    # previous run of this module moved them), then the folder's requirements, as the entrypoint installs them.
+    requirements = {(root / layout / "requirements.txt").read_text() for layout in ("custom", "vit")}
+    assert len(requirements) == 1, "the folders' requirements differ: each needs a container of its own"
+    for arguments in (CONTAINER_PINS, ["-r", str(root / "custom" / "requirements.txt")]):
         install = subprocess.run(
-            [TOOLKIT_PYTHON, "-m", "pip", "install", "--quiet", *requirements],
+            [TOOLKIT_PYTHON, "-m", "pip", "install", "--quiet", *arguments],
             capture_output=True,
             text=True,
             timeout=600,
         )
         assert install.returncode == 0, install.stderr[-3000:]
+    return root
+
+
+def serve(folder, log_path):
+    """Start the toolkit on `folder` as the container's entrypoint does (after the installs of `published`), and
+    return the process and its port once it answers."""
     port = free_port()
     environment = {
         "PATH": os.environ["PATH"],
