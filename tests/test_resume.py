@@ -51,16 +51,16 @@ def run(command):
     return result
 
 
-def signal_after_first_loss(command, signum=signal.SIGTERM):
-    """Start `command` (a training script that logs every step), send it `signum` as soon as it prints its first
-    training loss, mid-epoch, and return its exit status and stderr."""
+def signal_after_first_loss(command, signum=signal.SIGTERM, environment=os.environ):
+    """Start `command` (a training script that logs every step) in `environment`, send it `signum` as soon as it
+    prints its first training loss, mid-epoch, and return its exit status and stderr."""
     with tempfile.TemporaryFile("w+") as stderr:
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},  # each log line as it is printed
+            env={**environment, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},  # each log line as it is printed
         )
         for line in process.stdout:  # the Trainer prints each log entry there
             if "'loss'" in line:
@@ -92,19 +92,22 @@ def assert_same_weights(clean, resumed, name="model.safetensors"):
         torch.testing.assert_close(resumed_weights[key], tensor, atol=0, rtol=0, msg=f"{name}: {key}")
 
 
-def kill_after_first_checkpoint(command, output_dir):
-    """Start `command` (a training script) and kill it with SIGKILL as soon as `output_dir` holds a complete
-    checkpoint."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    deadline = time.monotonic() + 300
-    while last_complete_checkpoint(output_dir) is None:
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+def kill_after_checkpoint(command, output_dir, newer_than=0):
+    """Start `command` (a training script), kill it with SIGKILL as soon as `output_dir` holds a complete checkpoint
+    of a step after `newer_than`, and return its stderr."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        deadline = time.monotonic() + 300
+        while int((last_complete_checkpoint(output_dir) or "-0").rsplit("-", 1)[1]) <= newer_than:
+            assert process.poll() is None, "the run ended before the checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        stderr.seek(0)
+        return stderr.read()
 
 
 @pytest.fixture(scope="module")
@@ -115,29 +118,44 @@ def clean(cifar100_dir, tmp_path_factory):
     return folder
 
 
-@pytest.mark.slow  # a script in a fresh interpreter
-def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, clean, tmp_path):
+@pytest.mark.slow  # a script in fresh interpreters
+def test_a_run_stopped_by_sigterm_then_killed_resumes_each_time_to_identical_weights_and_metrics(
+    cifar100_dir, clean, tmp_path
+):
+    """What a cluster scheduler sends before it kills a job, then a kill with no warning. SIGTERM: the run saves the
+    step it is in, mid-epoch and off the save schedule (every 4 steps of 10 an epoch), says how to resume, and is not
+    taken for a finished run. SIGKILL, in the resumed run after its next checkpoint: the same command again resumes
+    from the newest complete checkpoint. Each process fast-forwards the batches its checkpoint trained on, and the run
+    ends as the unbroken one did."""
     resumed = tmp_path / "resumed"
-    kill_after_first_checkpoint(train_command(cifar100_dir, resumed), resumed)
+    command = [*train_command(cifar100_dir, resumed), "--logging_steps=1"]  # how often it logs does not define it
+    step = stopped_step(*signal_after_first_loss(command), resumed)
+    checkpoint = resumed / f"checkpoint-{step}"
+    assert 0 < step < 20  # before the end: 2 epochs of 10 steps
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    saved = {path.name for path in checkpoint.iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "run_arguments.json"} <= saved
+    assert not {"model.safetensors", "all_results.json", "run_arguments.json"} & {p.name for p in resumed.iterdir()}
+
+    log = kill_after_checkpoint(command, resumed, newer_than=step)
+    assert f"resuming from {checkpoint}" in log
+    # The Trainer skips the batches of the epoch that the checkpoint's steps trained on.
+    assert f"Fast-forwarding the dataloader past {step // 10} epochs and {step % 10} batches" in log
     assert not (resumed / "all_results.json").exists()
-    # The same command again finds the checkpoint and resumes from it.
-    log = run(train_command(cifar100_dir, resumed)).stderr
-    assert "resuming from" in log
+    log = run(command).stderr
+    resumed_from = json.loads((resumed / "run_info.json").read_text())["resumed_from_checkpoint"]
+    assert f"resuming from {resumed / resumed_from}" in log and int(resumed_from.split("-")[1]) > step
 
     assert_same_weights(clean, resumed)
-    # The record says the run resumed, and its training time covers both processes: the clock goes on from the
+    # The record says the run resumed, and its training time covers every process: the clock goes on from each
     # checkpoint's, it does not start again at 0.
-    resumed_from = json.loads((resumed / "run_info.json").read_text())["resumed_from_checkpoint"]
-    assert (
-        resumed_from.startswith("checkpoint-")
-        and json.loads((clean / "run_info.json").read_text())["resumed_from_checkpoint"] is None
-    )
+    assert json.loads((clean / "run_info.json").read_text())["resumed_from_checkpoint"] is None
     history = json.loads((resumed / "trainer_state.json").read_text())["log_history"]
     clock = [entry["training_seconds"] for entry in history if "training_seconds" in entry]
     assert clock == sorted(clock) and len(clock) == len(history)
-    checkpoint_step = int(resumed_from.split("-")[1])
-    at_checkpoint = max(e["training_seconds"] for e in history if e["step"] <= checkpoint_step)
-    assert min(e["training_seconds"] for e in history if e["step"] > checkpoint_step) > at_checkpoint
+    for checkpoint_step in (step, int(resumed_from.split("-")[1])):
+        at_checkpoint = max(e["training_seconds"] for e in history if e["step"] <= checkpoint_step)
+        assert min(e["training_seconds"] for e in history if e["step"] > checkpoint_step) > at_checkpoint
     card = (resumed / "README.md").read_text()
     assert f"summed over the processes of a run resumed from `{resumed_from}`" in card
     clean_results = json.loads((clean / "all_results.json").read_text())
@@ -147,51 +165,6 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(cifar100_dir, clean
     for key, value in clean_results.items():
         if key.startswith(("eval_", "test_")) and "runtime" not in key and "per_second" not in key:
             assert resumed_results[key] == value, key
-
-
-@pytest.mark.slow  # a script in a fresh interpreter
-def test_sigterm_saves_the_step_under_way_and_the_same_command_resumes_to_identical_weights(
-    cifar100_dir, clean, tmp_path
-):
-    """What a cluster scheduler sends before it kills a job: the run saves the step it is in, mid-epoch and off the
-    save schedule (every 4 steps of 10 an epoch), says how to resume, and is not taken for a finished run."""
-    stopped = tmp_path / "stopped"
-    command = [*train_command(cifar100_dir, stopped), "--logging_steps=1"]  # how often it logs does not define it
-    step = stopped_step(*signal_after_first_loss(command), stopped)
-    checkpoint = stopped / f"checkpoint-{step}"
-    assert 0 < step < 20  # before the end: 2 epochs of 10 steps
-    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
-    saved = {path.name for path in checkpoint.iterdir()}
-    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "run_arguments.json"} <= saved
-    assert not {"model.safetensors", "all_results.json", "run_arguments.json"} & {p.name for p in stopped.iterdir()}
-
-    log = run(command).stderr
-    assert f"resuming from {checkpoint}" in log
-    # The Trainer skips the batches of the epoch that the checkpoint's steps trained on.
-    assert f"Fast-forwarding the dataloader past {step // 10} epochs and {step % 10} batches" in log
-    assert_same_weights(clean, stopped)
-
-
-@pytest.mark.slow  # two launches of two processes each
-def test_sigterm_to_a_launcher_stops_its_processes_at_one_step_and_the_run_resumes_to_identical_weights(
-    cifar100_dir, tmp_path, monkeypatch
-):
-    """Kubernetes sends SIGTERM to a container's first process: here `accelerate launch`, whose torch agent sends it
-    on to each process (and kills them 30 s later). The processes agree on one step, save it once, and one line says
-    how to resume; the same command then ends as an unbroken 2-process DDP run (gloo) does."""
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
-              "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]  # fmt: skip
-
-    def command(output_dir):  # 10 steps of 2 x 16 images
-        flags = ["--per_device_train_batch_size=16", "--num_train_epochs=1", "--logging_steps=1"]
-        return [*launch, *train_command(cifar100_dir, output_dir)[1:], *flags]
-
-    clean, stopped = tmp_path / "clean", tmp_path / "stopped"
-    run(command(clean))
-    stopped_step(*signal_after_first_loss(command(stopped)), stopped)
-    assert "resuming from" in run(command(stopped)).stderr
-    assert_same_weights(clean, stopped)
 
 
 def test_half_written_checkpoint_is_skipped(tmp_path):

@@ -20,6 +20,7 @@ from conftest import (
 )
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+from test_resume import assert_same_weights, signal_after_first_loss, stopped_step
 
 from vtlm.modeling import CIFAR100_LABELS, PRESETS, VTLMConfig
 from vtlm.training.arguments import ModelArguments, parse_arguments
@@ -199,31 +200,48 @@ def test_a_complete_run_on_another_100_class_dataset_claims_results_on_that_data
     assert "(3 images per class)" in text  # 400 training images less the hold-out of 100: 3 of each class
 
 
-@pytest.mark.slow  # two processes from a launcher, each a fresh interpreter
-@pytest.mark.skipif(torch.cuda.is_available(), reason="what a launcher does on a machine without CUDA")
-# The README's launcher and torchrun, on the original layout, a conv tokenizer, and DHVT's BatchNorm (per-process
-# statistics under gloo).
-@pytest.mark.parametrize(
-    "launcher, preset", [("torchrun", "vtlm-37m"), ("accelerate", "vtlm-cct-7-3x1"), ("accelerate", "vtlm-dhvt-t2")]
-)
-def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher, preset):
-    """Two processes from the README's launcher (no ACCELERATE_USE_CPU) or torchrun are one real DDP run over gloo,
-    not two runs writing one output_dir: each rank has half of every epoch, the loss is not scaled by the world size,
-    and every validation image is seen once."""
-    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+def launch_command(launcher, preset, dataset, output_dir):
+    """Two processes of train.py from the README's launcher (no ACCELERATE_USE_CPU) or torchrun."""
     launch = {
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"],
         "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"],
     }[launcher]
-    output_dir = tmp_path / "ddp"
-    args = [f"--dataset_name={cifar100_dir}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
+    args = [f"--dataset_name={dataset}", "--validation_split_size=101", "--num_train_epochs=1", "--mixup_prob=0"]
+    # Bit for bit, so that a run stopped and resumed can be compared with this one.
     args += [f"--model_preset={preset}", *TINY_RUN, f"--output_dir={output_dir}", "--logging_steps=1"]
-    run = subprocess.run(
-        [*launch, TRAIN, *args], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
+    return [*launch, TRAIN, *args, "--full_determinism"]
+
+
+LAUNCHER_ENVIRONMENT = {
+    **{key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"},
+    "OMP_NUM_THREADS": "1",
+}
+# The README's launcher and torchrun, on the original layout, a conv tokenizer, and DHVT's BatchNorm (per-process
+# statistics under gloo).
+LAUNCHES = [("torchrun", "vtlm-37m"), ("accelerate", "vtlm-cct-7-3x1"), ("accelerate", "vtlm-dhvt-t2")]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(request, cifar100_dir, tmp_path_factory):
+    """(launcher, preset, output folder, finished process) of an unbroken 2-process run, once per module."""
+    launcher, preset = request.param
+    root = tmp_path_factory.mktemp(f"ddp-{launcher}-{preset}")
+    command = launch_command(launcher, preset, cifar100_dir, root / "ddp")
+    run = subprocess.run(command, env=LAUNCHER_ENVIRONMENT, capture_output=True, text=True, timeout=600)
+    return launcher, preset, root, run
+
+
+@pytest.mark.slow  # two processes from a launcher, each a fresh interpreter
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a launcher does on a machine without CUDA")
+@pytest.mark.parametrize("ddp_run", LAUNCHES, indirect=True, ids="-".join)
+def test_a_launcher_on_a_cpu_trains_one_ddp_run(ddp_run):
+    """Two processes from a launcher are one real DDP run over gloo, not two runs writing one output_dir: each rank
+    has half of every epoch, the loss is not scaled by the world size, and every validation image is seen once."""
+    _, _, root, run = ddp_run
+    output_dir = root / "ddp"
     assert run.returncode == 0, run.stderr[-4000:]
     assert "parallel_mode != ParallelMode.DISTRIBUTED" not in run.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert sorted(p.name for p in root.iterdir()) == ["ddp"]
     assert read_json(output_dir / "run_info.json")["hardware"]["num_processes"] == 2
     state = read_json(output_dir / "trainer_state.json")
     # 299 training images in batches of 32 on each of 2 ranks: 5 steps; one process alone would take 10.
@@ -235,6 +253,26 @@ def test_a_launcher_on_a_cpu_trains_one_ddp_run(cifar100_dir, tmp_path, launcher
     # An untrained 100-way classifier starts near ln(100) = 4.6; a loss multiplied by the world size would be ~9.2.
     first_loss = next(entry["loss"] for entry in state["log_history"] if "loss" in entry)
     assert abs(first_loss - math.log(100)) < 0.5
+
+
+@pytest.mark.slow  # two launches of two processes each
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a launcher does on a machine without CUDA")
+@pytest.mark.parametrize("ddp_run", [("accelerate", "vtlm-cct-7-3x1")], indirect=True, ids="-".join)
+def test_sigterm_to_a_launcher_stops_its_processes_at_one_step_and_the_run_resumes_to_identical_weights(
+    ddp_run, cifar100_dir, tmp_path
+):
+    """Kubernetes sends SIGTERM to a container's first process: here `accelerate launch`, whose torch agent sends it
+    on to each process (and kills them 30 s later). The processes agree on one step, save it once, and one line says
+    how to resume; the same command then ends as the unbroken run does."""
+    launcher, preset, root, clean = ddp_run
+    assert clean.returncode == 0, clean.stderr[-4000:]
+    stopped = tmp_path / "stopped"
+    command = launch_command(launcher, preset, cifar100_dir, stopped)
+    step = stopped_step(*signal_after_first_loss(command, environment=LAUNCHER_ENVIRONMENT), stopped)
+    assert step < 5  # of the run's 5
+    rerun = subprocess.run(command, env=LAUNCHER_ENVIRONMENT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "resuming from" in rerun.stderr, rerun.stderr[-4000:]
+    assert_same_weights(root / "ddp", stopped)
 
 
 def test_a_saved_model_records_no_preset_it_did_not_use():
