@@ -1,6 +1,8 @@
 """Shared test set-up: offline Hub, a private HF cache, a tiny config, and datasets written in the Hub's schema."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -454,18 +456,13 @@ def parse_table(text):
 
 
 def predict_top(folder, paths, top_k=3):
-    """`scripts/predict.py`'s answer for the image files `paths`, run as a user runs it: per image, its top `top_k`
-    as (label, score), the scores printed to 4 decimals."""
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "scripts" / "predict.py"),
-        str(folder),
-        *map(str, paths),
-        f"--top_k={top_k}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """`scripts/predict.py`'s answer for the image files `paths`, as it prints it: per image, its top `top_k` as
+    (label, score), the scores printed to 4 decimals. Its `main`, in this interpreter: test_predict.py and test_cli.py
+    run the script as a user starts it."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        load_script("predict").main([str(folder), *map(str, paths), f"--top_k={top_k}"])
     answers = {}
-    for image, _, label, score in parse_table(result.stdout):
+    for image, _, label, score in parse_table(printed.getvalue()):
         answers.setdefault(image, []).append((label, score))
     return [answers[str(path)] for path in paths]
