@@ -179,11 +179,17 @@ def run(command, cwd=REPO_ROOT):
     return result
 
 
+# Two epochs, checkpoints every 4 steps, bit for bit: a pre-training that a stopped one can be compared with.
+RESUMABLE = ["--num_train_epochs=2", "--save_strategy=steps", "--save_steps=4", "--save_total_limit=10",
+             "--full_determinism"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def pretrained(cifar100_dir, tmp_path_factory):
-    """A tiny pre-training of two epochs, seed 42, with 100 validation images held out."""
+    """A tiny unbroken pre-training of two epochs, seed 42, with 100 validation images held out: the one every test
+    fine-tunes, reruns or resumes to."""
     folder = tmp_path_factory.mktemp("pretrained") / "mae"
-    run(pretrain_command(cifar100_dir, folder, "--num_train_epochs=2"))
+    run(pretrain_command(cifar100_dir, folder, *RESUMABLE))
     return folder
 
 
@@ -231,18 +237,6 @@ def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, 
     assert export_model(fine_tuned, tmp_path / "vit", ("vit",))["vit"] == 0.0
 
 
-RESUMABLE = ["--num_train_epochs=2", "--save_strategy=steps", "--save_steps=4", "--save_total_limit=10",
-             "--full_determinism"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def clean_pretraining(cifar100_dir, tmp_path_factory):
-    """The unbroken pre-training that every resumed one must end as."""
-    folder = tmp_path_factory.mktemp("clean") / "mae"
-    run(pretrain_command(cifar100_dir, folder, *RESUMABLE))
-    return folder
-
-
 def assert_same_pretraining(clean, resumed):
     # The checkpoints of the last step hold the decoder too: both must match, not only the saved encoder.
     last = os.path.basename(last_complete_checkpoint(clean))
@@ -252,7 +246,7 @@ def assert_same_pretraining(clean, resumed):
 
 @pytest.mark.slow  # scripts in fresh interpreters
 def test_sigterm_saves_a_complete_checkpoint_and_the_pretraining_resumes_to_identical_weights(
-    cifar100_dir, clean_pretraining, tmp_path
+    cifar100_dir, pretrained, tmp_path
 ):
     """The pre-training resumes through the skeleton `train.py` runs on (`TrainingRun`, `train_resumably`), whose
     SIGKILL, half-written checkpoints and launchers tests/test_resume.py covers; here, what is the pre-training's own:
@@ -263,7 +257,7 @@ def test_sigterm_saves_a_complete_checkpoint_and_the_pretraining_resumes_to_iden
     # No encoder, record or card of a finished pre-training.
     assert not {"model.safetensors", "run_arguments.json", "README.md"} & {path.name for path in stopped.iterdir()}
     assert f"resuming from {checkpoint}" in run(command).stderr
-    assert_same_pretraining(clean_pretraining, stopped)
+    assert_same_pretraining(pretrained, stopped)
 
 
 def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path, capsys):
@@ -275,15 +269,13 @@ def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path, 
     assert "patch_embedding_type" in stderr and not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow  # scripts in fresh interpreters
-def test_fine_tuning_on_images_the_pretraining_read_is_refused(cifar100_dir, pretrained, tmp_path):
+@pytest.mark.slow  # its pre-training, in a fresh interpreter
+def test_fine_tuning_on_images_the_pretraining_read_is_refused(cifar100_dir, pretrained, tmp_path, capsys):
     # Another seed holds out other validation images: some of them were pre-trained on.
-    result = subprocess.run(
-        fine_tune_command(cifar100_dir, pretrained, tmp_path / "run", "--seed=1"),
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "error: --model_name_or_path" in result.stderr and "--seed 42 -> 1" in result.stderr
+    train = load_script("train")
+    status = train.run_cli(train.main, fine_tune_command(cifar100_dir, pretrained, tmp_path / "run", "--seed=1")[2:])
+    stderr = capsys.readouterr().err
+    assert status == 2 and "error: --model_name_or_path" in stderr and "--seed 42 -> 1" in stderr, stderr[-2000:]
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -312,7 +304,7 @@ def test_the_fine_tuning_hint_names_the_data_and_its_hold_out(tmp_path):
 
 @pytest.mark.slow  # scripts in fresh interpreters
 def test_a_finished_pretraining_says_how_to_fine_tune_it_on_its_own_data(cifar100_dir, pretrained):
-    log = run(pretrain_command(cifar100_dir, pretrained, "--num_train_epochs=2")).stderr
+    log = run(pretrain_command(cifar100_dir, pretrained, *RESUMABLE)).stderr
     hint = re.search(r"already holds this pre-training, finished: fine-tune it with `([^`]+)`", log)
     assert hint, log[-3000:]
     command = shlex.split(hint.group(1))
