@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from fnmatch import fnmatch
 
 import pytest
 import torch
@@ -178,6 +179,33 @@ def test_half_written_checkpoint_is_skipped(tmp_path):
     (tmp_path / "checkpoint-8" / "trainer_state.json").unlink()  # killed before it was written
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_record_is_whole_or_absent_and_a_kill_mid_write_leaves_a_file_a_rerun_clears(tmp_path, monkeypatch):
+    """`write_record` writes each record of a run folder or checkpoint: a kill while it writes leaves the previous
+    record whole and a `.partial` file beside it, which is a run's file (a rerun neither refuses the folder for it nor
+    publishes it) and which `--overwrite_output_dir` deletes."""
+    import vtlm.training.run_record
+    from vtlm.training.rerun import clear_previous_run, foreign_files
+    from vtlm.training.run_record import ARGUMENTS_FILE, UPLOAD_PATTERNS, read_run_arguments, write_record
+
+    write_record(tmp_path, ARGUMENTS_FILE, {"seed": 1})
+    assert read_run_arguments(tmp_path) == {"seed": 1}
+
+    def killed_mid_write(record, file, **kwargs):
+        file.write('{"seed": ')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vtlm.training.run_record.json, "dump", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_record(tmp_path, ARGUMENTS_FILE, {"seed": 2})
+    monkeypatch.undo()
+    assert read_run_arguments(tmp_path) == {"seed": 1}
+    leftover = f"{ARGUMENTS_FILE}.partial"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [ARGUMENTS_FILE, leftover]
+    assert foreign_files(tmp_path) == [] and not any(fnmatch(leftover, glob) for glob in UPLOAD_PATTERNS)
+    clear_previous_run(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):

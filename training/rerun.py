@@ -31,6 +31,7 @@ from .run_record import (
     TRAINER_STATE_FILE,
     differing_arguments,
     read_run_arguments,
+    write_record,
 )
 
 logger = logging.get_logger(__name__)
@@ -129,11 +130,8 @@ class SaveRunArguments(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", ARGUMENTS_FILE)
-            # Whole or absent: a kill while it is written must not leave a checkpoint whose record does not parse.
-            with open(f"{path}.partial", "w") as file:
-                json.dump(self.arguments, file, indent=2)
-            os.replace(f"{path}.partial", path)
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            write_record(checkpoint, ARGUMENTS_FILE, self.arguments)
 
 
 class StopOnSignal(TrainerCallback):

@@ -43,7 +43,10 @@ ENDPOINT_FILES = ("handler.py", "requirements.txt")  # the Inference Endpoint's,
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")  # what loads the model
 # What a rerun deletes with --overwrite_output_dir (with the checkpoints, logs and examples): the run's results and
 # record, and its card.
-RECORD_FILES = (RESULTS_FILES, ARGUMENTS_FILE, RUN_INFO_FILE, TRAINER_STATE_FILE, CARD_FILE)
+# A record being written (`write_record`): left behind only by a kill mid-write, and never read.
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_RECORDS = f"*.json{PARTIAL_SUFFIX}"
+RECORD_FILES = (RESULTS_FILES, ARGUMENTS_FILE, RUN_INFO_FILE, TRAINER_STATE_FILE, CARD_FILE, PARTIAL_RECORDS)
 # What a run writes at the top of its output folder (fnmatch patterns): anything else there is not a run's, and a
 # run never trains into it (it would be overwritten, or published with the model).
 RUN_FILES = (
@@ -102,6 +105,15 @@ def read_saved_record(source, name=RUN_INFO_FILE) -> dict:
 # Writing the record.
 
 
+def write_record(folder, name, record):
+    """Write `record` as the JSON file `name` of the run folder or checkpoint `folder`, whole or not at all: it is
+    written beside it (`PARTIAL_RECORDS`) and renamed into place, so a kill never leaves a record cut short."""
+    path = os.path.join(folder, name)
+    with open(path + PARTIAL_SUFFIX, "w") as file:
+        json.dump(record, file, indent=2, default=str)
+    os.replace(path + PARTIAL_SUFFIX, path)
+
+
 def run_arguments(arguments):
     """The argument groups of a run (`training.arguments.RunArguments`) and its number of processes, as JSON values.
     The distillation arguments are recorded for a run with a teacher only: a run without one is recorded as before
@@ -157,10 +169,8 @@ def write_run_info(
         "examples": list(examples),
         "compute": compute,
     }
-    with open(os.path.join(output_dir, RUN_INFO_FILE), "w") as file:
-        json.dump(publishable_run_info(run_info, data_args), file, indent=2, default=str)
-    with open(os.path.join(output_dir, ARGUMENTS_FILE), "w") as file:  # last: it marks the run as finished
-        json.dump(recorded, file, indent=2)
+    write_record(output_dir, RUN_INFO_FILE, publishable_run_info(run_info, data_args))
+    write_record(output_dir, ARGUMENTS_FILE, recorded)  # last: it marks the run as finished
 
 
 def publishable_run_info(run_info, data_args):
