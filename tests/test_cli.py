@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 from conftest import REPO_ROOT, TINY_RUN, load_script, make_run_folder, save_tiny_model
+from started import preloaded
 from test_resume import stopped_step
 
 from vtlm.training.cli import run_cli
@@ -226,30 +227,22 @@ def test_help_and_a_bad_flag_answer_before_the_model_code_or_datasets_load():
     assert bad_value.startswith("error: argument --learning_rate/--learning-rate: invalid float value: 'abc'")
 
 
-@pytest.mark.slow  # a fresh interpreter: its log, its warnings, its signals
+@pytest.mark.slow  # a training process
 def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(cifar100_dir, tmp_path):
     output_dir = tmp_path / "run"
     flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=50", *TINY_RUN]
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, f"--output_dir={output_dir}"]
-    # SIGINT at its default disposition, as in a terminal, whatever the runner's: a process started with it ignored
-    # (a shell's background job) never turns Ctrl-C into KeyboardInterrupt.
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # SIGINT as a terminal delivers it, whatever the runner's disposition (tests/started.py).
+    process = preloaded([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, f"--output_dir={output_dir}"])
     deadline = time.monotonic() + 240
     while not list(output_dir.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before its first checkpoint was seen"
         time.sleep(0.5)
     assert list(output_dir.glob("checkpoint-*/trainer_state.json")), "no checkpoint within 240 s"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    step = stopped_step(process.returncode, stderr, output_dir, signal.SIGINT)
+    process.wait(timeout=120)
+    step = stopped_step(process.returncode, process.stderr, output_dir, signal.SIGINT)
     # The step under way, saved as a complete checkpoint: not the epoch's (10 steps) on disk when Ctrl-C came.
-    assert step > 10 and stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    assert step > 10 and process.stderr.strip().splitlines()[-1].startswith("interrupted: ")
     assert not (output_dir / "all_results.json").exists()
 
 

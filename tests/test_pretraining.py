@@ -6,13 +6,13 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO_ROOT, TINY_CONFIG, TINY_RUN, load_script
 from safetensors.torch import load_file
+from started import preloaded, run_to_the_end
 from test_resume import assert_same_weights, signal_after_first_loss, stopped_step
 
 from vtlm.modeling import VTLMConfig, VTLMForImageClassification, VTLMModel, build_image_processor
@@ -171,14 +171,6 @@ def pretrain_command(dataset, output_dir, *flags):
     ]
 
 
-def run(command, cwd=REPO_ROOT):
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 # Two epochs, checkpoints every 4 steps, bit for bit: a pre-training that a stopped one can be compared with.
 RESUMABLE = ["--num_train_epochs=2", "--save_strategy=steps", "--save_steps=4", "--save_total_limit=10",
              "--full_determinism"]  # fmt: skip
@@ -189,7 +181,7 @@ def pretrained(cifar100_dir, tmp_path_factory):
     """A tiny unbroken pre-training of two epochs, seed 42, with 100 validation images held out: the one every test
     fine-tunes, reruns or resumes to."""
     folder = tmp_path_factory.mktemp("pretrained") / "mae"
-    run(pretrain_command(cifar100_dir, folder, *RESUMABLE))
+    run_to_the_end(pretrain_command(cifar100_dir, folder, *RESUMABLE))
     return folder
 
 
@@ -226,7 +218,7 @@ def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, 
     for name, tensor in weights.items():
         torch.testing.assert_close(classifier.vtlm.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
 
-    run(fine_tune_command(cifar100_dir, pretrained, fine_tuned))
+    run_to_the_end(fine_tune_command(cifar100_dir, pretrained, fine_tuned))
     assert set(load_file(fine_tuned / "model.safetensors")) == set(
         VTLMForImageClassification(VTLMConfig(**TINY_CONFIG)).state_dict()
     )
@@ -253,10 +245,10 @@ def test_sigterm_saves_a_complete_checkpoint_and_the_pretraining_resumes_to_iden
     its masks, decoder and optimizer state saved mid-epoch and resumed exactly."""
     stopped = tmp_path / "stopped"
     command = pretrain_command(cifar100_dir, stopped, *RESUMABLE, "--logging_steps=1")
-    checkpoint = stopped / f"checkpoint-{stopped_step(*signal_after_first_loss(command), stopped)}"
+    checkpoint = stopped / f"checkpoint-{stopped_step(*signal_after_first_loss(preloaded(command)), stopped)}"
     # No encoder, record or card of a finished pre-training.
     assert not {"model.safetensors", "run_arguments.json", "README.md"} & {path.name for path in stopped.iterdir()}
-    assert f"resuming from {checkpoint}" in run(command).stderr
+    assert f"resuming from {checkpoint}" in run_to_the_end(command)
     assert_same_pretraining(pretrained, stopped)
 
 
@@ -304,7 +296,7 @@ def test_the_fine_tuning_hint_names_the_data_and_its_hold_out(tmp_path):
 
 @pytest.mark.slow  # scripts in fresh interpreters
 def test_a_finished_pretraining_says_how_to_fine_tune_it_on_its_own_data(cifar100_dir, pretrained):
-    log = run(pretrain_command(cifar100_dir, pretrained, *RESUMABLE)).stderr
+    log = run_to_the_end(pretrain_command(cifar100_dir, pretrained, *RESUMABLE))
     hint = re.search(r"already holds this pre-training, finished: fine-tune it with `([^`]+)`", log)
     assert hint, log[-3000:]
     command = shlex.split(hint.group(1))

@@ -2,12 +2,9 @@
 of an unbroken run."""
 
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from fnmatch import fnmatch
 
@@ -15,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TINY_RUN
 from safetensors.torch import load_file
+from started import preloaded, run_to_the_end
 
 from vtlm.training.rerun import last_complete_checkpoint
 
@@ -44,32 +42,13 @@ def train_command(dataset, output_dir):
     )
 
 
-def run(command):
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-def signal_after_first_loss(command, signum=signal.SIGTERM, environment=os.environ):
-    """Start `command` (a training script that logs every step) in `environment`, send it `signum` as soon as it
-    prints its first training loss, mid-epoch, and return its exit status and stderr."""
-    with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env={**environment, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},  # each log line as it is printed
-        )
-        for line in process.stdout:  # the Trainer prints each log entry there
-            if "'loss'" in line:
-                process.send_signal(signum)
-                break
-        process.communicate(timeout=300)
-        stderr.seek(0)
-        return process.returncode, stderr.read()
+def signal_after_first_loss(process, signum=signal.SIGTERM):
+    """Send `process` (a started training script that logs every step, `tests/started.py`) `signum` as soon as it
+    prints its first training loss, mid-epoch, and return its exit status and stderr once it has ended."""
+    process.wait_for_output("'loss'")  # the Trainer prints each log entry to stdout
+    process.send_signal(signum)
+    process.wait(timeout=300)
+    return process.returncode, process.stderr
 
 
 def stopped_step(status, log, output_dir, signum=signal.SIGTERM):
@@ -96,26 +75,22 @@ def assert_same_weights(clean, resumed, name="model.safetensors"):
 def kill_after_checkpoint(command, output_dir, newer_than=0):
     """Start `command` (a training script), kill it with SIGKILL as soon as `output_dir` holds a complete checkpoint
     of a step after `newer_than`, and return its stderr."""
-    with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"}
-        )
-        deadline = time.monotonic() + 300
-        while int((last_complete_checkpoint(output_dir) or "-0").rsplit("-", 1)[1]) <= newer_than:
-            assert process.poll() is None, "the run ended before the checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        stderr.seek(0)
-        return stderr.read()
+    process = preloaded(command)
+    deadline = time.monotonic() + 300
+    while int((last_complete_checkpoint(output_dir) or "-0").rsplit("-", 1)[1]) <= newer_than:
+        assert process.poll() is None, f"the run ended before the checkpoint:\n{process.stderr[-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    return process.stderr
 
 
 @pytest.fixture(scope="module")
 def clean(cifar100_dir, tmp_path_factory):
     """The unbroken run that every resumed one must end as."""
     folder = tmp_path_factory.mktemp("clean") / "run"
-    run(train_command(cifar100_dir, folder))
+    run_to_the_end(train_command(cifar100_dir, folder))
     return folder
 
 
@@ -130,7 +105,7 @@ def test_a_run_stopped_by_sigterm_then_killed_resumes_each_time_to_identical_wei
     ends as the unbroken one did."""
     resumed = tmp_path / "resumed"
     command = [*train_command(cifar100_dir, resumed), "--logging_steps=1"]  # how often it logs does not define it
-    step = stopped_step(*signal_after_first_loss(command), resumed)
+    step = stopped_step(*signal_after_first_loss(preloaded(command)), resumed)
     checkpoint = resumed / f"checkpoint-{step}"
     assert 0 < step < 20  # before the end: 2 epochs of 10 steps
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
@@ -143,7 +118,7 @@ def test_a_run_stopped_by_sigterm_then_killed_resumes_each_time_to_identical_wei
     # The Trainer skips the batches of the epoch that the checkpoint's steps trained on.
     assert f"Fast-forwarding the dataloader past {step // 10} epochs and {step % 10} batches" in log
     assert not (resumed / "all_results.json").exists()
-    log = run(command).stderr
+    log = run_to_the_end(command)
     resumed_from = json.loads((resumed / "run_info.json").read_text())["resumed_from_checkpoint"]
     assert f"resuming from {resumed / resumed_from}" in log and int(resumed_from.split("-")[1]) > step
 

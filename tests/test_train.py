@@ -20,6 +20,7 @@ from conftest import (
 )
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+from started import launched
 from test_resume import assert_same_weights, signal_after_first_loss, stopped_step
 
 from vtlm.modeling import CIFAR100_LABELS, PRESETS, VTLMConfig
@@ -268,7 +269,7 @@ def test_sigterm_to_a_launcher_stops_its_processes_at_one_step_and_the_run_resum
     assert clean.returncode == 0, clean.stderr[-4000:]
     stopped = tmp_path / "stopped"
     command = launch_command(launcher, preset, cifar100_dir, stopped)
-    step = stopped_step(*signal_after_first_loss(command, environment=LAUNCHER_ENVIRONMENT), stopped)
+    step = stopped_step(*signal_after_first_loss(launched(command, LAUNCHER_ENVIRONMENT)), stopped)
     assert step < 5  # of the run's 5
     rerun = subprocess.run(command, env=LAUNCHER_ENVIRONMENT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and "resuming from" in rerun.stderr, rerun.stderr[-4000:]
