@@ -23,7 +23,7 @@ import torch
 import transformers
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTConfig
-from transformers.utils import cached_file
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from . import LICENSE
 from .onnx_graphs import (
@@ -43,7 +43,7 @@ from .vit_conversion import ExportError, check_vit_exportable, describe_refusals
 
 FORMATS = ("vit", "onnx")
 ONNX_FILE = GRAPH_FILES["fp32"]  # where optimum and transformers.js look
-PREPROCESSOR_FILE = "preprocessor_config.json"
+PREPROCESSOR_FILE = IMAGE_PROCESSOR_NAME  # transformers' name: preprocessor_config.json
 MEASUREMENT_FILE = "onnx_accuracy.json"  # each graph's accuracy and latency on a test split (`measure_graphs`)
 # The largest logit difference from the source that an exact export may have (fp32). The ViT runs the same kernels.
 # ONNX Runtime fuses and reorders the arithmetic, which grows with depth and activation size (up to 3e-5 was seen on a
@@ -85,7 +85,7 @@ logits = session.run(["logits"], {{"pixel_values": pixel_values}})[0]  # (batch,
 GRAPH_CHECKS = {"onnx": "fp32", "onnx_fp16": "fp16", "onnx_q8": "q8"}
 # How the card names each of them, and its file.
 CARD_ROWS = {
-    "vit": ("transformers' `ViTForImageClassification`", "model.safetensors"),
+    "vit": ("transformers' `ViTForImageClassification`", SAFE_WEIGHTS_NAME),
     **{name: (GRAPH_NAMES[dtype], GRAPH_FILES[dtype]) for name, dtype in GRAPH_CHECKS.items()},
 }
 
@@ -259,7 +259,7 @@ def write_export_config(folder, config, refusals, weights, graph, dtype="fp32"):
     if graph:
         content["transformers.js_config"] = {"dtype": dtype}
     if weights or graph:
-        (Path(folder) / "config.json").write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        (Path(folder) / CONFIG_NAME).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
 def _check(logits, expected, name) -> dict:

@@ -20,6 +20,7 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoConfig
+from transformers.utils import CONFIG_NAME
 
 from vtlm.space.folder import write_space, write_static_space
 from vtlm.training import LICENSE
@@ -175,7 +176,7 @@ def publish_vit_export(
             revision,
             commit_message=f"Exact export of {hub_model_id} to {' and '.join(formats)}",
         )
-        export_config = json.loads((export_dir / "config.json").read_text())
+        export_config = json.loads((export_dir / CONFIG_NAME).read_text())
     logger.info("Published the ViT export %s", commit.commit_url)
     return export_config
 

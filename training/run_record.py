@@ -16,6 +16,7 @@ from pathlib import Path
 from huggingface_hub.constants import REPOCARD_NAME
 from PIL import Image
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, SAFE_WEIGHTS_NAME
 
 from vtlm.modeling import CIFAR100_LABELS
 
@@ -40,7 +41,7 @@ CURVES_FILE = "training_curves.png"  # the card's plot
 EXAMPLES_DIR = "examples"  # the widget's example images
 TENSORBOARD_DIR = "runs"  # the Trainer's own TensorBoard files
 ENDPOINT_FILES = ("handler.py", "requirements.txt")  # the Inference Endpoint's, copied in by publishing
-MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")  # what loads the model
+MODEL_FILES = (CONFIG_NAME, SAFE_WEIGHTS_NAME, IMAGE_PROCESSOR_NAME)  # what loads the model, in transformers' names
 # What a rerun deletes with --overwrite_output_dir (with the checkpoints, logs and examples): the run's results and
 # record, and its card.
 # A record being written (`write_record`): left behind only by a kill mid-write, and never read.

@@ -45,12 +45,12 @@ def check_model_source(model_name_or_path):
     path = str(model_name_or_path)
     check_source(path)
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{path} has no config.json: it is not a saved model folder")
+        if not os.path.isfile(os.path.join(path, constants.CONFIG_NAME)):
+            raise FileNotFoundError(f"{path} has no {constants.CONFIG_NAME}: it is not a saved model folder")
         return
     if is_local(path):
         raise ValueError(f"{path} is a file: expected a model folder or a Hub id (user/name)")
-    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+    if isinstance(try_to_load_from_cache(path, constants.CONFIG_NAME), str):
         return
     if reason := "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else hub_unreachable_reason():
         raise FileNotFoundError(f"there is no folder {path} here, and the Hub id {path} cannot be looked up: {reason}")
