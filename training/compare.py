@@ -13,7 +13,6 @@
 4. What the runs recorded is read back (`training/compare_results.py`) for the report (`training/compare_report.py`).
 """
 
-import json
 import logging
 import os
 import shlex
@@ -32,7 +31,7 @@ from .compare_results import read_json, read_run, read_total_compute
 from .export import export_model
 from .flops import flops_per_image
 from .rerun import last_complete_checkpoint
-from .run_record import ARGUMENTS_FILE, TRAINER_STATE_FILE, read_record
+from .run_record import ARGUMENTS_FILE, TRAINER_STATE_FILE, read_record, write_record
 from .vit_conversion import vit_refusals
 
 logger = logging.getLogger(__name__)
@@ -149,8 +148,7 @@ class Comparison:
                 logger.info(f"{label}: reusing the results in {run_dir}")
                 return
         os.makedirs(os.path.dirname(record_path), exist_ok=True)
-        with open(record_path, "w") as file:
-            json.dump(record, file, indent=2)
+        write_record(os.path.dirname(record_path), os.path.basename(record_path), record)
         log_path = record_path.removesuffix(".json") + ".log"
         logger.info(f"{label}: python scripts/{stage}.py {shlex.join(arguments)}  (log: {log_path})")
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -164,8 +162,7 @@ class Comparison:
                 tail = "".join(file.readlines()[-20:])
             raise RuntimeError(f"{label}: {stage}.py exited with {process.returncode}; end of {log_path}:\n{tail}")
         record["vit_export_difference"] = vit_export_difference(run_dir) if stage == "train" else None
-        with open(record_path, "w") as file:
-            json.dump(record, file, indent=2)
+        write_record(os.path.dirname(record_path), os.path.basename(record_path), record)
 
 
 def vit_export_difference(run_dir):

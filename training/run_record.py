@@ -42,11 +42,11 @@ EXAMPLES_DIR = "examples"  # the widget's example images
 TENSORBOARD_DIR = "runs"  # the Trainer's own TensorBoard files
 ENDPOINT_FILES = ("handler.py", "requirements.txt")  # the Inference Endpoint's, copied in by publishing
 MODEL_FILES = (CONFIG_NAME, SAFE_WEIGHTS_NAME, IMAGE_PROCESSOR_NAME)  # what loads the model, in transformers' names
-# What a rerun deletes with --overwrite_output_dir (with the checkpoints, logs and examples): the run's results and
-# record, and its card.
 # A record being written (`write_record`): left behind only by a kill mid-write, and never read.
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_RECORDS = f"*.json{PARTIAL_SUFFIX}"
+# What a rerun deletes with --overwrite_output_dir (with the checkpoints, logs and examples): the run's results and
+# record, and its card.
 RECORD_FILES = (RESULTS_FILES, ARGUMENTS_FILE, RUN_INFO_FILE, TRAINER_STATE_FILE, CARD_FILE, PARTIAL_RECORDS)
 # What a run writes at the top of its output folder (fnmatch patterns): anything else there is not a run's, and a
 # run never trains into it (it would be overwritten, or published with the model).
@@ -107,8 +107,9 @@ def read_saved_record(source, name=RUN_INFO_FILE) -> dict:
 
 
 def write_record(folder, name, record):
-    """Write `record` as the JSON file `name` of the run folder or checkpoint `folder`, whole or not at all: it is
-    written beside it (`PARTIAL_RECORDS`) and renamed into place, so a kill never leaves a record cut short."""
+    """Write `record` as the JSON file `name` in `folder` (a run folder, a checkpoint, a comparison's logs), whole or
+    not at all: it is written beside it (`PARTIAL_RECORDS`) and renamed into place, so a kill never leaves a record
+    cut short."""
     path = os.path.join(folder, name)
     with open(path + PARTIAL_SUFFIX, "w") as file:
         json.dump(record, file, indent=2, default=str)
