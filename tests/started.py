@@ -4,10 +4,16 @@ written, their signals and their exit status.
 A fresh interpreter spends about 10 s of CPU importing torch, transformers' Trainer and datasets before a script does
 any work. What these tests check happens after that (checkpoints, signals, resuming, records), so a script of this
 repository starts in a child of multiprocessing's fork server, which imported those modules once (`preloaded`): the
-script runs as `python script.py args` does once its imports are done, as `__main__`, with `sys.argv`, its own
-stdout and stderr, Ctrl-C as a terminal delivers it, and its exit status or signal. What an interpreter does while
-it starts (warnings, logging, `--help`, the environment) is tested in fresh interpreters (test_cli.py), and so is a
-launcher (`launched`), whose processes are its own.
+script runs as `python script.py args` does once its imports are done, as `__main__`, with `sys.argv`, its folder
+first on `sys.path`, its own stdout and stderr, Ctrl-C as a terminal delivers it, and its exit status or signal.
+Where it differs from a fresh interpreter: the environment, hash seed and module state are the fork server's, as the
+test session had them when the server started; atexit handlers do not run; and its CPU time is not the test's own
+(the fork server reaps it), so the fast tier's CPU guard does not see it: only slow tests start scripts this way.
+What an interpreter does while it starts (warnings, logging, `--help`, the environment) is tested in fresh
+interpreters (test_cli.py), and so is a launcher (`launched`), whose processes are its own.
+
+Each started command is a context manager: leaving it (a failed assertion included) kills the command if it still
+runs, so a failing test leaves nothing running behind it.
 """
 
 import multiprocessing
@@ -36,6 +42,7 @@ def _run_script(argv, cwd, stdout, stderr):
     sys.stderr.reconfigure(line_buffering=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = list(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
     runpy.run_path(argv[0], run_name="__main__")
 
 
@@ -50,6 +57,14 @@ class Started:
             open(path, "w").close()
         self._process = start(self.stdout_path, self.stderr_path)
         self.pid = self._process.pid
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        if self.returncode is None:
+            self.send_signal(signal.SIGKILL)
+            self.wait(timeout=60)
 
     @property
     def returncode(self):
@@ -68,7 +83,8 @@ class Started:
         return self.returncode
 
     def send_signal(self, signum):
-        os.kill(self.pid, signum)
+        if self.returncode is None:  # once it has ended, its pid may be another process's
+            os.kill(self.pid, signum)
 
     @property
     def stdout(self):
@@ -81,10 +97,13 @@ class Started:
             return file.read()
 
     def wait_for_output(self, text, timeout=300):
-        """Wait until `text` is in the stdout written so far; an AssertionError if the command ends first."""
+        """Wait until `text` is in the stdout written so far; an AssertionError if the command ends without it."""
         deadline = time.monotonic() + timeout
-        while text not in self.stdout:
-            assert self.returncode is None, f"it ended ({self.returncode}) before printing {text!r}:\n{self.stderr}"
+        while True:
+            ended = self.returncode is not None  # before reading: what it printed before it ended is read
+            if text in self.stdout:
+                return
+            assert not ended, f"it ended ({self.returncode}) without printing {text!r}:\n{self.stderr[-3000:]}"
             assert time.monotonic() < deadline, f"{text!r} not printed within {timeout} s"
             time.sleep(0.05)
 
@@ -113,7 +132,7 @@ def launched(command, environment):
 
 def run_to_the_end(command, timeout=600):
     """`command`, from the preloaded fork server, to its end, which must be exit status 0: its stderr."""
-    process = preloaded(command)
-    process.wait(timeout)
-    assert process.returncode == 0, process.stderr[-4000:]
-    return process.stderr
+    with preloaded(command) as process:
+        process.wait(timeout)
+        assert process.returncode == 0, process.stderr[-3000:]
+        return process.stderr

@@ -1,7 +1,7 @@
 """What a new user sees: a mistake ends with a short message and a non-zero exit, before any work, with no traceback;
 `--help` answers at once; a run's log is readable and ends with its results. Mistakes are answered by `run_cli`
-in-process, as each script's `__main__` calls it; what needs a fresh interpreter (imports, logging, signals, the
-environment at start-up) is in the slow tier."""
+in-process, as each script's `__main__` calls it; what needs a fresh interpreter (imports, logging, the environment at
+start-up) is in the slow tier, and so is Ctrl-C, in a training process started preloaded (tests/started.py)."""
 
 import json
 import os
@@ -232,14 +232,15 @@ def test_ctrl_c_ends_in_one_line_that_says_how_to_resume(cifar100_dir, tmp_path)
     output_dir = tmp_path / "run"
     flags = [f"--dataset_name={cifar100_dir}", "--validation_split_size=100", "--num_train_epochs=50", *TINY_RUN]
     # SIGINT as a terminal delivers it, whatever the runner's disposition (tests/started.py).
-    process = preloaded([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, f"--output_dir={output_dir}"])
-    deadline = time.monotonic() + 240
-    while not list(output_dir.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before its first checkpoint was seen"
-        time.sleep(0.5)
-    assert list(output_dir.glob("checkpoint-*/trainer_state.json")), "no checkpoint within 240 s"
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=120)
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, f"--output_dir={output_dir}"]
+    with preloaded(command) as process:
+        deadline = time.monotonic() + 240
+        while not list(output_dir.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+            assert process.poll() is None, "the run ended before its first checkpoint was seen"
+            time.sleep(0.5)
+        assert list(output_dir.glob("checkpoint-*/trainer_state.json")), "no checkpoint within 240 s"
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
     step = stopped_step(process.returncode, process.stderr, output_dir, signal.SIGINT)
     # The step under way, saved as a complete checkpoint: not the epoch's (10 steps) on disk when Ctrl-C came.
     assert step > 10 and process.stderr.strip().splitlines()[-1].startswith("interrupted: ")

@@ -199,7 +199,7 @@ def fine_tune_command(dataset, pretrained, output_dir, *flags):
     ]
 
 
-@pytest.mark.slow  # scripts in fresh interpreters
+@pytest.mark.slow  # training processes
 def test_pretrain_then_fine_tune_then_export_an_exact_builtin_vit(cifar100_dir, pretrained, tmp_path):
     fine_tuned = tmp_path / "classifier"
 
@@ -236,7 +236,7 @@ def assert_same_pretraining(clean, resumed):
         assert_same_weights(clean, resumed, name)
 
 
-@pytest.mark.slow  # scripts in fresh interpreters
+@pytest.mark.slow  # training processes
 def test_sigterm_saves_a_complete_checkpoint_and_the_pretraining_resumes_to_identical_weights(
     cifar100_dir, pretrained, tmp_path
 ):
@@ -261,7 +261,7 @@ def test_pretrain_refuses_a_layout_it_cannot_mask_before_loading_data(tmp_path, 
     assert "patch_embedding_type" in stderr and not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow  # its pre-training, in a fresh interpreter
+@pytest.mark.slow  # its pre-training, a training process
 def test_fine_tuning_on_images_the_pretraining_read_is_refused(cifar100_dir, pretrained, tmp_path, capsys):
     # Another seed holds out other validation images: some of them were pre-trained on.
     train = load_script("train")
@@ -294,7 +294,7 @@ def test_the_fine_tuning_hint_names_the_data_and_its_hold_out(tmp_path):
     assert hold_out_arguments(vars(fine_tuning_data), fine_tuning.seed) == hold_out_arguments(vars(data_args), 7)
 
 
-@pytest.mark.slow  # scripts in fresh interpreters
+@pytest.mark.slow  # training processes
 def test_a_finished_pretraining_says_how_to_fine_tune_it_on_its_own_data(cifar100_dir, pretrained):
     log = run_to_the_end(pretrain_command(cifar100_dir, pretrained, *RESUMABLE))
     hint = re.search(r"already holds this pre-training, finished: fine-tune it with `([^`]+)`", log)

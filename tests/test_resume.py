@@ -45,10 +45,11 @@ def train_command(dataset, output_dir):
 def signal_after_first_loss(process, signum=signal.SIGTERM):
     """Send `process` (a started training script that logs every step, `tests/started.py`) `signum` as soon as it
     prints its first training loss, mid-epoch, and return its exit status and stderr once it has ended."""
-    process.wait_for_output("'loss'")  # the Trainer prints each log entry to stdout
-    process.send_signal(signum)
-    process.wait(timeout=300)
-    return process.returncode, process.stderr
+    with process:
+        process.wait_for_output("'loss'")  # the Trainer prints each log entry to stdout
+        process.send_signal(signum)
+        process.wait(timeout=300)
+        return process.returncode, process.stderr
 
 
 def stopped_step(status, log, output_dir, signum=signal.SIGTERM):
@@ -75,15 +76,15 @@ def assert_same_weights(clean, resumed, name="model.safetensors"):
 def kill_after_checkpoint(command, output_dir, newer_than=0):
     """Start `command` (a training script), kill it with SIGKILL as soon as `output_dir` holds a complete checkpoint
     of a step after `newer_than`, and return its stderr."""
-    process = preloaded(command)
-    deadline = time.monotonic() + 300
-    while int((last_complete_checkpoint(output_dir) or "-0").rsplit("-", 1)[1]) <= newer_than:
-        assert process.poll() is None, f"the run ended before the checkpoint:\n{process.stderr[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    return process.stderr
+    with preloaded(command) as process:
+        deadline = time.monotonic() + 300
+        while int((last_complete_checkpoint(output_dir) or "-0").rsplit("-", 1)[1]) <= newer_than:
+            assert process.poll() is None, f"the run ended before the checkpoint:\n{process.stderr[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        return process.stderr
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def clean(cifar100_dir, tmp_path_factory):
     return folder
 
 
-@pytest.mark.slow  # a script in fresh interpreters
+@pytest.mark.slow  # training processes
 def test_a_run_stopped_by_sigterm_then_killed_resumes_each_time_to_identical_weights_and_metrics(
     cifar100_dir, clean, tmp_path
 ):

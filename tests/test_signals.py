@@ -1,7 +1,7 @@
 """Stopping on a signal: Ctrl-C (SIGINT) or a scheduler's SIGTERM saves the training step under way as a checkpoint
 (`training.rerun.StopOnSignal`), and every script ends with one line and 128 + the signal's number (`run_cli`).
-The end-to-end runs, a real signal to a real run resumed to identical weights, are in test_resume.py and
-test_pretraining.py."""
+The end-to-end runs, a real signal to a real run resumed to identical weights, are in test_resume.py,
+test_pretraining.py, test_train.py (to a launcher) and test_cli.py (Ctrl-C)."""
 
 import os
 import signal
